@@ -1,0 +1,219 @@
+//! `chat`: a command-line chat client.
+//!
+//!   chat send --to bob "hello"          send, print ✓ (and optionally wait for ✓✓ or read)
+//!   chat listen [--read] [--count N]    print incoming messages and receipts, acknowledge them
+//!   chat history [--limit N]            page back through your inbox
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chat_client::v1::{deliver, server_frame, Deliver, ReceiptKind, ServerFrame};
+use chat_client::{Client, ConnectOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "chat", version, about = "Command-line chat client")]
+struct Args {
+    /// Node (or, in a cluster, router-provided) WebSocket URL.
+    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7400")]
+    url: String,
+    /// Access token (`chatctl token --user U --device D` makes one for development).
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print frames as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send a message.
+    Send {
+        #[arg(long)]
+        to: String,
+        /// Message text.
+        body: String,
+        /// Idempotency key; a fresh UUID when omitted. Reuse it to retry safely.
+        #[arg(long)]
+        client_msg_id: Option<String>,
+        /// Wait until the message reaches this state.
+        #[arg(long, value_enum, default_value = "sent")]
+        wait: WaitFor,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Print incoming messages and receipts as they arrive (backlog first), acknowledging each.
+    Listen {
+        /// Also mark messages as read.
+        #[arg(long)]
+        read: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+    /// Print a page of your inbox, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Entries before this seq (0: the newest).
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WaitFor {
+    Sent,
+    Delivered,
+    Read,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut c = Client::connect_with(&args.url, &args.token, &ConnectOptions::default())
+        .await
+        .with_context(|| format!("connecting to {}", args.url))?;
+    eprintln!(
+        "connected to {} as {}/{} (inbox at seq {})",
+        c.welcome.node, c.welcome.user, c.welcome.device, c.welcome.inbox_seq
+    );
+    match args.cmd {
+        Cmd::Send {
+            to,
+            body,
+            client_msg_id,
+            wait,
+            timeout_secs,
+        } => {
+            let cmid = client_msg_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            c.send_message(&cmid, &to, &body).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let mut msg_id = None;
+            loop {
+                let f = c
+                    .recv_until(deadline)
+                    .await
+                    .context("waiting for the node")?;
+                match &f.frame {
+                    Some(server_frame::Frame::Sent(s)) if s.client_msg_id == cmid => {
+                        print_frame(args.json, &f, "✓ sent");
+                        msg_id = Some(s.msg_id.clone());
+                        if wait == WaitFor::Sent {
+                            return Ok(());
+                        }
+                    }
+                    Some(server_frame::Frame::Error(e)) if e.r#ref == cmid => {
+                        print_frame(args.json, &f, "");
+                        bail!("send refused: {}", e.message);
+                    }
+                    Some(server_frame::Frame::Deliver(Deliver {
+                        entry: Some(deliver::Entry::Receipt(r)),
+                        ..
+                    })) if msg_id.as_ref().is_some_and(|id| r.msg_ids.contains(id)) => {
+                        let kind = ReceiptKind::try_from(r.kind).unwrap_or_default();
+                        print_frame(args.json, &f, "");
+                        if kind == ReceiptKind::Read
+                            || (kind == ReceiptKind::Delivered && wait == WaitFor::Delivered)
+                        {
+                            return Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Cmd::Listen {
+            read,
+            count,
+            timeout_secs,
+        } => {
+            let deadline =
+                timeout_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            let mut messages = 0u64;
+            loop {
+                if count.is_some_and(|n| messages >= n) {
+                    return Ok(());
+                }
+                let f = match deadline {
+                    Some(d) => match c.recv_until(d).await {
+                        Err(chat_client::ClientError::Timeout) => return Ok(()),
+                        r => r?,
+                    },
+                    None => c.recv().await?,
+                };
+                print_frame(args.json, &f, "");
+                if let Some(server_frame::Frame::Deliver(d)) = &f.frame {
+                    if matches!(d.entry, Some(deliver::Entry::Message(_))) {
+                        messages += 1;
+                    }
+                    if read {
+                        c.read(d.seq).await?;
+                    } else {
+                        c.ack(d.seq).await?;
+                    }
+                }
+            }
+        }
+        Cmd::History { limit, before } => {
+            let mut other = Vec::new();
+            let page = c
+                .history(before, limit, Duration::from_secs(30), &mut other)
+                .await?;
+            for d in &page.entries {
+                print_deliver(args.json, d);
+            }
+            if page.more {
+                let oldest = page.entries.last().map(|d| d.seq).unwrap_or(0);
+                eprintln!("(more: chat history --before {oldest})");
+            }
+        }
+    }
+    c.close().await.ok();
+    Ok(())
+}
+
+fn print_frame(json: bool, f: &ServerFrame, label: &str) {
+    if json {
+        println!("{}", serde_json::to_string(f).expect("serializable"));
+        return;
+    }
+    match &f.frame {
+        Some(server_frame::Frame::Deliver(d)) => print_deliver(false, d),
+        Some(server_frame::Frame::Sent(s)) => {
+            println!("{label} msg_id={} ts={}", s.msg_id, s.ts)
+        }
+        Some(server_frame::Frame::Error(e)) => println!(
+            "error {:?}: {}",
+            chat_client::v1::ErrorCode::try_from(e.code).unwrap_or_default(),
+            e.message
+        ),
+        other => println!("{other:?}"),
+    }
+}
+
+fn print_deliver(json: bool, d: &Deliver) {
+    if json {
+        println!("{}", serde_json::to_string(d).expect("serializable"));
+        return;
+    }
+    match &d.entry {
+        Some(deliver::Entry::Message(m)) => {
+            println!("[{}] {} → {}: {}", d.seq, m.from, m.to, m.body)
+        }
+        Some(deliver::Entry::Receipt(r)) => {
+            let kind = match ReceiptKind::try_from(r.kind).unwrap_or_default() {
+                ReceiptKind::Read => "read ✓✓ (blue)",
+                _ => "delivered ✓✓",
+            };
+            println!("[{}] {} by {}: {}", d.seq, kind, r.by, r.msg_ids.join(", "))
+        }
+        None => println!("[{}] (empty)", d.seq),
+    }
+}

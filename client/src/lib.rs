@@ -1,0 +1,219 @@
+//! Client library for chat nodes: connect and authenticate, send, receive, acknowledge, page
+//! history. Used by the `chat` CLI, the integration tests and the benchmarks.
+//!
+//! A [`Client`] is one WebSocket connection speaking protobuf (or JSON, for tests of the JSON
+//! form). It does not hide the protocol: `recv` returns every server frame, so callers see
+//! deliveries, receipts and errors exactly as a node sends them.
+
+use std::time::Duration;
+
+use chat_proto::v1::{
+    client_frame, server_frame, Ack, ClientFrame, ErrorCode, Hello, HistoryPage, HistoryRequest,
+    Ping, ReadMarker, Send, ServerFrame, Welcome,
+};
+use chat_proto::Encoding;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use chat_proto::v1;
+
+/// Redirects followed before giving up.
+const MAX_REDIRECTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("timed out waiting for the node")]
+    Timeout,
+    #[error("the node refused: {code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("unexpected frame from the node: {0}")]
+    Unexpected(String),
+    #[error("too many redirects")]
+    TooManyRedirects,
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    encoding: Encoding,
+    /// The node's answer to our Hello.
+    pub welcome: Welcome,
+    /// The URL this connection ended up at (after redirects).
+    pub url: String,
+}
+
+/// Options for [`Client::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub encoding: Encoding,
+    pub timeout: Duration,
+    pub agent: String,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            encoding: Encoding::Protobuf,
+            timeout: Duration::from_secs(10),
+            agent: format!("chat-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `url`, authenticates with `token`, and follows redirects to the user's home.
+    pub async fn connect(url: &str, token: &str) -> Result<Client> {
+        Self::connect_with(url, token, &ConnectOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, token: &str, opts: &ConnectOptions) -> Result<Client> {
+        let mut url = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let (ws, _) =
+                tokio::time::timeout(opts.timeout, tokio_tungstenite::connect_async(&url))
+                    .await
+                    .map_err(|_| ClientError::Timeout)??;
+            let mut c = Client {
+                ws,
+                encoding: opts.encoding,
+                welcome: Welcome::default(),
+                url: url.clone(),
+            };
+            c.send(client_frame::Frame::Hello(Hello {
+                token: token.to_string(),
+                agent: opts.agent.clone(),
+            }))
+            .await?;
+            match c.recv_timeout(opts.timeout).await?.frame {
+                Some(server_frame::Frame::Welcome(w)) => {
+                    c.welcome = w;
+                    return Ok(c);
+                }
+                Some(server_frame::Frame::Redirect(r)) => url = r.url,
+                Some(server_frame::Frame::Error(e)) => return Err(refused(e)),
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Err(ClientError::TooManyRedirects)
+    }
+
+    /// Sends one client frame.
+    pub async fn send(&mut self, frame: client_frame::Frame) -> Result<()> {
+        let frame = ClientFrame { frame: Some(frame) };
+        let bytes = chat_proto::encode(self.encoding, &frame);
+        let msg = match self.encoding {
+            Encoding::Protobuf => WsMessage::binary(bytes),
+            Encoding::Json => WsMessage::text(String::from_utf8(bytes).expect("JSON is UTF-8")),
+        };
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Sends raw WebSocket data as is (for testing how a node treats bad input).
+    pub async fn send_raw(&mut self, msg: WsMessage) -> Result<()> {
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Sends a message; the answer (Sent or Error with `ref` = client_msg_id) comes via `recv`.
+    pub async fn send_message(&mut self, client_msg_id: &str, to: &str, body: &str) -> Result<()> {
+        self.send(client_frame::Frame::Send(Send {
+            client_msg_id: client_msg_id.to_string(),
+            to: to.to_string(),
+            body: body.to_string(),
+            from: String::new(),
+        }))
+        .await
+    }
+
+    pub async fn ack(&mut self, up_to_seq: u64) -> Result<()> {
+        self.send(client_frame::Frame::Ack(Ack { up_to_seq })).await
+    }
+
+    pub async fn read(&mut self, up_to_seq: u64) -> Result<()> {
+        self.send(client_frame::Frame::Read(ReadMarker { up_to_seq }))
+            .await
+    }
+
+    pub async fn ping(&mut self, nonce: u64) -> Result<()> {
+        self.send(client_frame::Frame::Ping(Ping { nonce })).await
+    }
+
+    /// Asks for a history page and waits for it (other frames arriving meanwhile are returned in
+    /// `skipped` so the caller loses nothing).
+    pub async fn history(
+        &mut self,
+        before_seq: u64,
+        limit: u32,
+        timeout: Duration,
+        skipped: &mut Vec<ServerFrame>,
+    ) -> Result<HistoryPage> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        self.send(client_frame::Frame::History(HistoryRequest {
+            before_seq,
+            limit,
+            request_id: request_id.clone(),
+        }))
+        .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = self.recv_until(deadline).await?;
+            match f.frame {
+                Some(server_frame::Frame::History(p)) if p.request_id == request_id => {
+                    return Ok(p)
+                }
+                Some(server_frame::Frame::Error(e)) if e.r#ref == request_id => {
+                    return Err(refused(e))
+                }
+                _ => skipped.push(f),
+            }
+        }
+    }
+
+    /// The next server frame.
+    pub async fn recv(&mut self) -> Result<ServerFrame> {
+        loop {
+            let msg = self.ws.next().await.ok_or(ClientError::Closed)??;
+            let (enc, data) = match msg {
+                WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
+                WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
+                WsMessage::Close(_) => return Err(ClientError::Closed),
+                _ => continue,
+            };
+            return chat_proto::decode::<ServerFrame>(enc, &data)
+                .map_err(|e| ClientError::Unexpected(e.to_string()));
+        }
+    }
+
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<ServerFrame> {
+        tokio::time::timeout(timeout, self.recv())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    pub async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Result<ServerFrame> {
+        tokio::time::timeout_at(deadline, self.recv())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) -> Result<()> {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+}
+
+fn refused(e: chat_proto::v1::Error) -> ClientError {
+    ClientError::Refused {
+        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+        message: e.message,
+    }
+}

@@ -1,0 +1,488 @@
+//! The committer: the one writer of the node's storage.
+//!
+//! Sessions send it commands over a bounded channel. A dedicated thread takes whatever is queued
+//! (up to `max_batch`), applies it to one RocksDB `WriteBatch`, writes that batch with one WAL fsync
+//! (group commit), and only then answers the commands and publishes new inbox entries to online
+//! devices. Because one thread assigns every sequence number, per-user order needs no locks, and a
+//! device never sees an entry that is not on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chat_proto::store::{inbox_entry, DeviceState, InboxEntry, SentRecord, UserState};
+use chat_proto::v1::{Message, Receipt, ReceiptKind, Sent};
+use prost::Message as _;
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Identity;
+use crate::error::ChatError;
+use crate::hub::Hub;
+use crate::store::keys::*;
+use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META};
+
+/// Most message ids in one stored receipt; a longer run is split into several receipts.
+const MAX_RECEIPT_IDS: usize = 512;
+/// User states cached between batches before the cache is emptied (they are all on disk).
+const USER_CACHE_MAX: usize = 200_000;
+
+/// What a device learns when it attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The device's durable cursor; its backlog starts after it.
+    pub cursor: u64,
+    /// The highest seq in the user's inbox.
+    pub inbox_seq: u64,
+}
+
+pub enum Command {
+    Send {
+        from: Identity,
+        client_msg_id: String,
+        to: String,
+        body: String,
+        reply: oneshot::Sender<Result<Sent, ChatError>>,
+    },
+    /// A device connects: registers it (within the device limit) and returns its cursor.
+    Attach {
+        who: Identity,
+        max_devices: u32,
+        reply: oneshot::Sender<Result<Attached, ChatError>>,
+    },
+    /// The device has every entry up to `up_to`; with `read`, the user also read them.
+    Ack {
+        who: Identity,
+        up_to: u64,
+        read: bool,
+    },
+}
+
+#[derive(Clone)]
+pub struct CommitterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CommitterHandle {
+    /// Queues a command; waits while the queue is full (backpressure on busy senders).
+    pub async fn submit(&self, cmd: Command) -> Result<(), ChatError> {
+        self.tx.send(cmd).await.map_err(|_| ChatError::ShuttingDown)
+    }
+}
+
+pub struct Committer {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    sync: bool,
+    max_batch: usize,
+    retention_ms: i64,
+    users: HashMap<String, CachedUser>,
+}
+
+#[derive(Clone)]
+struct CachedUser {
+    state: UserState,
+    /// `next_seq` as of the last successful commit: seqs below it are on disk.
+    committed_next: u64,
+}
+
+/// The work of one batch, applied to storage only if the whole batch commits.
+#[derive(Default)]
+struct Batch {
+    wb: WriteBatch,
+    dirty_users: Vec<String>,
+    /// Dedup records and device states written in this batch, read back before storage.
+    sent: HashMap<Vec<u8>, Sent>,
+    devices: HashMap<Vec<u8>, DeviceState>,
+    /// Devices registered in this batch, per user (not yet visible to `Store::devices`).
+    new_devices: HashMap<String, usize>,
+    appended: Vec<(String, u64, Arc<InboxEntry>)>,
+    replies: Vec<Reply>,
+}
+
+enum Reply {
+    Sent(oneshot::Sender<Result<Sent, ChatError>>, Sent),
+    Attached(oneshot::Sender<Result<Attached, ChatError>>, Attached),
+}
+
+impl Committer {
+    /// Starts the committer thread. It ends once every handle is dropped and the queue is drained.
+    pub fn start(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        sync: bool,
+        max_batch: usize,
+        queue_depth: usize,
+        retention_ms: i64,
+    ) -> (CommitterHandle, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue_depth);
+        let mut c = Committer {
+            store,
+            hub,
+            sync,
+            max_batch,
+            retention_ms,
+            users: HashMap::new(),
+        };
+        let join = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || c.run(rx))
+            .expect("spawn committer thread");
+        (CommitterHandle { tx }, join)
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut cmds = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            cmds.push(first);
+            while cmds.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.commit(cmds.drain(..));
+        }
+        tracing::info!("committer drained and stopped");
+    }
+
+    fn commit(&mut self, cmds: impl Iterator<Item = Command>) {
+        let mut b = Batch::default();
+        for cmd in cmds {
+            self.apply(cmd, &mut b);
+        }
+        for user in &b.dirty_users {
+            let state = &self.users[user].state;
+            b.wb.put_cf(
+                self.store.cf(CF_META),
+                user_state_key(user),
+                state.encode_to_vec(),
+            );
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        let result = if b.wb.is_empty() {
+            Ok(())
+        } else {
+            self.store.db().write_opt(b.wb, &wo)
+        };
+        match result {
+            Ok(()) => {
+                for user in &b.dirty_users {
+                    if let Some(u) = self.users.get_mut(user) {
+                        u.committed_next = u.state.next_seq;
+                    }
+                }
+                for r in b.replies {
+                    match r {
+                        Reply::Sent(tx, s) => drop(tx.send(Ok(s))),
+                        Reply::Attached(tx, a) => drop(tx.send(Ok(a))),
+                    }
+                }
+                for (user, seq, entry) in b.appended {
+                    self.hub.publish(&user, seq, entry);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is on disk: forget the seqs handed out in memory.
+                tracing::error!(error = %e, "commit failed");
+                self.users.clear();
+                for r in b.replies {
+                    let err = || ChatError::Internal(format!("commit failed: {e}"));
+                    match r {
+                        Reply::Sent(tx, _) => drop(tx.send(Err(err()))),
+                        Reply::Attached(tx, _) => drop(tx.send(Err(err()))),
+                    }
+                }
+            }
+        }
+        if self.users.len() > USER_CACHE_MAX {
+            self.users.clear();
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, b: &mut Batch) {
+        match cmd {
+            Command::Send {
+                from,
+                client_msg_id,
+                to,
+                body,
+                reply,
+            } => match self.send(&from, client_msg_id, to, body, b) {
+                Ok(Some(sent)) => b.replies.push(Reply::Sent(reply, sent)),
+                Ok(None) => {}
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Command::Attach {
+                who,
+                max_devices,
+                reply,
+            } => match self.attach(&who, max_devices, b) {
+                Ok(a) => b.replies.push(Reply::Attached(reply, a)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Command::Ack { who, up_to, read } => {
+                if let Err(e) = self.ack(&who, up_to, read, b) {
+                    tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
+                }
+            }
+        }
+    }
+
+    fn user<'a>(
+        users: &'a mut HashMap<String, CachedUser>,
+        store: &Store,
+        user: &str,
+    ) -> Result<&'a mut CachedUser, ChatError> {
+        if !users.contains_key(user) {
+            let state = store.user_state(user)?;
+            let committed_next = state.next_seq;
+            users.insert(
+                user.to_string(),
+                CachedUser {
+                    state,
+                    committed_next,
+                },
+            );
+        }
+        Ok(users.get_mut(user).expect("just inserted"))
+    }
+
+    fn mark_dirty(b: &mut Batch, user: &str) {
+        if !b.dirty_users.iter().any(|u| u == user) {
+            b.dirty_users.push(user.to_string());
+        }
+    }
+
+    /// Appends `entry` to `user`'s inbox in this batch and returns its seq.
+    fn append(
+        &mut self,
+        user: &str,
+        ts: i64,
+        entry: InboxEntry,
+        b: &mut Batch,
+    ) -> Result<u64, ChatError> {
+        let u = Self::user(&mut self.users, &self.store, user)?;
+        let seq = u.state.next_seq;
+        u.state.next_seq += 1;
+        b.wb.put_cf(
+            self.store.cf(CF_INBOX),
+            inbox_key(user, seq),
+            timed_value(ts, &entry),
+        );
+        Self::mark_dirty(b, user);
+        b.appended.push((user.to_string(), seq, Arc::new(entry)));
+        Ok(seq)
+    }
+
+    /// Returns the Sent to answer with after the commit, or `None` when the reply was already
+    /// given (a retry of a message that is on disk).
+    fn send(
+        &mut self,
+        from: &Identity,
+        client_msg_id: String,
+        to: String,
+        body: String,
+        b: &mut Batch,
+    ) -> Result<Option<Sent>, ChatError> {
+        let dkey = dedup_key(&from.user, &from.device, &client_msg_id);
+        if let Some(s) = b.sent.get(&dkey) {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(rec) = self
+            .store
+            .sent_record(&from.user, &from.device, &client_msg_id)?
+        {
+            return Ok(Some(Sent {
+                client_msg_id,
+                msg_id: rec.msg_id,
+                ts: rec.ts,
+            }));
+        }
+        let ts = chat_proto::now_ms();
+        let msg_id = uuid::Uuid::now_v7().to_string();
+        let message = Message {
+            msg_id: msg_id.clone(),
+            from: from.user.clone(),
+            from_device: from.device.clone(),
+            to: to.clone(),
+            body,
+            ts,
+            client_msg_id: client_msg_id.clone(),
+        };
+        let entry = InboxEntry {
+            entry: Some(inbox_entry::Entry::Message(message)),
+        };
+        self.append(&to, ts, entry, b)?;
+        let rec = SentRecord {
+            msg_id: msg_id.clone(),
+            ts,
+        };
+        b.wb.put_cf(self.store.cf(CF_DEDUP), &dkey, timed_value(ts, &rec));
+        let sent = Sent {
+            client_msg_id,
+            msg_id,
+            ts,
+        };
+        b.sent.insert(dkey, sent.clone());
+        Ok(Some(sent))
+    }
+
+    fn device(
+        &self,
+        key: &[u8],
+        who: &Identity,
+        b: &Batch,
+    ) -> Result<Option<DeviceState>, ChatError> {
+        match b.devices.get(key) {
+            Some(d) => Ok(Some(d.clone())),
+            None => self.store.device_state(&who.user, &who.device),
+        }
+    }
+
+    fn put_device(&self, key: Vec<u8>, state: DeviceState, b: &mut Batch) {
+        b.wb.put_cf(self.store.cf(CF_META), &key, state.encode_to_vec());
+        b.devices.insert(key, state);
+    }
+
+    fn attach(
+        &mut self,
+        who: &Identity,
+        max_devices: u32,
+        b: &mut Batch,
+    ) -> Result<Attached, ChatError> {
+        let now = chat_proto::now_ms();
+        let key = device_key(&who.user, &who.device);
+        let state = match self.device(&key, who, b)? {
+            Some(mut d) => {
+                d.last_seen_ms = now;
+                d
+            }
+            None => {
+                // Devices unseen for the whole retention have nothing left to receive: forget them.
+                let floor = now - self.retention_ms;
+                let mut live = Vec::new();
+                for (name, d) in self.store.devices(&who.user)? {
+                    let k = device_key(&who.user, &name);
+                    let d = b.devices.get(&k).cloned().unwrap_or(d);
+                    if d.last_seen_ms < floor {
+                        b.wb.delete_cf(self.store.cf(CF_META), &k);
+                    } else {
+                        live.push(d);
+                    }
+                }
+                let pending_new = b.new_devices.get(&who.user).copied().unwrap_or(0);
+                if live.len() + pending_new >= max_devices as usize {
+                    return Err(ChatError::TooManyDevices { max: max_devices });
+                }
+                *b.new_devices.entry(who.user.clone()).or_default() += 1;
+                // A new device starts where the user's least advanced device stands: whatever no
+                // device has yet is delivered to it too; older entries are history to page.
+                DeviceState {
+                    cursor: live.iter().map(|d| d.cursor).min().unwrap_or(0),
+                    first_seen_ms: now,
+                    last_seen_ms: now,
+                }
+            }
+        };
+        let cursor = state.cursor;
+        self.put_device(key, state, b);
+        let u = Self::user(&mut self.users, &self.store, &who.user)?;
+        Ok(Attached {
+            cursor,
+            inbox_seq: u.state.next_seq - 1,
+        })
+    }
+
+    fn ack(
+        &mut self,
+        who: &Identity,
+        up_to: u64,
+        read: bool,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        let u = Self::user(&mut self.users, &self.store, &who.user)?;
+        // Only entries already on disk can have been delivered; a client acking beyond them must
+        // not skip receipts for entries appended later.
+        let up_to = up_to.min(u.committed_next - 1);
+        let (delivered_from, read_from) = (u.state.delivered_upto, u.state.read_upto);
+        let key = device_key(&who.user, &who.device);
+        let Some(mut dev) = self.device(&key, who, b)? else {
+            return Err(ChatError::Internal("ack from an unattached device".into()));
+        };
+        if up_to > dev.cursor {
+            dev.cursor = up_to;
+            self.put_device(key, dev, b);
+        }
+        if up_to > delivered_from {
+            self.receipts(
+                &who.user,
+                delivered_from + 1,
+                up_to,
+                ReceiptKind::Delivered,
+                b,
+            )?;
+        }
+        if read && up_to > read_from {
+            self.receipts(&who.user, read_from + 1, up_to, ReceiptKind::Read, b)?;
+        }
+        let u = Self::user(&mut self.users, &self.store, &who.user)?;
+        let before = (u.state.delivered_upto, u.state.read_upto);
+        u.state.delivered_upto = u.state.delivered_upto.max(up_to);
+        if read {
+            u.state.read_upto = u.state.read_upto.max(up_to);
+        }
+        if before != (u.state.delivered_upto, u.state.read_upto) {
+            Self::mark_dirty(b, &who.user);
+        }
+        Ok(())
+    }
+
+    /// Stores a receipt of `kind` in each sender's inbox for the messages of `user`'s inbox in
+    /// `from..=to` (one receipt per sender, split at MAX_RECEIPT_IDS).
+    fn receipts(
+        &mut self,
+        user: &str,
+        from: u64,
+        to: u64,
+        kind: ReceiptKind,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        let mut by_sender: Vec<(String, Vec<String>)> = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let page = self.store.inbox_from(user, next, 1024)?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in page.into_iter().take_while(|e| e.seq <= to) {
+                if let Some(inbox_entry::Entry::Message(m)) = e.entry.entry {
+                    if m.from == user {
+                        continue;
+                    }
+                    match by_sender.iter_mut().find(|(s, _)| *s == m.from) {
+                        Some((_, ids)) => ids.push(m.msg_id),
+                        None => by_sender.push((m.from, vec![m.msg_id])),
+                    }
+                }
+            }
+            next = last + 1;
+        }
+        let ts = chat_proto::now_ms();
+        for (sender, ids) in by_sender {
+            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                let receipt = Receipt {
+                    kind: kind as i32,
+                    by: user.to_string(),
+                    msg_ids: chunk.to_vec(),
+                    ts,
+                };
+                let entry = InboxEntry {
+                    entry: Some(inbox_entry::Entry::Receipt(receipt)),
+                };
+                self.append(&sender, ts, entry, b)?;
+            }
+        }
+        Ok(())
+    }
+}

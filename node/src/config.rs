@@ -1,0 +1,357 @@
+//! Node configuration: one typed TOML document. Every field has a default; unknown keys are
+//! refused. Precedence, lowest first: defaults, the TOML file, `CHAT_NODE_<SECTION>__<KEY>`
+//! environment variables (for example `CHAT_NODE_STORAGE__SYNC=false`), command-line flags.
+//! `docs/operations.md` and `node/chat-node.example.toml` list every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub client: ClientSection,
+    pub auth: AuthSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// This node's id in the cluster (letters, digits, `-_.`).
+    pub id: String,
+    /// Where the RocksDB database lives.
+    pub data_dir: PathBuf,
+    /// Run as a cluster of one with no etcd: this node owns every user.
+    pub standalone: bool,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: "node-1".into(),
+            data_dir: PathBuf::from("data/node-1"),
+            standalone: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Address the client WebSocket listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// URL clients use to reach this node (given in redirects); empty: `ws://<listen address>`.
+    pub public_url: String,
+    /// A connection that has not authenticated within this many milliseconds is closed.
+    pub hello_timeout_ms: u64,
+    /// A connection that sends nothing (not even a ping) for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection {
+            listen: "127.0.0.1:7400".parse().expect("valid address"),
+            public_url: String::new(),
+            hello_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 secret shared with whoever issues tokens. Required; prefer the env variable
+    /// `CHAT_NODE_AUTH__JWT_SECRET` or `jwt_secret_file` to writing it in the file.
+    pub jwt_secret: String,
+    /// Read the secret from this file instead (surrounding white space is trimmed).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Clock skew allowed when checking `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            jwt_secret: String::new(),
+            jwt_secret_file: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_secret_file", &self.jwt_secret_file)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// fsync the write-ahead log before acknowledging (✓). Turn off only for throwaway data.
+    pub sync: bool,
+    /// Inbox entries and dedup records older than this are dropped by compaction.
+    pub retention_secs: u64,
+    /// Most commands committed in one write batch (one fsync).
+    pub max_batch: usize,
+    /// Commands that may wait for the committer before senders are slowed down.
+    pub queue_depth: usize,
+    /// RocksDB block cache, in MiB.
+    pub block_cache_mib: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            sync: true,
+            retention_secs: 30 * 24 * 3600,
+            max_batch: 1024,
+            queue_depth: 16_384,
+            block_cache_mib: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest client frame answered normally; a larger one gets FRAME_TOO_LARGE and is dropped.
+    /// Frames over 4x this close the connection (WebSocket code 1009) without being read.
+    pub max_frame_bytes: u32,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_body_bytes: u32,
+    /// Longest user, device, recipient or client_msg_id, in bytes.
+    pub max_id_bytes: u32,
+    /// Devices a user may have (seen within the retention).
+    pub max_devices_per_user: u32,
+    /// Most entries in one history page.
+    pub max_history_page: u32,
+    /// Sends a connection may have waiting for ✓ before the node stops reading from it.
+    pub max_inflight_sends: u32,
+    /// Open client connections; more are refused with OVERLOADED.
+    pub max_connections: u32,
+    /// Live entries buffered per connection before it falls back to reading from storage.
+    pub session_queue: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 32 * 1024,
+            max_id_bytes: 64,
+            max_devices_per_user: 8,
+            max_history_page: 200,
+            max_inflight_sends: 256,
+            max_connections: 100_000,
+            session_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing env-filter directives; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Overrides given on the command line; `None` leaves the value as the file and env set it.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub id: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub standalone: bool,
+    pub listen: Option<SocketAddr>,
+    pub public_url: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Defaults, then the file (if any), then the environment, then `overrides`; then validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("CHAT_NODE_").split("__").ignore(&["config"]));
+        let mut cfg: NodeConfig = fig.extract().map_err(Box::new)?;
+        cfg.apply(overrides);
+        cfg.resolve()?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.id {
+            self.node.id = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            self.node.data_dir = v.clone();
+        }
+        if o.standalone {
+            self.node.standalone = true;
+        }
+        if let Some(v) = o.listen {
+            self.client.listen = v;
+        }
+        if let Some(v) = &o.public_url {
+            self.client.public_url = v.clone();
+        }
+        if let Some(v) = &o.log_format {
+            self.log.format = v.clone();
+        }
+    }
+
+    /// Reads the secret file, and checks what serde cannot.
+    pub fn resolve(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(path) = &self.auth.jwt_secret_file {
+            let s = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("auth.jwt_secret_file {}: {e}", path.display()))
+            })?;
+            self.auth.jwt_secret = s.trim().to_string();
+        }
+        if self.auth.jwt_secret.len() < 16 {
+            return bad("auth.jwt_secret must be set, at least 16 bytes (env CHAT_NODE_AUTH__JWT_SECRET or auth.jwt_secret_file)".into());
+        }
+        if self.node.id.is_empty()
+            || !self
+                .node
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad(format!(
+                "node.id {:?}: use letters, digits, -_.",
+                self.node.id
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad(format!("log.format {:?}: text or json", self.log.format));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_body_bytes >= l.max_frame_bytes {
+            return bad(
+                "limits.max_body_bytes must be > 0 and below limits.max_frame_bytes".into(),
+            );
+        }
+        for (name, v) in [
+            ("limits.max_id_bytes", l.max_id_bytes),
+            ("limits.max_devices_per_user", l.max_devices_per_user),
+            ("limits.max_history_page", l.max_history_page),
+            ("limits.max_inflight_sends", l.max_inflight_sends),
+            ("limits.max_connections", l.max_connections),
+            ("limits.session_queue", l.session_queue),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if l.max_id_bytes > 1024 {
+            return bad("limits.max_id_bytes must be at most 1024".into());
+        }
+        if self.storage.retention_secs == 0 {
+            return bad("storage.retention_secs must be at least 1".into());
+        }
+        if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
+            return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
+        }
+        if !self.node.standalone {
+            return bad(
+                "cluster mode (etcd membership) is not built yet: run with --standalone".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.storage.retention_secs)
+    }
+
+    /// The URL given to clients for this node, once the listener's real address is known.
+    pub fn client_url(&self, bound: SocketAddr) -> String {
+        if self.client.public_url.is_empty() {
+            format!("ws://{bound}")
+        } else {
+            self.client.public_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn file_values_apply_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            dir.path(),
+            "[node]\nid = \"n7\"\nstandalone = true\n[auth]\njwt_secret = \"0123456789abcdef\"\n[limits]\nmax_body_bytes = 100\n",
+        );
+        let cfg = NodeConfig::load(Some(&good), &Overrides::default()).unwrap();
+        assert_eq!(cfg.node.id, "n7");
+        assert_eq!(cfg.limits.max_body_bytes, 100);
+        assert!(cfg.storage.sync, "defaults fill the rest");
+
+        let bad = write(
+            dir.path(),
+            "[node]\nstandalone = true\nbogus = 1\n[auth]\njwt_secret = \"0123456789abcdef\"\n",
+        );
+        let err = NodeConfig::load(Some(&bad), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_and_validation_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "[auth]\njwt_secret = \"0123456789abcdef\"\n");
+        let o = Overrides {
+            standalone: true,
+            id: Some("cli".into()),
+            ..Default::default()
+        };
+        assert_eq!(NodeConfig::load(Some(&f), &o).unwrap().node.id, "cli");
+        let short = write(dir.path(), "[auth]\njwt_secret = \"short\"\n");
+        assert!(NodeConfig::load(Some(&short), &o).is_err());
+    }
+}

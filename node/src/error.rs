@@ -1,0 +1,97 @@
+//! The node's error type, and the one place that maps errors to wire error codes.
+
+use chat_proto::v1::{server_frame, Error as ErrorFrame, ErrorCode, ServerFrame};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("malformed frame: {0}")]
+    BadFrame(String),
+    #[error("unknown frame kind: {0}")]
+    UnknownFrame(String),
+    #[error("frame of {size} bytes is over the limit of {max}")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("send a hello frame with a token first")]
+    Unauthenticated,
+    #[error("invalid token: {0}")]
+    TokenInvalid(String),
+    #[error("token expired")]
+    TokenExpired,
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("invalid {what}: {reason}")]
+    InvalidId { what: &'static str, reason: String },
+    #[error("message body is empty")]
+    BodyEmpty,
+    #[error("message body of {size} bytes is over the limit of {max}")]
+    BodyTooLarge { size: usize, max: usize },
+    #[error("user already has {max} devices (the limit); devices unseen for the retention period are forgotten")]
+    TooManyDevices { max: u32 },
+    #[error("this connection is already authenticated")]
+    AlreadyAuthenticated,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How long a client should wait before retrying after OVERLOADED or SHUTTING_DOWN.
+const RETRY_AFTER_MS: u32 = 1_000;
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        use ChatError::*;
+        match self {
+            BadFrame(_) => ErrorCode::BadFrame,
+            UnknownFrame(_) => ErrorCode::UnknownFrame,
+            FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Unauthenticated => ErrorCode::Unauthenticated,
+            TokenInvalid(_) => ErrorCode::TokenInvalid,
+            TokenExpired => ErrorCode::TokenExpired,
+            PermissionDenied(_) => ErrorCode::PermissionDenied,
+            InvalidId { .. } => ErrorCode::InvalidId,
+            BodyEmpty => ErrorCode::BodyEmpty,
+            BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            TooManyDevices { .. } => ErrorCode::TooManyDevices,
+            AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
+            InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Overloaded(_) => ErrorCode::Overloaded,
+            ShuttingDown => ErrorCode::ShuttingDown,
+            Storage(_) | Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The error frame a client receives. Internal details stay in the node's log.
+    pub fn to_frame(&self, reference: &str) -> ServerFrame {
+        let message = match self {
+            ChatError::Storage(_) | ChatError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let retry_after_ms = match self {
+            ChatError::Overloaded(_) | ChatError::ShuttingDown => RETRY_AFTER_MS,
+            _ => 0,
+        };
+        ServerFrame {
+            frame: Some(server_frame::Frame::Error(ErrorFrame {
+                code: self.code() as i32,
+                message,
+                r#ref: reference.to_string(),
+                retry_after_ms,
+            })),
+        }
+    }
+}
+
+impl From<chat_proto::DecodeError> for ChatError {
+    fn from(e: chat_proto::DecodeError) -> Self {
+        match e {
+            chat_proto::DecodeError::Malformed(m) => ChatError::BadFrame(m),
+            chat_proto::DecodeError::Unknown(k) => ChatError::UnknownFrame(k),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The hub: which devices of which users are connected to this node, and the live path to them.
+//!
+//! The committer publishes every inbox entry after it is on disk. Each connected device has a
+//! bounded queue; publishing never blocks. When a device's queue is full the entry is dropped and
+//! the device is marked lagged: its session then reads the missing entries from storage, so a slow
+//! device costs memory only up to its queue and never loses anything.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chat_proto::store::InboxEntry;
+use tokio::sync::{mpsc, Notify};
+
+const SHARDS: usize = 64;
+
+/// A live inbox entry on its way to a device.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub seq: u64,
+    pub entry: Arc<InboxEntry>,
+}
+
+struct Subscriber {
+    id: u64,
+    device: String,
+    tx: mpsc::Sender<Push>,
+    signals: Arc<Signals>,
+}
+
+/// Out-of-band signals from the hub to one session.
+#[derive(Default)]
+pub struct Signals {
+    /// Entries were dropped because the queue was full: read from storage.
+    pub lagged: AtomicBool,
+    /// A newer connection of the same device took over: close this one.
+    pub replaced: AtomicBool,
+    pub notify: Notify,
+}
+
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<String, Vec<Subscriber>>>>,
+    next_id: AtomicU64,
+    queue: usize,
+}
+
+/// A device's subscription; dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: String,
+    id: u64,
+    pub rx: mpsc::Receiver<Push>,
+    pub signals: Arc<Signals>,
+}
+
+impl Hub {
+    pub fn new(queue: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            queue,
+        })
+    }
+
+    fn shard(&self, user: &str) -> &Mutex<HashMap<String, Vec<Subscriber>>> {
+        &self.shards[(chat_ring::key_hash(user) % SHARDS as u64) as usize]
+    }
+
+    /// Registers a device. Any older connection of the same device is told it was replaced.
+    pub fn subscribe(self: &Arc<Self>, user: &str, device: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let signals = Arc::new(Signals::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(user).lock().expect("hub lock");
+        let subs = shard.entry(user.to_string()).or_default();
+        for old in subs.iter().filter(|s| s.device == device) {
+            old.signals.replaced.store(true, Ordering::Release);
+            old.signals.notify.notify_one();
+        }
+        subs.push(Subscriber {
+            id,
+            device: device.to_string(),
+            tx,
+            signals: signals.clone(),
+        });
+        Subscription {
+            hub: self.clone(),
+            user: user.to_string(),
+            id,
+            rx,
+            signals,
+        }
+    }
+
+    /// Hands a committed entry to every connected device of `user`.
+    pub fn publish(&self, user: &str, seq: u64, entry: Arc<InboxEntry>) {
+        let shard = self.shard(user).lock().expect("hub lock");
+        let Some(subs) = shard.get(user) else {
+            return;
+        };
+        for s in subs {
+            let push = Push {
+                seq,
+                entry: entry.clone(),
+            };
+            if s.tx.try_send(push).is_err() {
+                s.signals.lagged.store(true, Ordering::Release);
+                s.signals.notify.notify_one();
+            }
+        }
+    }
+
+    /// Connected devices (for metrics and tests).
+    pub fn connected(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .expect("hub lock")
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut shard = self.hub.shard(&self.user).lock().expect("hub lock");
+        if let Some(subs) = shard.get_mut(&self.user) {
+            subs.retain(|s| s.id != self.id);
+            if subs.is_empty() {
+                shard.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Arc<InboxEntry> {
+        Arc::new(InboxEntry::default())
+    }
+
+    #[tokio::test]
+    async fn full_queue_marks_lagged_instead_of_blocking() {
+        let hub = Hub::new(2);
+        let mut sub = hub.subscribe("bob", "phone");
+        for seq in 1..=5 {
+            hub.publish("bob", seq, entry());
+        }
+        assert!(sub.signals.lagged.load(Ordering::Acquire));
+        assert_eq!(sub.rx.recv().await.unwrap().seq, 1);
+        assert_eq!(sub.rx.recv().await.unwrap().seq, 2);
+        assert!(sub.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn same_device_replaces_and_drop_unsubscribes() {
+        let hub = Hub::new(8);
+        let first = hub.subscribe("bob", "phone");
+        let _other = hub.subscribe("bob", "laptop");
+        assert!(!first.signals.replaced.load(Ordering::Acquire));
+        let second = hub.subscribe("bob", "phone");
+        assert!(first.signals.replaced.load(Ordering::Acquire));
+        assert!(!second.signals.replaced.load(Ordering::Acquire));
+        assert_eq!(hub.connected(), 3);
+        drop(first);
+        drop(second);
+        assert_eq!(hub.connected(), 1);
+    }
+}

@@ -1,0 +1,567 @@
+//! One client connection: authentication, then frames in and entries out.
+//!
+//! Delivery without gaps or duplicates: the session subscribes to the hub *before* it learns its
+//! cursor, then reads its backlog from storage ("catching up") while live entries queue. A live
+//! entry is sent only if it is exactly the next seq; anything older was already sent, anything
+//! newer means entries were missed and the session catches up from storage again. Storage is the
+//! truth; the live queue is only a shortcut.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::store::{inbox_entry, InboxEntry};
+use chat_proto::v1::{
+    client_frame, deliver, server_frame, ClientFrame, Deliver, HistoryPage, Limits, Pong,
+    ServerFrame, Welcome,
+};
+use chat_proto::Encoding;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::auth::{Identity, Verifier};
+use crate::commit::{Attached, Command, CommitterHandle};
+use crate::config::NodeConfig;
+use crate::error::ChatError;
+use crate::hub::{Hub, Push, Subscription};
+use crate::store::{Store, StoredEntry};
+use crate::validate::{check_body, check_id, IdKind};
+
+/// Entries read from storage per catch-up page.
+const PAGE: usize = 512;
+/// Failed Hello frames before the connection is closed.
+const MAX_HELLO_ATTEMPTS: u32 = 3;
+/// How long a draining session waits for its pending ✓ before closing.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// What every session of a node shares.
+pub struct Shared {
+    pub cfg: NodeConfig,
+    pub client_url: String,
+    pub verifier: Verifier,
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub committer: CommitterHandle,
+}
+
+impl Shared {
+    fn limits(&self) -> Limits {
+        let l = &self.cfg.limits;
+        Limits {
+            max_frame_bytes: l.max_frame_bytes,
+            max_body_bytes: l.max_body_bytes,
+            max_id_bytes: l.max_id_bytes,
+            max_history_page: l.max_history_page,
+            max_devices_per_user: l.max_devices_per_user,
+            max_inflight_sends: l.max_inflight_sends,
+        }
+    }
+}
+
+type SendResult = (String, Result<chat_proto::v1::Sent, ChatError>);
+type Pending = Pin<Box<dyn std::future::Future<Output = SendResult> + Send>>;
+
+/// Why the connection ended.
+enum End {
+    /// The client left, or the socket failed.
+    Gone,
+    /// We close it with this code and reason.
+    Close(CloseCode, &'static str),
+}
+
+pub struct Session {
+    ws: WebSocketStream<TcpStream>,
+    ctx: Arc<Shared>,
+    enc: Encoding,
+    /// Frames fed to the socket since the last flush.
+    unflushed: bool,
+}
+
+/// Serves one connection until it ends or the node shuts down.
+pub async fn serve(
+    ws: WebSocketStream<TcpStream>,
+    peer: SocketAddr,
+    ctx: Arc<Shared>,
+    shutdown: broadcast::Receiver<()>,
+) {
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        user = tracing::field::Empty,
+        device = tracing::field::Empty
+    );
+    let mut s = Session {
+        ws,
+        ctx,
+        enc: Encoding::Json,
+        unflushed: false,
+    };
+    async move {
+        let end = s.run(shutdown).await;
+        if let End::Close(code, reason) = end {
+            let _ = s.flush().await;
+            let _ =
+                s.ws.close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+                .await;
+        }
+        tracing::debug!("connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// The state of an authenticated connection.
+struct Live {
+    who: Identity,
+    sub: Subscription,
+    /// Highest seq sent on this connection (starts at the device's cursor).
+    last_sent: u64,
+    catching_up: bool,
+    /// Highest live seq seen while catching up: catch-up ends only once it has been sent.
+    max_seen: u64,
+    page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
+    inflight: FuturesOrdered<Pending>,
+}
+
+impl Session {
+    async fn run(&mut self, mut shutdown: broadcast::Receiver<()>) -> End {
+        let who = match self.hello(&mut shutdown).await {
+            Ok(who) => who,
+            Err(end) => return end,
+        };
+        let span = tracing::Span::current();
+        span.record("user", who.user.as_str());
+        span.record("device", who.device.as_str());
+
+        // Subscribe before reading the cursor: see the module comment.
+        let sub = self.ctx.hub.subscribe(&who.user, &who.device);
+        let attached = match self.attach(&who).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.send(&e.to_frame("")).await;
+                return End::Close(CloseCode::Policy, "attach refused");
+            }
+        };
+        let welcome = ServerFrame {
+            frame: Some(server_frame::Frame::Welcome(Welcome {
+                user: who.user.clone(),
+                device: who.device.clone(),
+                node: self.ctx.cfg.node.id.clone(),
+                cursor: attached.cursor,
+                inbox_seq: attached.inbox_seq,
+                limits: Some(self.ctx.limits()),
+                server_time_ms: chat_proto::now_ms(),
+            })),
+        };
+        if self.send(&welcome).await.is_err() || self.flush().await.is_err() {
+            return End::Gone;
+        }
+        tracing::debug!(
+            cursor = attached.cursor,
+            inbox_seq = attached.inbox_seq,
+            "attached"
+        );
+        let mut live = Live {
+            who,
+            sub,
+            last_sent: attached.cursor,
+            catching_up: true,
+            max_seen: 0,
+            page: None,
+            inflight: FuturesOrdered::new(),
+        };
+        let end = self.serve_live(&mut live, &mut shutdown).await;
+        if matches!(end, End::Close(CloseCode::Away, _)) {
+            self.drain_inflight(&mut live).await;
+        }
+        end
+    }
+
+    async fn attach(&self, who: &Identity) -> Result<Attached, ChatError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctx
+            .committer
+            .submit(Command::Attach {
+                who: who.clone(),
+                max_devices: self.ctx.cfg.limits.max_devices_per_user,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| ChatError::ShuttingDown)?
+    }
+
+    /// Waits for a valid Hello. Other frames are answered with UNAUTHENTICATED.
+    async fn hello(&mut self, shutdown: &mut broadcast::Receiver<()>) -> Result<Identity, End> {
+        let deadline = Instant::now() + Duration::from_millis(self.ctx.cfg.client.hello_timeout_ms);
+        let mut attempts = 0;
+        loop {
+            let msg = tokio::select! {
+                m = tokio::time::timeout_at(deadline, self.ws.next()) => m,
+                _ = shutdown.recv() => return Err(End::Close(CloseCode::Away, "node shutting down")),
+            };
+            let msg = match msg {
+                Err(_) => {
+                    let _ = self.send(&ChatError::Unauthenticated.to_frame("")).await;
+                    return Err(End::Close(CloseCode::Policy, "no hello in time"));
+                }
+                Ok(None) | Ok(Some(Err(_))) => return Err(End::Gone),
+                Ok(Some(Ok(m))) => m,
+            };
+            let frame = match self.decode(msg) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(None) => return Err(End::Gone),
+                Err(Some(e)) => {
+                    self.reply_error(&e, "").await.map_err(|_| End::Gone)?;
+                    self.flush().await.map_err(|_| End::Gone)?;
+                    continue;
+                }
+            };
+            match frame.frame {
+                Some(client_frame::Frame::Hello(h)) => match self.ctx.verifier.verify(&h.token) {
+                    Ok(who) => return Ok(who),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "hello refused");
+                        self.reply_error(&e, "").await.map_err(|_| End::Gone)?;
+                        attempts += 1;
+                        if attempts >= MAX_HELLO_ATTEMPTS {
+                            return Err(End::Close(CloseCode::Policy, "authentication failed"));
+                        }
+                    }
+                },
+                _ => self
+                    .reply_error(&ChatError::Unauthenticated, "")
+                    .await
+                    .map_err(|_| End::Gone)?,
+            }
+            self.flush().await.map_err(|_| End::Gone)?;
+        }
+    }
+
+    async fn serve_live(&mut self, live: &mut Live, shutdown: &mut broadcast::Receiver<()>) -> End {
+        let idle = Duration::from_millis(self.ctx.cfg.client.idle_timeout_ms);
+        let max_inflight = self.ctx.cfg.limits.max_inflight_sends as usize;
+        let mut idle_deadline = Instant::now() + idle;
+        loop {
+            if live.catching_up && live.page.is_none() {
+                let store = self.ctx.store.clone();
+                let (user, from) = (live.who.user.clone(), live.last_sent + 1);
+                live.page = Some(tokio::task::spawn_blocking(move || {
+                    store.inbox_from(&user, from, PAGE)
+                }));
+            }
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.recv() => {
+                    // Tell the client why, with a retry hint, before the close frame.
+                    let _ = self.send(&ChatError::ShuttingDown.to_frame("")).await;
+                    Err(End::Close(CloseCode::Away, "node shutting down"))
+                }
+                _ = live.sub.signals.notify.notified() => self.on_signal(live),
+                Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
+                    self.on_sent(&cmid, res).await
+                }
+                msg = self.ws.next(), if live.inflight.len() < max_inflight => {
+                    idle_deadline = Instant::now() + idle;
+                    match msg {
+                        Some(Ok(m)) => self.on_message(live, m).await,
+                        _ => Err(End::Gone),
+                    }
+                }
+                Some(push) = live.sub.rx.recv() => self.on_push(live, push).await,
+                page = async { live.page.as_mut().expect("guarded").await }, if live.page.is_some() => {
+                    live.page = None;
+                    match page {
+                        Ok(Ok(entries)) => self.on_page(live, entries).await,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "reading backlog failed");
+                            Err(End::Close(CloseCode::Error, "storage error"))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "backlog task failed");
+                            Err(End::Close(CloseCode::Error, "internal error"))
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    Err(End::Close(CloseCode::Away, "idle timeout"))
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if self.flush().await.is_err() {
+                return End::Gone;
+            }
+        }
+    }
+
+    /// On shutdown: stop reading, but give pending sends their ✓ (they are being committed).
+    async fn drain_inflight(&mut self, live: &mut Live) {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while let Ok(Some((cmid, res))) =
+            tokio::time::timeout_at(deadline, live.inflight.next()).await
+        {
+            if self.on_sent(&cmid, res).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn on_signal(&mut self, live: &mut Live) -> Result<(), End> {
+        if live.sub.signals.replaced.load(Ordering::Acquire) {
+            return Err(End::Close(
+                CloseCode::Policy,
+                "replaced by a newer connection of this device",
+            ));
+        }
+        if live.sub.signals.lagged.swap(false, Ordering::AcqRel) {
+            live.catching_up = true;
+        }
+        Ok(())
+    }
+
+    async fn on_push(&mut self, live: &mut Live, push: Push) -> Result<(), End> {
+        if push.seq <= live.last_sent {
+            return Ok(());
+        }
+        if live.catching_up || push.seq != live.last_sent + 1 {
+            // Storage has it; catch up from there.
+            live.catching_up = true;
+            live.max_seen = live.max_seen.max(push.seq);
+            return Ok(());
+        }
+        live.last_sent = push.seq;
+        self.deliver(push.seq, &push.entry).await
+    }
+
+    async fn on_page(&mut self, live: &mut Live, entries: Vec<StoredEntry>) -> Result<(), End> {
+        let full = entries.len() == PAGE;
+        for e in entries {
+            if e.seq > live.last_sent {
+                live.last_sent = e.seq;
+                self.deliver(e.seq, &e.entry).await?;
+            }
+        }
+        if !full && live.last_sent >= live.max_seen {
+            live.catching_up = false;
+        }
+        Ok(())
+    }
+
+    async fn on_sent(
+        &mut self,
+        cmid: &str,
+        res: Result<chat_proto::v1::Sent, ChatError>,
+    ) -> Result<(), End> {
+        let frame = match res {
+            Ok(sent) => ServerFrame {
+                frame: Some(server_frame::Frame::Sent(sent)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, client_msg_id = cmid, "send failed");
+                e.to_frame(cmid)
+            }
+        };
+        self.send(&frame).await.map_err(|_| End::Gone)
+    }
+
+    async fn on_message(&mut self, live: &mut Live, msg: WsMessage) -> Result<(), End> {
+        let frame = match self.decode(msg) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(None) => return Err(End::Gone),
+            Err(Some(e)) => return self.reply_error(&e, "").await.map_err(|_| End::Gone),
+        };
+        let Some(frame) = frame.frame else {
+            return Ok(());
+        };
+        let lim = &self.ctx.cfg.limits;
+        match frame {
+            client_frame::Frame::Hello(_) => {
+                self.reply_error(&ChatError::AlreadyAuthenticated, "").await
+            }
+            client_frame::Frame::Send(s) => {
+                let checked = (|| {
+                    check_id(
+                        IdKind::ClientMsgId,
+                        &s.client_msg_id,
+                        lim.max_id_bytes as usize,
+                    )?;
+                    if !s.from.is_empty() && s.from != live.who.user {
+                        return Err(ChatError::PermissionDenied(format!(
+                            "authenticated as {:?}, cannot send as {:?}",
+                            live.who.user, s.from
+                        )));
+                    }
+                    check_id(IdKind::Recipient, &s.to, lim.max_id_bytes as usize)?;
+                    check_body(&s.body, lim.max_body_bytes as usize)
+                })();
+                if let Err(e) = checked {
+                    return self.reply_error(&e, &s.client_msg_id).await;
+                }
+                let (reply, rx) = oneshot::channel();
+                let cmid = s.client_msg_id.clone();
+                let cmd = Command::Send {
+                    from: live.who.clone(),
+                    client_msg_id: s.client_msg_id,
+                    to: s.to,
+                    body: s.body,
+                    reply,
+                };
+                if let Err(e) = self.ctx.committer.submit(cmd).await {
+                    return self.reply_error(&e, &cmid).await;
+                }
+                live.inflight.push_back(Box::pin(async move {
+                    let res = rx.await.unwrap_or(Err(ChatError::ShuttingDown));
+                    (cmid, res)
+                }));
+                Ok(())
+            }
+            client_frame::Frame::Ack(a) => self.ack(live, a.up_to_seq, false).await,
+            client_frame::Frame::Read(r) => self.ack(live, r.up_to_seq, true).await,
+            client_frame::Frame::History(h) => self.history(live, h).await,
+            client_frame::Frame::Ping(p) => {
+                let pong = ServerFrame {
+                    frame: Some(server_frame::Frame::Pong(Pong {
+                        nonce: p.nonce,
+                        server_time_ms: chat_proto::now_ms(),
+                    })),
+                };
+                self.send(&pong).await.map_err(|_| End::Gone)
+            }
+        }
+    }
+
+    async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), End> {
+        // A device can acknowledge only what it was sent.
+        let up_to = up_to.min(live.last_sent);
+        if up_to == 0 {
+            return Ok(());
+        }
+        let cmd = Command::Ack {
+            who: live.who.clone(),
+            up_to,
+            read,
+        };
+        match self.ctx.committer.submit(cmd).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.reply_error(&e, "").await,
+        }
+    }
+
+    async fn history(
+        &mut self,
+        live: &mut Live,
+        h: chat_proto::v1::HistoryRequest,
+    ) -> Result<(), End> {
+        let max = self.ctx.cfg.limits.max_history_page;
+        if h.limit > max {
+            let e = ChatError::InvalidArgument(format!("history limit {} is over {max}", h.limit));
+            return self.reply_error(&e, &h.request_id).await;
+        }
+        let limit = if h.limit == 0 { max } else { h.limit } as usize;
+        let store = self.ctx.store.clone();
+        let user = live.who.user.clone();
+        let before = h.before_seq;
+        let res = tokio::task::spawn_blocking(move || store.inbox_before(&user, before, limit))
+            .await
+            .unwrap_or_else(|e| Err(ChatError::Internal(e.to_string())));
+        let (entries, more) = match res {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(&e, &h.request_id).await,
+        };
+        let page = ServerFrame {
+            frame: Some(server_frame::Frame::History(HistoryPage {
+                request_id: h.request_id,
+                entries: entries
+                    .iter()
+                    .map(|e| to_deliver(e.seq, &e.entry))
+                    .collect(),
+                more,
+            })),
+        };
+        self.send(&page).await.map_err(|_| End::Gone)
+    }
+
+    async fn deliver(&mut self, seq: u64, entry: &InboxEntry) -> Result<(), End> {
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(to_deliver(seq, entry))),
+        };
+        self.send(&frame).await.map_err(|_| End::Gone)
+    }
+
+    /// Decodes a data frame. `Ok(None)`: a control frame, nothing to do. `Err(None)`: the client
+    /// closed. `Err(Some(e))`: a bad frame to answer with `e`.
+    fn decode(&mut self, msg: WsMessage) -> Result<Option<ClientFrame>, Option<ChatError>> {
+        let (enc, data) = match msg {
+            WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
+            WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
+            WsMessage::Close(_) => return Err(None),
+            _ => return Ok(None),
+        };
+        self.enc = enc;
+        let max = self.ctx.cfg.limits.max_frame_bytes as usize;
+        if data.len() > max {
+            return Err(Some(ChatError::FrameTooLarge {
+                size: data.len(),
+                max,
+            }));
+        }
+        chat_proto::decode::<ClientFrame>(enc, &data)
+            .map(Some)
+            .map_err(|e| Some(e.into()))
+    }
+
+    async fn reply_error(&mut self, e: &ChatError, reference: &str) -> Result<(), End> {
+        tracing::debug!(error = %e, "request refused");
+        self.send(&e.to_frame(reference))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    /// Queues a frame; `flush` sends what is queued.
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), ()> {
+        let bytes = chat_proto::encode(self.enc, frame);
+        let msg = match self.enc {
+            Encoding::Protobuf => WsMessage::binary(bytes),
+            Encoding::Json => {
+                WsMessage::text(String::from_utf8(bytes).expect("serde_json writes UTF-8"))
+            }
+        };
+        self.unflushed = true;
+        self.ws.feed(msg).await.map_err(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        self.unflushed = false;
+        self.ws.flush().await.map_err(|_| ())
+    }
+}
+
+pub fn to_deliver(seq: u64, entry: &InboxEntry) -> Deliver {
+    Deliver {
+        seq,
+        entry: entry.entry.clone().map(|e| match e {
+            inbox_entry::Entry::Message(m) => deliver::Entry::Message(m),
+            inbox_entry::Entry::Receipt(r) => deliver::Entry::Receipt(r),
+        }),
+    }
+}

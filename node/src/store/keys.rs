@@ -1,0 +1,109 @@
+//! Storage key layout. Every key begins with the ring hash of the user that owns the record
+//! (BRIEF §4), so one ring segment is one contiguous key range in every column family:
+//!
+//! ```text
+//! owner prefix  = key_hash(user): u64 BE | len(user): u16 BE | user bytes
+//! inbox         = owner prefix | seq: u64 BE                       -> ts header | InboxEntry
+//! meta (user)   = owner prefix | 'u'                                -> UserState
+//! meta (device) = owner prefix | 'd' | device bytes                 -> DeviceState
+//! dedup         = owner prefix | len(device): u16 BE | device | client_msg_id -> ts header | SentRecord
+//! ```
+//!
+//! The length before the user id keeps users whose ids share a prefix ("al", "alice") apart.
+//! Values that expire carry an 8-byte big-endian millisecond timestamp first, so the retention
+//! compaction filter can judge them without decoding protobuf.
+
+use chat_ring::key_hash;
+
+pub const USER_STATE_TAG: u8 = b'u';
+pub const DEVICE_TAG: u8 = b'd';
+
+pub fn owner_prefix(owner: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + owner.len() + 16);
+    k.extend_from_slice(&key_hash(owner).to_be_bytes());
+    k.extend_from_slice(&(owner.len() as u16).to_be_bytes());
+    k.extend_from_slice(owner.as_bytes());
+    k
+}
+
+pub fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq of an inbox key that begins with `prefix`.
+pub fn inbox_seq(prefix: &[u8], key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(prefix)?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
+pub fn user_state_key(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(USER_STATE_TAG);
+    k
+}
+
+pub fn device_prefix(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(DEVICE_TAG);
+    k
+}
+
+pub fn device_key(user: &str, device: &str) -> Vec<u8> {
+    let mut k = device_prefix(user);
+    k.extend_from_slice(device.as_bytes());
+    k
+}
+
+pub fn dedup_key(user: &str, device: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.extend_from_slice(&(device.len() as u16).to_be_bytes());
+    k.extend_from_slice(device.as_bytes());
+    k.extend_from_slice(client_msg_id.as_bytes());
+    k
+}
+
+/// `ts_ms` header followed by the encoded record.
+pub fn timed_value(ts_ms: i64, record: &impl prost::Message) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + record.encoded_len());
+    v.extend_from_slice(&ts_ms.to_be_bytes());
+    record.encode(&mut v).expect("Vec grows");
+    v
+}
+
+/// Splits a timed value into its timestamp and the record bytes.
+pub fn split_timed(value: &[u8]) -> Option<(i64, &[u8])> {
+    if value.len() < 8 {
+        return None;
+    }
+    let (ts, rest) = value.split_at(8);
+    Some((i64::from_be_bytes(ts.try_into().ok()?), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_user_share_the_ring_hash_prefix_and_sort_by_seq() {
+        let a = inbox_key("alice", 1);
+        let b = inbox_key("alice", 256);
+        assert_eq!(&a[..8], &key_hash("alice").to_be_bytes());
+        assert!(a < b);
+        assert_eq!(inbox_seq(&owner_prefix("alice"), &b), Some(256));
+        for k in [
+            user_state_key("alice"),
+            device_key("alice", "d"),
+            dedup_key("alice", "d", "c"),
+        ] {
+            assert!(k.starts_with(&owner_prefix("alice")));
+        }
+    }
+
+    #[test]
+    fn users_sharing_an_id_prefix_do_not_overlap() {
+        assert!(!inbox_key("alice", 1).starts_with(&owner_prefix("al")));
+        assert_eq!(inbox_seq(&owner_prefix("al"), &inbox_key("alice", 1)), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! The node's storage: one RocksDB with a column family per record kind.
+//!
+//! Writes go through the committer (`crate::commit`), which batches them; this module opens the
+//! database and serves reads. Reads are blocking calls: async callers use `spawn_blocking`.
+
+pub mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::store::{DeviceState, InboxEntry, SentRecord, UserState};
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, DB};
+
+use crate::error::ChatError;
+use keys::*;
+
+pub const CF_INBOX: &str = "inbox";
+pub const CF_META: &str = "meta";
+pub const CF_DEDUP: &str = "dedup";
+
+/// Storage tuning that comes from the node's config.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub retention: Duration,
+    pub block_cache_mib: usize,
+}
+
+/// An inbox entry read back from storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub entry: InboxEntry,
+}
+
+pub struct Store {
+    db: DB,
+    retention_ms: i64,
+}
+
+/// Drops values whose timestamp header is older than the retention. Runs inside compactions, so
+/// expiry costs no scan; reads also skip expired entries, so the result does not depend on when
+/// compaction happens to run.
+fn retention_filter(retention_ms: i64) -> impl FnMut(u32, &[u8], &[u8]) -> Decision {
+    move |_level, _key, value| match split_timed(value) {
+        Some((ts, _)) if ts < chat_proto::now_ms() - retention_ms => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<Arc<Store>, ChatError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| ChatError::Internal(format!("create {}: {e}", path.display())))?;
+        let retention_ms = opts.retention.as_millis().min(i64::MAX as u128) as i64;
+        let cache = Cache::new_lru_cache(opts.block_cache_mib.max(1) * 1024 * 1024);
+        let cf_opts = |expiring: bool| {
+            let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&t);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if expiring {
+                o.set_compaction_filter("retention", retention_filter(retention_ms));
+                // Recompact files at least this often even without new writes, so expired
+                // entries leave the disk within about one retention period.
+                o.set_periodic_compaction_seconds(opts.retention.as_secs().clamp(60, 24 * 3600));
+            }
+            o
+        };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_INBOX, cf_opts(true)),
+            ColumnFamilyDescriptor::new(CF_META, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_DEDUP, cf_opts(true)),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        Ok(Arc::new(Store { db, retention_ms }))
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family opened")
+    }
+
+    /// Oldest timestamp still inside the retention.
+    pub fn retention_floor_ms(&self) -> i64 {
+        chat_proto::now_ms() - self.retention_ms
+    }
+
+    pub fn user_state(&self, user: &str) -> Result<UserState, ChatError> {
+        Ok(
+            match self
+                .db
+                .get_pinned_cf(self.cf(CF_META), user_state_key(user))?
+            {
+                Some(v) => decode(&v)?,
+                None => UserState {
+                    next_seq: 1,
+                    ..Default::default()
+                },
+            },
+        )
+    }
+
+    pub fn device_state(&self, user: &str, device: &str) -> Result<Option<DeviceState>, ChatError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_META), device_key(user, device))?
+        {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every device of `user` with its state.
+    pub fn devices(&self, user: &str) -> Result<Vec<(String, DeviceState)>, ChatError> {
+        let prefix = device_prefix(user);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let Some(name) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            out.push((String::from_utf8_lossy(name).into_owned(), decode(v)?));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    pub fn sent_record(
+        &self,
+        user: &str,
+        device: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<SentRecord>, ChatError> {
+        let key = dedup_key(user, device, client_msg_id);
+        match self.db.get_pinned_cf(self.cf(CF_DEDUP), key)? {
+            Some(v) => {
+                let (_, rec) = split_timed(&v).ok_or_else(corrupt)?;
+                Ok(Some(decode(rec)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `max` entries of `user`'s inbox with seq >= `from_seq`, oldest first, skipping
+    /// entries past the retention.
+    pub fn inbox_from(
+        &self,
+        user: &str,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEntry>, ChatError> {
+        let prefix = owner_prefix(user);
+        let floor = self.retention_floor_ms();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(inbox_key(user, u64::MAX));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_INBOX), ro);
+        it.seek(inbox_key(user, from_seq));
+        let mut out = Vec::new();
+        while out.len() < max {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if let Some(e) = parse_entry(&prefix, k, v, floor)? {
+                out.push(e);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Up to `max` entries of `user`'s inbox with seq < `before_seq` (0: no bound), newest first,
+    /// and whether older entries remain.
+    pub fn inbox_before(
+        &self,
+        user: &str,
+        before_seq: u64,
+        max: usize,
+    ) -> Result<(Vec<StoredEntry>, bool), ChatError> {
+        let prefix = owner_prefix(user);
+        let floor = self.retention_floor_ms();
+        let upper = if before_seq == 0 {
+            u64::MAX
+        } else {
+            before_seq
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(inbox_key(user, 0));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_INBOX), ro);
+        it.seek_for_prev(inbox_key(user, upper - 1));
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some(e) = parse_entry(&prefix, k, v, floor)? {
+                if out.len() == max {
+                    return Ok((out, true));
+                }
+                out.push(e);
+            }
+            it.prev();
+        }
+        it.status()?;
+        Ok((out, false))
+    }
+
+    /// Compacts the inbox and dedup column families now (retention applies at once). Operators
+    /// rarely need it; tests use it.
+    pub fn compact_now(&self) {
+        for cf in [CF_INBOX, CF_DEDUP] {
+            self.db
+                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Keys physically present in a column family, expired or not (diagnostics and tests).
+    pub fn count_keys(&self, cf: &str) -> Result<usize, ChatError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
+    }
+
+    /// Flushes memtables to SST files (the WAL already holds every acknowledged write).
+    pub fn flush(&self) -> Result<(), ChatError> {
+        for cf in [CF_INBOX, CF_META, CF_DEDUP] {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_entry(
+    prefix: &[u8],
+    key: &[u8],
+    value: &[u8],
+    floor_ms: i64,
+) -> Result<Option<StoredEntry>, ChatError> {
+    let Some(seq) = inbox_seq(prefix, key) else {
+        return Ok(None);
+    };
+    let (ts_ms, rec) = split_timed(value).ok_or_else(corrupt)?;
+    if ts_ms < floor_ms {
+        return Ok(None);
+    }
+    Ok(Some(StoredEntry {
+        seq,
+        ts_ms,
+        entry: decode(rec)?,
+    }))
+}
+
+fn corrupt() -> ChatError {
+    ChatError::Internal("corrupt record: short value".into())
+}
+
+pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, ChatError> {
+    M::decode(bytes).map_err(|e| ChatError::Internal(format!("corrupt record: {e}")))
+}

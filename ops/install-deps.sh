@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and the tests need, only when missing (safe to run again).
+#   libclang-dev      librocksdb-sys runs bindgen
+#   protobuf-compiler prost-build and etcd-client compile .proto files with protoc
+#   etcd-server       tests and the dev cluster run a real etcd
+#   build-essential   RocksDB is compiled from source (C++)
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v c++ >/dev/null 2>&1 || need+=(build-essential)
+# bindgen needs libclang.so (not libclang-cpp), whatever version Debian ships.
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The Debian etcd-server package starts a system etcd on 2379; the project never uses it, and
+# tests pick free ports, but stop it so it does not hold the default port on a developer's laptop.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd 2>/dev/null || true
+fi
+echo "install-deps: ok (protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'))"

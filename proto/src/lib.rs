@@ -1,0 +1,200 @@
+//! Wire types of the chat cluster, generated from `proto/chat/v1/*.proto` with prost, and the one
+//! codec both ends use: protobuf in binary WebSocket frames, canonical proto3 JSON in text frames.
+
+/// Modules nest like the proto packages, because generated code names other packages by
+/// relative path (`chat.store.v1` refers to `super::super::v1`).
+pub mod chat {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/chat.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/chat.v1.serde.rs"));
+    }
+    pub mod store {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/chat.store.v1.rs"));
+        }
+    }
+}
+
+/// Stored records (`chat.store.v1`).
+pub use chat::store::v1 as store;
+/// The client protocol (`chat.v1`).
+pub use chat::v1;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// How a frame is encoded on the WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Binary frame: protobuf.
+    Protobuf,
+    /// Text frame: proto3 JSON.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not a frame at all: bad JSON or protobuf, wrong field types, unknown fields.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Well-formed, but of a kind this side does not know (a newer peer, or a typo in a frame name).
+    #[error("unknown frame kind {0:?}")]
+    Unknown(String),
+}
+
+/// The JSON names of the frame kinds of a `ClientFrame`.
+pub const CLIENT_FRAME_KINDS: &[&str] = &["hello", "send", "ack", "read", "history", "ping"];
+/// The JSON names of the frame kinds of a `ServerFrame`.
+pub const SERVER_FRAME_KINDS: &[&str] = &[
+    "welcome", "sent", "deliver", "history", "pong", "error", "redirect",
+];
+
+/// A frame type: a message with one `frame` oneof.
+pub trait Frame: prost::Message + Serialize + DeserializeOwned + Default {
+    /// JSON names of the oneof's variants.
+    const KINDS: &'static [&'static str];
+    /// Whether the oneof is set (a protobuf frame of an unknown kind decodes with it unset).
+    fn has_frame(&self) -> bool;
+}
+
+impl Frame for v1::ClientFrame {
+    const KINDS: &'static [&'static str] = CLIENT_FRAME_KINDS;
+    fn has_frame(&self) -> bool {
+        self.frame.is_some()
+    }
+}
+
+impl Frame for v1::ServerFrame {
+    const KINDS: &'static [&'static str] = SERVER_FRAME_KINDS;
+    fn has_frame(&self) -> bool {
+        self.frame.is_some()
+    }
+}
+
+/// Decodes one frame. A frame whose kind is unknown is `DecodeError::Unknown`, anything else that
+/// fails is `DecodeError::Malformed`, so the receiver can answer each with its own error code.
+pub fn decode<F: Frame>(encoding: Encoding, data: &[u8]) -> Result<F, DecodeError> {
+    let frame: F = match encoding {
+        Encoding::Protobuf => F::decode(data).map_err(|e| DecodeError::Malformed(e.to_string()))?,
+        Encoding::Json => match serde_json::from_slice::<F>(data) {
+            Ok(f) => f,
+            Err(e) => {
+                // Tell a frame of an unknown kind from a malformed one by its top-level keys.
+                if let Ok(serde_json::Value::Object(map)) =
+                    serde_json::from_slice::<serde_json::Value>(data)
+                {
+                    if let Some(k) = map.keys().find(|k| !F::KINDS.contains(&k.as_str())) {
+                        return Err(DecodeError::Unknown(k.clone()));
+                    }
+                }
+                return Err(DecodeError::Malformed(e.to_string()));
+            }
+        },
+    };
+    if !frame.has_frame() {
+        return Err(DecodeError::Unknown(match encoding {
+            Encoding::Protobuf => "unknown protobuf field".into(),
+            Encoding::Json => "empty frame".into(),
+        }));
+    }
+    Ok(frame)
+}
+
+/// Encodes one frame.
+pub fn encode<F: Frame>(encoding: Encoding, frame: &F) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => frame.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(frame).expect("generated types serialize"),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{client_frame, ClientFrame, Send};
+    use super::*;
+
+    fn send_frame() -> ClientFrame {
+        ClientFrame {
+            frame: Some(client_frame::Frame::Send(Send {
+                client_msg_id: "c1".into(),
+                to: "bob".into(),
+                body: "hi".into(),
+                from: String::new(),
+            })),
+        }
+    }
+
+    #[test]
+    fn json_form_is_camel_case_and_round_trips() {
+        let f = send_frame();
+        let json = String::from_utf8(encode(Encoding::Json, &f)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"send":{"clientMsgId":"c1","to":"bob","body":"hi"}}"#
+        );
+        assert_eq!(
+            decode::<ClientFrame>(Encoding::Json, json.as_bytes()),
+            Ok(f)
+        );
+        // The proto field names are accepted too.
+        let snake = br#"{"send":{"client_msg_id":"c1","to":"bob","body":"hi"}}"#;
+        assert_eq!(
+            decode::<ClientFrame>(Encoding::Json, snake),
+            Ok(send_frame())
+        );
+    }
+
+    #[test]
+    fn protobuf_round_trips() {
+        let f = send_frame();
+        assert_eq!(
+            decode::<ClientFrame>(Encoding::Protobuf, &encode(Encoding::Protobuf, &f)),
+            Ok(f)
+        );
+    }
+
+    #[test]
+    fn every_frame_kind_name_is_known_to_the_json_decoder() {
+        for k in CLIENT_FRAME_KINDS {
+            let json = format!("{{\"{k}\":{{}}}}");
+            assert!(
+                decode::<ClientFrame>(Encoding::Json, json.as_bytes()).is_ok(),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        let unknown = decode::<ClientFrame>(Encoding::Json, br#"{"teleport":{}}"#);
+        assert_eq!(unknown, Err(DecodeError::Unknown("teleport".into())));
+        assert!(matches!(
+            decode::<ClientFrame>(Encoding::Json, b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClientFrame>(Encoding::Json, br#"{"send":{"to":5}}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClientFrame>(Encoding::Json, b"{}"),
+            Err(DecodeError::Unknown(_))
+        ));
+        // Protobuf field 99 (varint): a frame kind from the future.
+        assert!(matches!(
+            decode::<ClientFrame>(Encoding::Protobuf, &[0xb8, 0x06, 0x01]),
+            Err(DecodeError::Unknown(_))
+        ));
+        assert!(matches!(
+            decode::<ClientFrame>(Encoding::Protobuf, &[0x12, 0xff]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

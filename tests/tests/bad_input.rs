@@ -1,0 +1,250 @@
+//! Bad input gets its documented error code and leaves the connection, the node and the stored
+//! data intact.
+
+use chat_client::{ClientError, ConnectOptions};
+use chat_proto::v1::{client_frame, ErrorCode, Hello, Send};
+use chat_proto::Encoding;
+use chat_tests::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn json() -> ConnectOptions {
+    ConnectOptions {
+        encoding: Encoding::Json,
+        ..Default::default()
+    }
+}
+
+/// Sends `msg` and returns the error code of the answer.
+async fn error_for(c: &mut chat_client::Client, msg: WsMessage) -> ErrorCode {
+    c.send_raw(msg).await.unwrap();
+    let (f, _) = recv_until(c, "error", |f| error_code(f).is_some()).await;
+    error_code(&f).unwrap()
+}
+
+/// The connection still works: a message goes through end to end.
+async fn still_works(node: &TestNode, c: &mut chat_client::Client, cmid: &str) {
+    c.send_message(cmid, "bob", "still here").await.unwrap();
+    recv_until(c, "sent", |f| {
+        matches!(&f.frame, Some(chat_proto::v1::server_frame::Frame::Sent(s)) if s.client_msg_id == cmid)
+    })
+    .await;
+    let _ = node;
+}
+
+#[tokio::test]
+async fn malformed_unknown_and_oversize_frames_keep_the_connection() {
+    let node = TestNode::start(&[
+        ("CHAT_NODE_LIMITS__MAX_FRAME_BYTES", "2048"),
+        ("CHAT_NODE_LIMITS__MAX_BODY_BYTES", "1000"),
+    ]);
+    let mut c = node.connect_with("alice", "web", &json()).await;
+    let cases: Vec<(&str, WsMessage, ErrorCode)> = vec![
+        ("not json", WsMessage::text("{nope"), ErrorCode::BadFrame),
+        (
+            "wrong type",
+            WsMessage::text(r#"{"send":{"to":42}}"#),
+            ErrorCode::BadFrame,
+        ),
+        (
+            "unknown field",
+            WsMessage::text(r#"{"send":{"bdy":"x"}}"#),
+            ErrorCode::BadFrame,
+        ),
+        (
+            "unknown kind",
+            WsMessage::text(r#"{"teleport":{}}"#),
+            ErrorCode::UnknownFrame,
+        ),
+        (
+            "empty object",
+            WsMessage::text("{}"),
+            ErrorCode::UnknownFrame,
+        ),
+        (
+            "bad protobuf",
+            WsMessage::binary(vec![0x12, 0xff]),
+            ErrorCode::BadFrame,
+        ),
+        (
+            "future protobuf kind",
+            WsMessage::binary(vec![0xb8, 0x06, 0x01]),
+            ErrorCode::UnknownFrame,
+        ),
+        (
+            "oversize frame",
+            WsMessage::text("x".repeat(3000)),
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "hello again",
+            WsMessage::text(r#"{"hello":{"token":"x"}}"#),
+            ErrorCode::AlreadyAuthenticated,
+        ),
+        (
+            "history limit",
+            WsMessage::text(r#"{"history":{"limit":100000}}"#),
+            ErrorCode::InvalidArgument,
+        ),
+    ];
+    for (i, (what, msg, code)) in cases.into_iter().enumerate() {
+        assert_eq!(error_for(&mut c, msg).await, code, "{what}");
+        still_works(&node, &mut c, &format!("ok-{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_sends_are_refused_with_their_code_and_store_nothing() {
+    let node = TestNode::start(&[
+        ("CHAT_NODE_LIMITS__MAX_BODY_BYTES", "100"),
+        ("CHAT_NODE_LIMITS__MAX_ID_BYTES", "16"),
+    ]);
+    let mut c = node.connect("alice", "phone").await;
+    let send = |cmid: &str, to: &str, body: &str, from: &str| {
+        client_frame::Frame::Send(Send {
+            client_msg_id: cmid.into(),
+            to: to.into(),
+            body: body.into(),
+            from: from.into(),
+        })
+    };
+    let cases = vec![
+        (
+            "as another user",
+            send("c1", "bob", "hi", "mallory"),
+            ErrorCode::PermissionDenied,
+        ),
+        (
+            "empty body",
+            send("c2", "bob", "", ""),
+            ErrorCode::BodyEmpty,
+        ),
+        (
+            "oversize body",
+            send("c3", "bob", &"x".repeat(101), ""),
+            ErrorCode::BodyTooLarge,
+        ),
+        (
+            "empty recipient",
+            send("c4", "", "hi", ""),
+            ErrorCode::InvalidId,
+        ),
+        (
+            "long recipient",
+            send("c5", &"b".repeat(17), "hi", ""),
+            ErrorCode::InvalidId,
+        ),
+        (
+            "bad recipient",
+            send("c6", "bob smith", "hi", ""),
+            ErrorCode::InvalidId,
+        ),
+        (
+            "empty client_msg_id",
+            send("", "bob", "hi", ""),
+            ErrorCode::InvalidId,
+        ),
+    ];
+    for (what, frame, code) in cases {
+        let cmid = match &frame {
+            client_frame::Frame::Send(s) => s.client_msg_id.clone(),
+            _ => unreachable!(),
+        };
+        c.send(frame).await.unwrap();
+        let (f, _) = recv_until(&mut c, "error", |f| error_code(f).is_some()).await;
+        assert_eq!(error_code(&f), Some(code), "{what}");
+        let Some(chat_proto::v1::server_frame::Frame::Error(e)) = &f.frame else {
+            unreachable!()
+        };
+        assert_eq!(e.r#ref, cmid, "{what}: the error names the request");
+        assert!(!e.message.is_empty());
+    }
+    // Sending as yourself explicitly is fine.
+    c.send(send("c7", "bob", "hi", "alice")).await.unwrap();
+    still_works(&node, &mut c, "c8").await;
+    // Bob's inbox holds exactly the two good messages: nothing was stored for the refused ones.
+    let bob = node.connect("bob", "phone").await;
+    assert_eq!(bob.welcome.inbox_seq, 2);
+}
+
+#[tokio::test]
+async fn bad_tokens_and_frames_before_hello_are_refused() {
+    let node = TestNode::start(&[]);
+    let connect = |token: String| {
+        let url = node.url.clone();
+        async move { chat_client::Client::connect_with(&url, &token, &json()).await }
+    };
+    let code_of = |r: Result<chat_client::Client, ClientError>| match r {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    let wrong_secret = chat_node::auth::issue_token(b"not-the-secret-at-all", "alice", "phone", 60);
+    assert_eq!(
+        code_of(connect(wrong_secret).await),
+        ErrorCode::TokenInvalid
+    );
+    assert_eq!(
+        code_of(connect("garbage".into()).await),
+        ErrorCode::TokenInvalid
+    );
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let expired =
+        chat_node::auth::issue_token_expiring(SECRET.as_bytes(), "alice", "phone", an_hour_ago);
+    assert_eq!(code_of(connect(expired).await), ErrorCode::TokenExpired);
+    let bad_user = chat_node::auth::issue_token(SECRET.as_bytes(), "bad user", "phone", 60);
+    assert_eq!(code_of(connect(bad_user).await), ErrorCode::TokenInvalid);
+
+    // Before Hello, other frames get UNAUTHENTICATED; a good Hello afterwards still works.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.url).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(WsMessage::text(
+        r#"{"send":{"clientMsgId":"c","to":"bob","body":"x"}}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let f: chat_proto::v1::ServerFrame =
+        chat_proto::decode(Encoding::Json, reply.into_data().as_ref()).unwrap();
+    assert_eq!(error_code(&f), Some(ErrorCode::Unauthenticated));
+    let hello = chat_proto::v1::ClientFrame {
+        frame: Some(client_frame::Frame::Hello(Hello {
+            token: token("alice", "phone"),
+            agent: "raw".into(),
+        })),
+    };
+    ws.send(WsMessage::text(
+        String::from_utf8(chat_proto::encode(Encoding::Json, &hello)).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let text = reply.into_text().unwrap();
+    assert!(text.starts_with(r#"{"welcome":"#), "{text}");
+}
+
+#[tokio::test]
+async fn a_frame_over_the_hard_cap_closes_only_that_connection() {
+    let node = TestNode::start(&[
+        ("CHAT_NODE_LIMITS__MAX_FRAME_BYTES", "1024"),
+        ("CHAT_NODE_LIMITS__MAX_BODY_BYTES", "512"),
+    ]);
+    let mut bad = node.connect("alice", "phone").await;
+    bad.send_raw(WsMessage::binary(vec![0u8; 64 * 1024]))
+        .await
+        .unwrap();
+    let mut closed = false;
+    while let Ok(r) = tokio::time::timeout(WAIT, bad.recv()).await {
+        if r.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "connection closed after a frame over the hard cap");
+    // The node and the same user are fine.
+    let mut again = node.connect("alice", "phone").await;
+    still_works(&node, &mut again, "after").await;
+}

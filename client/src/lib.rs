@@ -106,13 +106,7 @@ impl Client {
 
     /// Sends one client frame.
     pub async fn send(&mut self, frame: client_frame::Frame) -> Result<()> {
-        let frame = ClientFrame { frame: Some(frame) };
-        let bytes = chat_proto::encode(self.encoding, &frame);
-        let msg = match self.encoding {
-            Encoding::Protobuf => WsMessage::binary(bytes),
-            Encoding::Json => WsMessage::text(String::from_utf8(bytes).expect("JSON is UTF-8")),
-        };
-        self.ws.send(msg).await?;
+        self.ws.send(encode_client(self.encoding, frame)).await?;
         Ok(())
     }
 
@@ -181,14 +175,9 @@ impl Client {
     pub async fn recv(&mut self) -> Result<ServerFrame> {
         loop {
             let msg = self.ws.next().await.ok_or(ClientError::Closed)??;
-            let (enc, data) = match msg {
-                WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
-                WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
-                WsMessage::Close(_) => return Err(ClientError::Closed),
-                _ => continue,
-            };
-            return chat_proto::decode::<ServerFrame>(enc, &data)
-                .map_err(|e| ClientError::Unexpected(e.to_string()));
+            if let Some(r) = decode_server(msg) {
+                return r;
+            }
         }
     }
 
@@ -204,11 +193,89 @@ impl Client {
             .map_err(|_| ClientError::Timeout)?
     }
 
+    /// Splits the connection so one task can send while another receives.
+    pub fn into_split(self) -> (ClientSender, ClientReceiver) {
+        let (sink, stream) = self.ws.split();
+        (
+            ClientSender {
+                sink,
+                encoding: self.encoding,
+            },
+            ClientReceiver { stream },
+        )
+    }
+
     /// Closes the connection politely.
     pub async fn close(mut self) -> Result<()> {
         self.ws.close(None).await?;
         Ok(())
     }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The sending half of a split [`Client`].
+pub struct ClientSender {
+    sink: futures_util::stream::SplitSink<Ws, WsMessage>,
+    encoding: Encoding,
+}
+
+impl ClientSender {
+    /// Queues a frame without flushing; call [`ClientSender::flush`] after a burst.
+    pub async fn feed(&mut self, frame: client_frame::Frame) -> Result<()> {
+        let msg = encode_client(self.encoding, frame);
+        self.sink.feed(msg).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<()> {
+        self.sink.flush().await?;
+        Ok(())
+    }
+
+    pub async fn send(&mut self, frame: client_frame::Frame) -> Result<()> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+}
+
+/// The receiving half of a split [`Client`].
+pub struct ClientReceiver {
+    stream: futures_util::stream::SplitStream<Ws>,
+}
+
+impl ClientReceiver {
+    pub async fn recv(&mut self) -> Result<ServerFrame> {
+        loop {
+            let msg = self.stream.next().await.ok_or(ClientError::Closed)??;
+            if let Some(r) = decode_server(msg) {
+                return r;
+            }
+        }
+    }
+}
+
+fn encode_client(encoding: Encoding, frame: client_frame::Frame) -> WsMessage {
+    let frame = ClientFrame { frame: Some(frame) };
+    let bytes = chat_proto::encode(encoding, &frame);
+    match encoding {
+        Encoding::Protobuf => WsMessage::binary(bytes),
+        Encoding::Json => WsMessage::text(String::from_utf8(bytes).expect("JSON is UTF-8")),
+    }
+}
+
+/// Decodes a data message; `None` for control frames.
+fn decode_server(msg: WsMessage) -> Option<Result<ServerFrame>> {
+    let (enc, data) = match msg {
+        WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
+        WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
+        WsMessage::Close(_) => return Some(Err(ClientError::Closed)),
+        _ => return None,
+    };
+    Some(
+        chat_proto::decode::<ServerFrame>(enc, &data)
+            .map_err(|e| ClientError::Unexpected(e.to_string())),
+    )
 }
 
 fn refused(e: chat_proto::v1::Error) -> ClientError {

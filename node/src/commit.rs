@@ -23,6 +23,8 @@ use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META};
 
 /// Most message ids in one stored receipt; a longer run is split into several receipts.
 const MAX_RECEIPT_IDS: usize = 512;
+/// Inbox entries read per step when collecting the messages an ack covers.
+const RECEIPT_SCAN_PAGE: u64 = 1024;
 /// User states cached between batches before the cache is emptied (they are all on disk).
 const USER_CACHE_MAX: usize = 200_000;
 
@@ -90,9 +92,10 @@ struct CachedUser {
 struct Batch {
     wb: WriteBatch,
     dirty_users: Vec<String>,
-    /// Dedup records and device states written in this batch, read back before storage.
+    /// Dedup records and device states written in this batch, read back before storage
+    /// (`None`: the device was deleted in this batch).
     sent: HashMap<Vec<u8>, Sent>,
-    devices: HashMap<Vec<u8>, DeviceState>,
+    devices: HashMap<Vec<u8>, Option<DeviceState>>,
     /// Devices registered in this batch, per user (not yet visible to `Store::devices`).
     new_devices: HashMap<String, usize>,
     appended: Vec<(String, u64, Arc<InboxEntry>)>,
@@ -335,14 +338,21 @@ impl Committer {
         b: &Batch,
     ) -> Result<Option<DeviceState>, ChatError> {
         match b.devices.get(key) {
-            Some(d) => Ok(Some(d.clone())),
+            Some(d) => Ok(*d),
             None => self.store.device_state(&who.user, &who.device),
         }
     }
 
-    fn put_device(&self, key: Vec<u8>, state: DeviceState, b: &mut Batch) {
+    /// Writes a device's state, marking it seen now.
+    fn put_device(&self, key: Vec<u8>, mut state: DeviceState, b: &mut Batch) {
+        state.last_seen_ms = chat_proto::now_ms();
         b.wb.put_cf(self.store.cf(CF_META), &key, state.encode_to_vec());
-        b.devices.insert(key, state);
+        b.devices.insert(key, Some(state));
+    }
+
+    fn delete_device(&self, key: Vec<u8>, b: &mut Batch) {
+        b.wb.delete_cf(self.store.cf(CF_META), &key);
+        b.devices.insert(key, None);
     }
 
     fn attach(
@@ -354,19 +364,20 @@ impl Committer {
         let now = chat_proto::now_ms();
         let key = device_key(&who.user, &who.device);
         let state = match self.device(&key, who, b)? {
-            Some(mut d) => {
-                d.last_seen_ms = now;
-                d
-            }
+            Some(d) => d,
             None => {
                 // Devices unseen for the whole retention have nothing left to receive: forget them.
                 let floor = now - self.retention_ms;
                 let mut live = Vec::new();
                 for (name, d) in self.store.devices(&who.user)? {
                     let k = device_key(&who.user, &name);
-                    let d = b.devices.get(&k).cloned().unwrap_or(d);
+                    let d = match b.devices.get(&k) {
+                        Some(Some(d)) => *d,
+                        Some(None) => continue,
+                        None => d,
+                    };
                     if d.last_seen_ms < floor {
-                        b.wb.delete_cf(self.store.cf(CF_META), &k);
+                        self.delete_device(k, b);
                     } else {
                         live.push(d);
                     }
@@ -407,9 +418,13 @@ impl Committer {
         let up_to = up_to.min(u.committed_next - 1);
         let (delivered_from, read_from) = (u.state.delivered_upto, u.state.read_upto);
         let key = device_key(&who.user, &who.device);
-        let Some(mut dev) = self.device(&key, who, b)? else {
-            return Err(ChatError::Internal("ack from an unattached device".into()));
-        };
+        // A connected device whose record was forgotten (unseen for the retention before this
+        // connection) is registered again rather than refused.
+        let mut dev = self.device(&key, who, b)?.unwrap_or(DeviceState {
+            cursor: 0,
+            first_seen_ms: chat_proto::now_ms(),
+            last_seen_ms: 0,
+        });
         if up_to > dev.cursor {
             dev.cursor = up_to;
             self.put_device(key, dev, b);
@@ -448,10 +463,13 @@ impl Committer {
         kind: ReceiptKind,
         b: &mut Batch,
     ) -> Result<(), ChatError> {
+        // Senders in order of first appearance, with their message ids in inbox order.
         let mut by_sender: Vec<(String, Vec<String>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         let mut next = from;
         while next <= to {
-            let page = self.store.inbox_from(user, next, 1024)?;
+            let want = (to - next + 1).min(RECEIPT_SCAN_PAGE) as usize;
+            let page = self.store.inbox_from(user, next, want)?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
@@ -460,10 +478,11 @@ impl Committer {
                     if m.from == user {
                         continue;
                     }
-                    match by_sender.iter_mut().find(|(s, _)| *s == m.from) {
-                        Some((_, ids)) => ids.push(m.msg_id),
-                        None => by_sender.push((m.from, vec![m.msg_id])),
-                    }
+                    let i = *index.entry(m.from.clone()).or_insert_with(|| {
+                        by_sender.push((m.from, Vec::new()));
+                        by_sender.len() - 1
+                    });
+                    by_sender[i].1.push(m.msg_id);
                 }
             }
             next = last + 1;
@@ -484,5 +503,215 @@ impl Committer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Batches are built by hand here, so what shares a batch is decided by the test, not by
+    //! timing.
+    use super::*;
+    use crate::store::StoreOptions;
+    use std::time::Duration;
+
+    const RETENTION_MS: i64 = 3_600_000;
+
+    fn committer() -> (Committer, Arc<Hub>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            &StoreOptions {
+                retention: Duration::from_millis(RETENTION_MS as u64),
+                block_cache_mib: 8,
+            },
+        )
+        .unwrap();
+        let hub = Hub::new(1024);
+        let c = Committer {
+            store,
+            hub: hub.clone(),
+            sync: false,
+            max_batch: 1024,
+            retention_ms: RETENTION_MS,
+            users: HashMap::new(),
+        };
+        (c, hub, dir)
+    }
+
+    fn id(user: &str, device: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+
+    fn send(
+        from: &Identity,
+        cmid: &str,
+        to: &str,
+    ) -> (Command, oneshot::Receiver<Result<Sent, ChatError>>) {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Send {
+            from: from.clone(),
+            client_msg_id: cmid.into(),
+            to: to.into(),
+            body: "hi".into(),
+            reply,
+        };
+        (cmd, rx)
+    }
+
+    fn attach(
+        who: &Identity,
+        max: u32,
+    ) -> (Command, oneshot::Receiver<Result<Attached, ChatError>>) {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Attach {
+            who: who.clone(),
+            max_devices: max,
+            reply,
+        };
+        (cmd, rx)
+    }
+
+    fn ack(who: &Identity, up_to: u64, read: bool) -> Command {
+        Command::Ack {
+            who: who.clone(),
+            up_to,
+            read,
+        }
+    }
+
+    fn receipts_of(c: &Committer, user: &str) -> Vec<(i32, Vec<String>)> {
+        c.store
+            .inbox_from(user, 1, 1000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.entry.entry {
+                Some(inbox_entry::Entry::Receipt(r)) => Some((r.kind, r.msg_ids)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retries_in_one_batch_get_the_same_sent_and_store_one_message() {
+        let (mut c, _hub, _dir) = committer();
+        let alice = id("alice", "phone");
+        let (a, ra) = send(&alice, "x", "bob");
+        let (b, rb) = send(&alice, "x", "bob");
+        c.commit(vec![a, b].into_iter());
+        let (sa, sb) = (
+            ra.blocking_recv().unwrap().unwrap(),
+            rb.blocking_recv().unwrap().unwrap(),
+        );
+        assert_eq!(sa, sb);
+        assert_eq!(c.store.inbox_from("bob", 1, 10).unwrap().len(), 1);
+        // And in a later batch, from disk.
+        let (d, rd) = send(&alice, "x", "bob");
+        c.commit(vec![d].into_iter());
+        assert_eq!(rd.blocking_recv().unwrap().unwrap(), sa);
+        assert_eq!(c.store.inbox_from("bob", 1, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn receipts_are_produced_once_even_for_acks_in_one_batch() {
+        let (mut c, _hub, _dir) = committer();
+        let (alice, phone, laptop) = (id("alice", "a"), id("bob", "phone"), id("bob", "laptop"));
+        let (p, _) = attach(&phone, 8);
+        let (l, _) = attach(&laptop, 8);
+        let (s1, r1) = send(&alice, "1", "bob");
+        let (s2, r2) = send(&alice, "2", "bob");
+        c.commit(vec![p, l, s1, s2].into_iter());
+        let ids = vec![
+            r1.blocking_recv().unwrap().unwrap().msg_id,
+            r2.blocking_recv().unwrap().unwrap().msg_id,
+        ];
+        // Both devices ack both messages, and one of them reads, all in one batch.
+        c.commit(
+            vec![
+                ack(&phone, 1, false),
+                ack(&laptop, 2, false),
+                ack(&phone, 2, false),
+                ack(&laptop, 2, true),
+            ]
+            .into_iter(),
+        );
+        // And again in a later batch: nothing new.
+        c.commit(vec![ack(&phone, 2, true), ack(&laptop, 2, true)].into_iter());
+        let got = receipts_of(&c, "alice");
+        let delivered: Vec<String> = got
+            .iter()
+            .filter(|(k, _)| *k == ReceiptKind::Delivered as i32)
+            .flat_map(|(_, ids)| ids.clone())
+            .collect();
+        let read: Vec<String> = got
+            .iter()
+            .filter(|(k, _)| *k == ReceiptKind::Read as i32)
+            .flat_map(|(_, ids)| ids.clone())
+            .collect();
+        assert_eq!(delivered, ids);
+        assert_eq!(read, ids);
+    }
+
+    #[test]
+    fn acks_beyond_what_is_committed_do_not_skip_receipts() {
+        let (mut c, _hub, _dir) = committer();
+        let (alice, bob) = (id("alice", "a"), id("bob", "phone"));
+        let (p, _) = attach(&bob, 8);
+        let (s1, _) = send(&alice, "1", "bob");
+        c.commit(vec![p, s1].into_iter());
+        // An ack for seq 5 arrives in the same batch as the message that becomes seq 2.
+        let (s2, r2) = send(&alice, "2", "bob");
+        c.commit(vec![ack(&bob, 5, false), s2].into_iter());
+        let second = r2.blocking_recv().unwrap().unwrap().msg_id;
+        assert_eq!(receipts_of(&c, "alice").len(), 1, "receipt for seq 1 only");
+        c.commit(vec![ack(&bob, 2, false)].into_iter());
+        let got = receipts_of(&c, "alice");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].1, vec![second]);
+    }
+
+    #[test]
+    fn a_stale_device_deleted_in_a_batch_is_not_resurrected_by_a_later_command() {
+        let (mut c, _hub, _dir) = committer();
+        let stale = id("carol", "old");
+        // A device last seen long before the retention.
+        let rec = DeviceState {
+            cursor: 7,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+        };
+        c.store
+            .db()
+            .put_cf(
+                c.store.cf(CF_META),
+                device_key("carol", "old"),
+                rec.encode_to_vec(),
+            )
+            .unwrap();
+        let (x, rx) = attach(&id("carol", "new"), 2);
+        let (again, ragain) = attach(&stale, 2);
+        c.commit(vec![x, again].into_iter());
+        assert!(rx.blocking_recv().unwrap().is_ok());
+        // The stale device comes back as a new device (cursor from the live ones, not its old 7),
+        // within the limit of 2.
+        let a = ragain.blocking_recv().unwrap().unwrap();
+        assert_eq!(a.cursor, 0);
+        let devices = c.store.devices("carol").unwrap();
+        assert_eq!(devices.len(), 2, "{devices:?}");
+        assert!(devices.iter().all(|(_, d)| d.last_seen_ms > 1));
+    }
+
+    #[test]
+    fn an_ack_from_a_forgotten_device_registers_it_again() {
+        let (mut c, _hub, _dir) = committer();
+        let (alice, bob) = (id("alice", "a"), id("bob", "phone"));
+        let (s1, _) = send(&alice, "1", "bob");
+        c.commit(vec![s1].into_iter());
+        c.commit(vec![ack(&bob, 1, false)].into_iter());
+        let d = c.store.device_state("bob", "phone").unwrap().unwrap();
+        assert_eq!(d.cursor, 1);
+        assert_eq!(receipts_of(&c, "alice").len(), 1);
     }
 }

@@ -52,8 +52,11 @@ pub struct ClientSection {
     pub public_url: String,
     /// A connection that has not authenticated within this many milliseconds is closed.
     pub hello_timeout_ms: u64,
-    /// A connection that sends nothing (not even a ping) for this long is closed.
+    /// A connection that sends nothing (not even a pong to the node's pings) for this long is
+    /// closed.
     pub idle_timeout_ms: u64,
+    /// A client that does not take what the node writes for this long is disconnected.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ClientSection {
@@ -63,6 +66,7 @@ impl Default for ClientSection {
             public_url: String::new(),
             hello_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
+            write_timeout_ms: 10_000,
         }
     }
 }

@@ -33,6 +33,8 @@ struct Subscriber {
 pub struct Signals {
     /// Entries were dropped because the queue was full: read from storage.
     pub lagged: AtomicBool,
+    /// The highest seq dropped: catching up must not end before it has been sent.
+    pub max_dropped: AtomicU64,
     /// A newer connection of the same device took over: close this one.
     pub replaced: AtomicBool,
     pub notify: Notify,
@@ -104,6 +106,7 @@ impl Hub {
                 entry: entry.clone(),
             };
             if s.tx.try_send(push).is_err() {
+                s.signals.max_dropped.fetch_max(seq, Ordering::AcqRel);
                 s.signals.lagged.store(true, Ordering::Release);
                 s.signals.notify.notify_one();
             }
@@ -153,6 +156,7 @@ mod tests {
             hub.publish("bob", seq, entry());
         }
         assert!(sub.signals.lagged.load(Ordering::Acquire));
+        assert_eq!(sub.signals.max_dropped.load(Ordering::Acquire), 5);
         assert_eq!(sub.rx.recv().await.unwrap().seq, 1);
         assert_eq!(sub.rx.recv().await.unwrap().seq, 2);
         assert!(sub.rx.try_recv().is_err());

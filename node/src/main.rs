@@ -56,10 +56,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cfg);
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(cfg))
+        .build()?;
+    let result = rt.block_on(run(cfg));
+    // Don't wait forever on blocking reads still running for connections that outlived the drain.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 async fn run(cfg: NodeConfig) -> anyhow::Result<()> {

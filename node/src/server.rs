@@ -104,14 +104,24 @@ impl Node {
         {
             tracing::warn!("sessions still open after the drain period; closing anyway");
         }
-        // The committer stops once the last handle (held by `shared`) is gone and its queue is
-        // empty: every command a session submitted is committed before we flush.
+        // The committer stops once the last handle (held by `shared` and by sessions) is gone
+        // and its queue is empty: every command a session submitted is committed first.
         drop(shared);
-        tokio::task::spawn_blocking(move || committer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("committer thread panicked"))?;
-        store.flush()?;
-        tracing::info!("storage flushed; bye");
+        let joined = tokio::time::timeout(
+            SESSION_DRAIN,
+            tokio::task::spawn_blocking(move || committer.join()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(Ok(()))) => {
+                store.flush()?;
+                tracing::info!("storage flushed; bye");
+            }
+            Ok(_) => anyhow::bail!("committer thread panicked"),
+            // A session that ignored the drain still holds a handle. Everything acknowledged is
+            // already in the WAL, so exiting without the memtable flush loses nothing.
+            Err(_) => tracing::warn!("committer still busy after the drain period; exiting"),
+        }
         Ok(())
     }
 }
@@ -175,10 +185,13 @@ async fn connection(
         let e = ChatError::Overloaded("too many connections".into());
         let text = chat_proto::encode(chat_proto::Encoding::Json, &e.to_frame(""));
         let text = String::from_utf8(text).expect("JSON is UTF-8");
-        let _ = ws
-            .send(tokio_tungstenite::tungstenite::Message::text(text))
-            .await;
-        let _ = ws.close(None).await;
+        // Bounded: a refused client must not hold a task either.
+        let refuse = async {
+            ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+                .await?;
+            ws.close(None).await
+        };
+        let _ = tokio::time::timeout(timeout, refuse).await;
         return;
     }
     session::serve(ws, peer, shared, shutdown).await;

@@ -111,12 +111,12 @@ pub async fn serve(
         let end = s.run(shutdown).await;
         if let End::Close(code, reason) = end {
             let _ = s.flush().await;
-            let _ =
-                s.ws.close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))
-                .await;
+            let timeout = s.write_timeout();
+            let close = s.ws.close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(timeout, close).await;
         }
         tracing::debug!("connection closed");
     }
@@ -135,6 +135,22 @@ struct Live {
     max_seen: u64,
     page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
     inflight: FuturesOrdered<Pending>,
+    /// Highest seq acknowledged / marked read on this connection.
+    acked: u64,
+    read: u64,
+}
+
+impl Live {
+    /// If live entries were dropped, go back to storage until the newest dropped one is sent.
+    fn take_lag(&mut self) {
+        let signals = &self.sub.signals;
+        if signals.lagged.swap(false, Ordering::AcqRel) {
+            self.catching_up = true;
+            self.max_seen = self
+                .max_seen
+                .max(signals.max_dropped.load(Ordering::Acquire));
+        }
+    }
 }
 
 impl Session {
@@ -183,6 +199,8 @@ impl Session {
             max_seen: 0,
             page: None,
             inflight: FuturesOrdered::new(),
+            acked: attached.cursor,
+            read: 0,
         };
         let end = self.serve_live(&mut live, &mut shutdown).await;
         if matches!(end, End::Close(CloseCode::Away, _)) {
@@ -256,6 +274,10 @@ impl Session {
         let idle = Duration::from_millis(self.ctx.cfg.client.idle_timeout_ms);
         let max_inflight = self.ctx.cfg.limits.max_inflight_sends as usize;
         let mut idle_deadline = Instant::now() + idle;
+        // Ping a quiet client well before the idle deadline: any answer (its WebSocket layer
+        // pongs by itself) keeps the connection; only a dead or stuck peer is closed.
+        let keepalive = idle / 3;
+        let mut ping_at = Instant::now() + keepalive;
         loop {
             if live.catching_up && live.page.is_none() {
                 let store = self.ctx.store.clone();
@@ -264,6 +286,8 @@ impl Session {
                     store.inbox_from(&user, from, PAGE)
                 }));
             }
+            // Biased, in this order: shutdown and signals first, then work ready to go out
+            // (✓, live entries, backlog pages), then new work from the client.
             let step = tokio::select! {
                 biased;
                 _ = shutdown.recv() => {
@@ -274,13 +298,6 @@ impl Session {
                 _ = live.sub.signals.notify.notified() => self.on_signal(live),
                 Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
                     self.on_sent(&cmid, res).await
-                }
-                msg = self.ws.next(), if live.inflight.len() < max_inflight => {
-                    idle_deadline = Instant::now() + idle;
-                    match msg {
-                        Some(Ok(m)) => self.on_message(live, m).await,
-                        _ => Err(End::Gone),
-                    }
                 }
                 Some(push) = live.sub.rx.recv() => self.on_push(live, push).await,
                 page = async { live.page.as_mut().expect("guarded").await }, if live.page.is_some() => {
@@ -296,6 +313,20 @@ impl Session {
                             Err(End::Close(CloseCode::Error, "internal error"))
                         }
                     }
+                }
+                msg = self.ws.next(), if live.inflight.len() < max_inflight => {
+                    idle_deadline = Instant::now() + idle;
+                    ping_at = Instant::now() + keepalive;
+                    match msg {
+                        Some(Ok(m)) => self.on_message(live, m).await,
+                        _ => Err(End::Gone),
+                    }
+                }
+                _ = tokio::time::sleep_until(ping_at) => {
+                    ping_at = Instant::now() + keepalive;
+                    self.feed_ws(WsMessage::Ping(Default::default()))
+                        .await
+                        .map_err(|_| End::Gone)
                 }
                 _ = tokio::time::sleep_until(idle_deadline) => {
                     Err(End::Close(CloseCode::Away, "idle timeout"))
@@ -329,9 +360,7 @@ impl Session {
                 "replaced by a newer connection of this device",
             ));
         }
-        if live.sub.signals.lagged.swap(false, Ordering::AcqRel) {
-            live.catching_up = true;
-        }
+        live.take_lag();
         Ok(())
     }
 
@@ -351,13 +380,19 @@ impl Session {
 
     async fn on_page(&mut self, live: &mut Live, entries: Vec<StoredEntry>) -> Result<(), End> {
         let full = entries.len() == PAGE;
+        let empty = entries.is_empty();
         for e in entries {
             if e.seq > live.last_sent {
                 live.last_sent = e.seq;
                 self.deliver(e.seq, &e.entry).await?;
             }
         }
-        if !full && live.last_sent >= live.max_seen {
+        // Entries dropped from the live queue while this page was being read may be newer than
+        // the page: account for them before deciding that storage has been read to the end.
+        live.take_lag();
+        // An empty page means nothing deliverable exists after last_sent (anything seen live
+        // has expired since), so waiting for it would spin.
+        if empty || (!full && live.last_sent >= live.max_seen) {
             live.catching_up = false;
         }
         Ok(())
@@ -448,10 +483,16 @@ impl Session {
     }
 
     async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), End> {
-        // A device can acknowledge only what it was sent.
+        // A device can acknowledge only what it was sent; an ack that advances nothing costs
+        // the committer nothing.
         let up_to = up_to.min(live.last_sent);
-        if up_to == 0 {
+        let advances = up_to > live.acked || (read && up_to > live.read);
+        if up_to == 0 || !advances {
             return Ok(());
+        }
+        live.acked = live.acked.max(up_to);
+        if read {
+            live.read = live.read.max(up_to);
         }
         let cmd = Command::Ack {
             who: live.who.clone(),
@@ -543,16 +584,32 @@ impl Session {
                 WsMessage::text(String::from_utf8(bytes).expect("serde_json writes UTF-8"))
             }
         };
-        self.unflushed = true;
-        self.ws.feed(msg).await.map_err(|_| ())
+        self.feed_ws(msg).await
     }
 
+    async fn feed_ws(&mut self, msg: WsMessage) -> Result<(), ()> {
+        self.unflushed = true;
+        match tokio::time::timeout(self.write_timeout(), self.ws.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// A client that does not take what the node writes within `client.write_timeout_ms` is
+    /// dropped: it must not hold a session (or the node's shutdown) hostage.
     async fn flush(&mut self) -> Result<(), ()> {
         if !self.unflushed {
             return Ok(());
         }
         self.unflushed = false;
-        self.ws.flush().await.map_err(|_| ())
+        match tokio::time::timeout(self.write_timeout(), self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.ctx.cfg.client.write_timeout_ms)
     }
 }
 

@@ -225,6 +225,23 @@ pub async fn until_pong(c: &mut Client, nonce: u64) -> Vec<ServerFrame> {
     .1
 }
 
+/// Everything a freshly connected client is sent: its backlog (up to `welcome.inbox_seq`, which
+/// arrives from storage at its own pace) and then whatever precedes a pong.
+pub async fn backlog(c: &mut Client, nonce: u64) -> Vec<ServerFrame> {
+    let end = c.welcome.inbox_seq;
+    let mut frames = Vec::new();
+    if end > c.welcome.cursor {
+        let (last, before) = recv_until(c, "backlog", |f| {
+            as_deliver(f).is_some_and(|d| d.seq >= end)
+        })
+        .await;
+        frames = before;
+        frames.push(last);
+    }
+    frames.extend(until_pong(c, nonce).await);
+    frames
+}
+
 pub fn as_deliver(f: &ServerFrame) -> Option<&Deliver> {
     match &f.frame {
         Some(server_frame::Frame::Deliver(d)) => Some(d),

@@ -248,3 +248,21 @@ async fn a_frame_over_the_hard_cap_closes_only_that_connection() {
     let mut again = node.connect("alice", "phone").await;
     still_works(&node, &mut again, "after").await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_get_overloaded_and_others_keep_working() {
+    let node = TestNode::start(&[("CHAT_NODE_LIMITS__MAX_CONNECTIONS", "2")]);
+    let mut alice = node.connect("alice", "phone").await;
+    let _bob = node.connect("bob", "phone").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.url).await.unwrap();
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap();
+    let f: chat_proto::v1::ServerFrame =
+        chat_proto::decode(Encoding::Json, first.into_data().as_ref()).unwrap();
+    assert_eq!(error_code(&f), Some(ErrorCode::Overloaded));
+    let Some(chat_proto::v1::server_frame::Frame::Error(e)) = &f.frame else {
+        unreachable!()
+    };
+    assert!(e.retry_after_ms > 0, "a retry hint");
+    still_works(&node, &mut alice, "c1").await;
+}

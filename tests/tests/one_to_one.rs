@@ -118,7 +118,7 @@ async fn offline_recipient_gets_backlog_once_in_order_then_live() {
     // The acks were sent before the close; the cursor is at the end or, if the last ack was still
     // queued, just before it. Whatever it is, only entries after it are sent again.
     let cursor = bob.welcome.cursor;
-    let again = until_pong(&mut bob, 2).await;
+    let again = backlog(&mut bob, 2).await;
     let again_seqs: Vec<u64> = again
         .iter()
         .filter_map(as_message)
@@ -159,14 +159,14 @@ async fn two_devices_both_receive_with_independent_cursors_and_one_delivered_rec
     let mut laptop = node.connect("bob", "laptop").await;
     assert_eq!(phone.welcome.cursor, 2);
     assert_eq!(laptop.welcome.cursor, 1);
-    let redelivered: Vec<u64> = until_pong(&mut laptop, 3)
+    let redelivered: Vec<u64> = backlog(&mut laptop, 3)
         .await
         .iter()
         .filter_map(as_message)
         .map(|(s, _)| s)
         .collect();
     assert_eq!(redelivered, [2], "the laptop never acknowledged seq 2");
-    assert!(until_pong(&mut phone, 4)
+    assert!(backlog(&mut phone, 4)
         .await
         .iter()
         .all(|f| as_message(f).is_none()));
@@ -229,4 +229,47 @@ async fn device_limit_is_enforced_with_a_clear_error() {
     );
     // Known devices still connect.
     let _a2 = node.connect("carol", "d1").await;
+}
+
+#[tokio::test]
+async fn a_device_with_a_tiny_live_queue_still_gets_everything_once_in_order() {
+    // A queue of 2 overflows on every burst: delivery falls back to storage over and over.
+    let node = TestNode::start(&[("CHAT_NODE_LIMITS__SESSION_QUEUE", "2")]);
+    let mut bob = node.connect("bob", "phone").await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let mut c = node.connect(&format!("sender{s}"), "d").await;
+        senders.push(tokio::spawn(async move {
+            for i in 0..150 {
+                c.send_message(&format!("{i}"), "bob", &format!("{s}:{i}"))
+                    .await
+                    .unwrap();
+            }
+            c
+        }));
+    }
+    let got = receive_messages(&mut bob, 600).await;
+    for s in senders {
+        s.await.unwrap();
+    }
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=600).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
+    // Per sender, send order is kept.
+    for s in 0..4 {
+        let mine: Vec<String> = got
+            .iter()
+            .filter(|(_, m)| m.from == format!("sender{s}"))
+            .map(|(_, m)| m.body.clone())
+            .collect();
+        let expected: Vec<String> = (0..150).map(|i| format!("{s}:{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+    assert!(until_pong(&mut bob, 9)
+        .await
+        .iter()
+        .all(|f| as_message(f).is_none()));
 }

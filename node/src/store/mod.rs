@@ -148,7 +148,11 @@ impl Store {
         let key = dedup_key(user, device, client_msg_id);
         match self.db.get_pinned_cf(self.cf(CF_DEDUP), key)? {
             Some(v) => {
-                let (_, rec) = split_timed(&v).ok_or_else(corrupt)?;
+                let (ts, rec) = split_timed(&v).ok_or_else(corrupt)?;
+                // Past the retention it is gone, whether or not compaction has run yet.
+                if ts < self.retention_floor_ms() {
+                    return Ok(None);
+                }
                 Ok(Some(decode(rec)?))
             }
             None => Ok(None),

@@ -1,0 +1,289 @@
+//! `chat-bench`: drives a running node like real clients and prints figures.
+//!
+//! Scenario `one-to-one`: `pairs` senders each send to their own recipient, open loop: message k of
+//! a sender is *scheduled* at start + k / rate, sent at that time (or as soon as the sender can, if
+//! it is behind), and every latency is counted from the scheduled time, so a stalled node shows up
+//! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chat_client::v1::{client_frame, deliver, server_frame, Ack, Send};
+use chat_client::{Client, ClientReceiver};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(name = "chat-bench", about = "Benchmark a chat node")]
+struct Args {
+    /// Node WebSocket URL.
+    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7400")]
+    url: String,
+    /// Token secret of the node (to mint tokens for bench users).
+    #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// 1:1 messages at a fixed aggregate rate.
+    OneToOne {
+        /// Sender/recipient pairs (2 connections each).
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Aggregate offered rate, messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message body size in bytes (at least 24).
+        #[arg(long, default_value_t = 64)]
+        body_bytes: usize,
+    },
+}
+
+/// Latency histograms in microseconds, shared by the tasks of a run.
+struct Stats {
+    sent_us: Histogram<u64>,
+    e2e_us: Histogram<u64>,
+    acked: u64,
+    delivered: u64,
+    duplicates: u64,
+    errors: u64,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        Stats {
+            sent_us: h(),
+            e2e_us: h(),
+            acked: 0,
+            delivered: 0,
+            duplicates: 0,
+            errors: 0,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.scenario {
+        Scenario::OneToOne {
+            pairs,
+            rate,
+            duration,
+            body_bytes,
+        } => {
+            one_to_one(
+                &args.url,
+                &args.secret,
+                pairs,
+                rate,
+                duration,
+                body_bytes.max(24),
+            )
+            .await
+        }
+    }
+}
+
+async fn one_to_one(
+    url: &str,
+    secret: &str,
+    pairs: usize,
+    rate: u64,
+    duration: u64,
+    body_bytes: usize,
+) -> anyhow::Result<()> {
+    // Fresh user names per run, so earlier runs' inboxes do not count.
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let token = |user: &str| chat_node::auth::issue_token(secret.as_bytes(), user, "bench", 3600);
+    let stats = Arc::new(Mutex::new(Stats::new()));
+    let per_sender = rate as f64 / pairs as f64;
+    let per_sender_total = (per_sender * duration as f64).round() as u64;
+    anyhow::ensure!(
+        per_sender_total > 0,
+        "rate x duration gives no message per pair"
+    );
+
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..pairs {
+        let (s, r) = (format!("b{run}-s{i}"), format!("b{run}-r{i}"));
+        let sc = Client::connect(url, &token(&s))
+            .await
+            .context("connect sender")?;
+        let rc = Client::connect(url, &token(&r))
+            .await
+            .context("connect recipient")?;
+        senders.push((sc, r));
+        receivers.push(rc);
+    }
+    eprintln!(
+        "one-to-one: {pairs} pairs, {rate} msg/s offered for {duration} s ({per_sender_total} per sender)"
+    );
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut tasks = Vec::new();
+    for rc in receivers {
+        let (tx, rx) = rc.into_split();
+        tasks.push(tokio::spawn(receive(
+            tx,
+            rx,
+            start,
+            per_sender_total,
+            stats.clone(),
+        )));
+    }
+    for (sc, to) in senders {
+        let (tx, rx) = sc.into_split();
+        let stats = stats.clone();
+        let body_pad = "x".repeat(body_bytes - 24);
+        tasks.push(tokio::spawn(async move {
+            let acks = tokio::spawn(sender_acks(rx, start, per_sender, per_sender_total, stats));
+            send_loop(tx, &to, start, per_sender, per_sender_total, &body_pad).await;
+            let _ = acks.await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let s = stats.lock().await;
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "one-to-one offered={rate}/s sent_ok={} delivered={} ({:.0}/s) lost={} dup={} errors={} \
+         | sent ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} \
+         | e2e ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        s.acked,
+        s.delivered,
+        s.delivered as f64 / elapsed,
+        // Acknowledged (✓) but never delivered.
+        s.acked.saturating_sub(s.delivered),
+        s.duplicates,
+        s.errors,
+        q(&s.sent_us, 0.5),
+        q(&s.sent_us, 0.99),
+        q(&s.sent_us, 0.999),
+        s.sent_us.max() as f64 / 1000.0,
+        q(&s.e2e_us, 0.5),
+        q(&s.e2e_us, 0.99),
+        q(&s.e2e_us, 0.999),
+        s.e2e_us.max() as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+fn scheduled(start: Instant, per_sender: f64, k: u64) -> Instant {
+    start + Duration::from_secs_f64(k as f64 / per_sender)
+}
+
+async fn send_loop(
+    mut tx: chat_client::ClientSender,
+    to: &str,
+    start: Instant,
+    per_sender: f64,
+    total: u64,
+    pad: &str,
+) {
+    for k in 0..total {
+        let at = scheduled(start, per_sender, k);
+        tokio::time::sleep_until(at.into()).await;
+        // The body carries the scheduled time so the recipient can measure end to end.
+        let body = format!("{:020}|{pad}", at.duration_since(start).as_nanos());
+        let frame = client_frame::Frame::Send(Send {
+            client_msg_id: k.to_string(),
+            to: to.to_string(),
+            body,
+            from: String::new(),
+        });
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sender_acks(
+    mut rx: ClientReceiver,
+    start: Instant,
+    per_sender: f64,
+    total: u64,
+    stats: Arc<Mutex<Stats>>,
+) {
+    let mut answered = 0;
+    while answered < total {
+        let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
+            return;
+        };
+        match f.frame {
+            Some(server_frame::Frame::Sent(s)) => {
+                answered += 1;
+                let k: u64 = s.client_msg_id.parse().unwrap_or(0);
+                let lat = scheduled(start, per_sender, k).elapsed().as_micros() as u64;
+                let mut st = stats.lock().await;
+                st.acked += 1;
+                let _ = st.sent_us.record(lat.max(1));
+            }
+            Some(server_frame::Frame::Error(_)) => {
+                answered += 1;
+                stats.lock().await.errors += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn receive(
+    mut tx: chat_client::ClientSender,
+    mut rx: ClientReceiver,
+    start: Instant,
+    expected: u64,
+    stats: Arc<Mutex<Stats>>,
+) {
+    let mut last_seq = 0;
+    let mut got = 0;
+    while got < expected {
+        // Wait generously for stragglers, but never forever.
+        let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
+            return;
+        };
+        let Some(server_frame::Frame::Deliver(d)) = f.frame else {
+            continue;
+        };
+        let Some(deliver::Entry::Message(m)) = d.entry else {
+            continue;
+        };
+        let at_ns: u64 = m.body.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let lat = start.elapsed().as_micros() as u64 - at_ns / 1000;
+        {
+            let mut st = stats.lock().await;
+            if d.seq <= last_seq {
+                st.duplicates += 1;
+            } else {
+                st.delivered += 1;
+                got += 1;
+                let _ = st.e2e_us.record(lat.max(1));
+            }
+        }
+        last_seq = last_seq.max(d.seq);
+        if tx
+            .send(client_frame::Frame::Ack(Ack { up_to_seq: d.seq }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -12,7 +12,7 @@ mkdir -p .dev
 [ -s .dev/secret ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .dev/secret
 export CHAT_NODE_AUTH__JWT_SECRET="$(cat .dev/secret)"
 listen="${CHAT_LISTEN:-127.0.0.1:7400}"
-bin=target/debug
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 cat <<TXT
 

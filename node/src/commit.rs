@@ -6,7 +6,7 @@
 //! devices. Because one thread assigns every sequence number, per-user order needs no locks, and a
 //! device never sees an entry that is not on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chat_proto::store::{inbox_entry, DeviceState, InboxEntry, SentRecord, UserState};
@@ -91,7 +91,7 @@ struct CachedUser {
 #[derive(Default)]
 struct Batch {
     wb: WriteBatch,
-    dirty_users: Vec<String>,
+    dirty_users: HashSet<String>,
     /// Dedup records and device states written in this batch, read back before storage
     /// (`None`: the device was deleted in this batch).
     sent: HashMap<Vec<u8>, Sent>,
@@ -212,8 +212,7 @@ impl Committer {
                 body,
                 reply,
             } => match self.send(&from, client_msg_id, to, body, b) {
-                Ok(Some(sent)) => b.replies.push(Reply::Sent(reply, sent)),
-                Ok(None) => {}
+                Ok(sent) => b.replies.push(Reply::Sent(reply, sent)),
                 Err(e) => drop(reply.send(Err(e))),
             },
             Command::Attach {
@@ -252,8 +251,8 @@ impl Committer {
     }
 
     fn mark_dirty(b: &mut Batch, user: &str) {
-        if !b.dirty_users.iter().any(|u| u == user) {
-            b.dirty_users.push(user.to_string());
+        if !b.dirty_users.contains(user) {
+            b.dirty_users.insert(user.to_string());
         }
     }
 
@@ -278,8 +277,8 @@ impl Committer {
         Ok(seq)
     }
 
-    /// Returns the Sent to answer with after the commit, or `None` when the reply was already
-    /// given (a retry of a message that is on disk).
+    /// Returns the Sent to answer with once the batch is on disk: the stored one for a retry,
+    /// a new one otherwise.
     fn send(
         &mut self,
         from: &Identity,
@@ -287,20 +286,20 @@ impl Committer {
         to: String,
         body: String,
         b: &mut Batch,
-    ) -> Result<Option<Sent>, ChatError> {
+    ) -> Result<Sent, ChatError> {
         let dkey = dedup_key(&from.user, &from.device, &client_msg_id);
         if let Some(s) = b.sent.get(&dkey) {
-            return Ok(Some(s.clone()));
+            return Ok(s.clone());
         }
         if let Some(rec) = self
             .store
             .sent_record(&from.user, &from.device, &client_msg_id)?
         {
-            return Ok(Some(Sent {
+            return Ok(Sent {
                 client_msg_id,
                 msg_id: rec.msg_id,
                 ts: rec.ts,
-            }));
+            });
         }
         let ts = chat_proto::now_ms();
         let msg_id = uuid::Uuid::now_v7().to_string();
@@ -328,7 +327,7 @@ impl Committer {
             ts,
         };
         b.sent.insert(dkey, sent.clone());
-        Ok(Some(sent))
+        Ok(sent)
     }
 
     fn device(

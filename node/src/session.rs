@@ -134,6 +134,8 @@ struct Live {
     /// Highest live seq seen while catching up: catch-up ends only once it has been sent.
     max_seen: u64,
     page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
+    /// `max_seen` when the page in flight was requested.
+    page_seen: u64,
     inflight: FuturesOrdered<Pending>,
     /// Highest seq acknowledged / marked read on this connection.
     acked: u64,
@@ -198,6 +200,7 @@ impl Session {
             catching_up: true,
             max_seen: 0,
             page: None,
+            page_seen: 0,
             inflight: FuturesOrdered::new(),
             acked: attached.cursor,
             read: 0,
@@ -282,14 +285,14 @@ impl Session {
             if live.catching_up && live.page.is_none() {
                 let store = self.ctx.store.clone();
                 let (user, from) = (live.who.user.clone(), live.last_sent + 1);
+                live.page_seen = live.max_seen;
                 live.page = Some(tokio::task::spawn_blocking(move || {
                     store.inbox_from(&user, from, PAGE)
                 }));
             }
-            // Biased, in this order: shutdown and signals first, then work ready to go out
-            // (✓, live entries, backlog pages), then new work from the client.
+            // Not biased: among ready branches one is picked at random, so neither a flood of
+            // deliveries nor a client sending without pause can starve the other.
             let step = tokio::select! {
-                biased;
                 _ = shutdown.recv() => {
                     // Tell the client why, with a retry hint, before the close frame.
                     let _ = self.send(&ChatError::ShuttingDown.to_frame("")).await;
@@ -380,7 +383,6 @@ impl Session {
 
     async fn on_page(&mut self, live: &mut Live, entries: Vec<StoredEntry>) -> Result<(), End> {
         let full = entries.len() == PAGE;
-        let empty = entries.is_empty();
         for e in entries {
             if e.seq > live.last_sent {
                 live.last_sent = e.seq;
@@ -390,9 +392,11 @@ impl Session {
         // Entries dropped from the live queue while this page was being read may be newer than
         // the page: account for them before deciding that storage has been read to the end.
         live.take_lag();
-        // An empty page means nothing deliverable exists after last_sent (anything seen live
-        // has expired since), so waiting for it would spin.
-        if empty || (!full && live.last_sent >= live.max_seen) {
+        // A page that is not full reached the end of storage. Catching up is done once it covers
+        // everything seen live. An entry seen live before the read started was committed before
+        // it (publish follows commit), so if such an entry is missing it has expired: waiting for
+        // it would spin. One seen only during the read may be newer than the read: read again.
+        if !full && (live.last_sent >= live.max_seen || live.max_seen <= live.page_seen) {
             live.catching_up = false;
         }
         Ok(())

@@ -239,7 +239,8 @@ impl Session {
                     let _ = self.send(&ChatError::Unauthenticated.to_frame("")).await;
                     return Err(End::Close(CloseCode::Policy, "no hello in time"));
                 }
-                Ok(None) | Ok(Some(Err(_))) => return Err(End::Gone),
+                Ok(None) => return Err(End::Gone),
+                Ok(Some(Err(e))) => return Err(read_error(e)),
                 Ok(Some(Ok(m))) => m,
             };
             let frame = match self.decode(msg) {
@@ -322,7 +323,8 @@ impl Session {
                     ping_at = Instant::now() + keepalive;
                     match msg {
                         Some(Ok(m)) => self.on_message(live, m).await,
-                        _ => Err(End::Gone),
+                        Some(Err(e)) => Err(read_error(e)),
+                        None => Err(End::Gone),
                     }
                 }
                 _ = tokio::time::sleep_until(ping_at) => {
@@ -614,6 +616,15 @@ impl Session {
 
     fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.ctx.cfg.client.write_timeout_ms)
+    }
+}
+
+/// How a failed read ends the connection: a frame over the hard cap gets 1009 (message too big).
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => End::Close(CloseCode::Size, "frame too large"),
+        _ => End::Gone,
     }
 }
 

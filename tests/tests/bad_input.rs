@@ -232,18 +232,35 @@ async fn a_frame_over_the_hard_cap_closes_only_that_connection() {
         ("CHAT_NODE_LIMITS__MAX_FRAME_BYTES", "1024"),
         ("CHAT_NODE_LIMITS__MAX_BODY_BYTES", "512"),
     ]);
-    let mut bad = node.connect("alice", "phone").await;
-    bad.send_raw(WsMessage::binary(vec![0u8; 64 * 1024]))
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.url).await.unwrap();
+    let hello = chat_proto::v1::ClientFrame {
+        frame: Some(client_frame::Frame::Hello(Hello {
+            token: token("alice", "phone"),
+            agent: "raw".into(),
+        })),
+    };
+    ws.send(WsMessage::binary(chat_proto::encode(
+        Encoding::Protobuf,
+        &hello,
+    )))
+    .await
+    .unwrap();
+    ws.send(WsMessage::binary(vec![0u8; 64 * 1024]))
         .await
         .unwrap();
-    let mut closed = false;
-    while let Ok(r) = tokio::time::timeout(WAIT, bad.recv()).await {
-        if r.is_err() {
-            closed = true;
-            break;
+    let close_code = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let WsMessage::Close(frame) = msg {
+                return frame.map(|f| f.code);
+            }
         }
-    }
-    assert!(closed, "connection closed after a frame over the hard cap");
+        None
+    })
+    .await
+    .expect("connection closed in time");
+    assert_eq!(close_code, Some(CloseCode::Size), "closed with 1009");
     // The node and the same user are fine.
     let mut again = node.connect("alice", "phone").await;
     still_works(&node, &mut again, "after").await;

@@ -6,6 +6,11 @@
 #   build-essential   RocksDB is compiled from source (C++)
 set -euo pipefail
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: no Rust toolchain: install stable Rust with rustup first" >&2
+  exit 1
+fi
+
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)

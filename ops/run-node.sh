@@ -20,7 +20,7 @@ cat <<TXT
 
   In two other terminals:
     export CHAT_URL=ws://$listen
-    CHAT_TOKEN=\$($bin/chatctl token --secret-file .dev/secret --user bob --device cli) $bin/chat listen
+    CHAT_TOKEN=\$($bin/chatctl token --secret-file .dev/secret --user bob --device cli) $bin/chat listen --read
     CHAT_TOKEN=\$($bin/chatctl token --secret-file .dev/secret --user alice --device cli) $bin/chat send --to bob --wait read "hello bob"
 
   Or speak JSON by hand (websocat): {"hello":{"token":"..."}} then {"send":{"clientMsgId":"1","to":"bob","body":"hi"}}

@@ -232,7 +232,10 @@ impl Session {
         loop {
             let msg = tokio::select! {
                 m = tokio::time::timeout_at(deadline, self.ws.next()) => m,
-                _ = shutdown.recv() => return Err(End::Close(CloseCode::Away, "node shutting down")),
+                _ = shutdown.recv() => {
+                    let _ = self.send(&ChatError::ShuttingDown.to_frame("")).await;
+                    return Err(End::Close(CloseCode::Away, "node shutting down"));
+                }
             };
             let msg = match msg {
                 Err(_) => {

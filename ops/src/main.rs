@@ -29,8 +29,8 @@ enum Cmd {
         /// The secret; by default taken from the environment as the node takes it.
         #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET", hide_env_values = true)]
         secret: Option<String>,
-        /// Or read the secret from this file.
-        #[arg(long, conflicts_with = "secret")]
+        /// Read the secret from this file (takes precedence over --secret and the environment).
+        #[arg(long)]
         secret_file: Option<PathBuf>,
     },
 }
@@ -44,12 +44,12 @@ fn main() -> anyhow::Result<()> {
             secret,
             secret_file,
         } => {
-            let secret = match (secret, secret_file) {
-                (Some(s), _) => s,
-                (None, Some(f)) => std::fs::read_to_string(&f)
+            let secret = match (secret_file, secret) {
+                (Some(f), _) => std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?
                     .trim()
                     .to_string(),
+                (None, Some(s)) => s,
                 (None, None) => bail!(
                     "no secret: pass --secret, --secret-file or set CHAT_NODE_AUTH__JWT_SECRET"
                 ),

@@ -2,7 +2,7 @@
 //! that talk to them. Every wait has a deadline; nothing sleeps for a fixed time.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -189,10 +189,6 @@ impl Drop for TestNode {
 
 pub fn token(user: &str, device: &str) -> String {
     chat_node::auth::issue_token(SECRET.as_bytes(), user, device, 3600)
-}
-
-pub fn data_dir_of(node: &TestNode) -> &Path {
-    &node.data_dir
 }
 
 /// Receives frames until `pred` matches one, returning it and every frame seen before it.

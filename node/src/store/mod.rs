@@ -65,9 +65,12 @@ impl Store {
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if expiring {
                 o.set_compaction_filter("retention", retention_filter(retention_ms));
-                // Recompact files at least this often even without new writes, so expired
-                // entries leave the disk within about one retention period.
-                o.set_periodic_compaction_seconds(opts.retention.as_secs().clamp(60, 24 * 3600));
+                // Rewrite files at least this often even without new writes, so expired entries
+                // leave the disk within about retention + a quarter of it (a week at most),
+                // without rewriting the whole database every day.
+                o.set_periodic_compaction_seconds(
+                    (opts.retention.as_secs() / 4).clamp(60, 7 * 24 * 3600),
+                );
             }
             o
         };

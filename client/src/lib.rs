@@ -76,10 +76,11 @@ impl Client {
     pub async fn connect_with(url: &str, token: &str, opts: &ConnectOptions) -> Result<Client> {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
-            let (ws, _) =
-                tokio::time::timeout(opts.timeout, tokio_tungstenite::connect_async(&url))
-                    .await
-                    .map_err(|_| ClientError::Timeout)??;
+            // Nagle off: chat frames are small and latency-bound.
+            let connect = tokio_tungstenite::connect_async_with_config(&url, None, true);
+            let (ws, _) = tokio::time::timeout(opts.timeout, connect)
+                .await
+                .map_err(|_| ClientError::Timeout)??;
             let mut c = Client {
                 ws,
                 encoding: opts.encoding,

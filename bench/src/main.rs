@@ -1,11 +1,10 @@
 //! `chat-bench`: drives a running node like real clients and prints figures.
 //!
-//! Scenario `one-to-one`: `pairs` senders each send to their own recipient, open loop: message k of
-//! a sender is *scheduled* at start + k / rate, sent at that time (or as soon as the sender can, if
+//! Scenario `one-to-one`: `pairs` senders each send to their own recipient at `rate / pairs`, open
+//! loop: message k of a sender is *scheduled* at start + k / (rate / pairs), sent at that time (or as soon as the sender can, if
 //! it is behind), and every latency is counted from the scheduled time, so a stalled node shows up
 //! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,7 +12,6 @@ use chat_client::v1::{client_frame, deliver, server_frame, Ack, Send};
 use chat_client::{Client, ClientReceiver};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use tokio::sync::Mutex;
 
 #[derive(Parser)]
 #[command(name = "chat-bench", about = "Benchmark a chat node")]
@@ -47,7 +45,8 @@ enum Scenario {
     },
 }
 
-/// Latency histograms in microseconds, shared by the tasks of a run.
+/// Counts and latency histograms (microseconds). Each task keeps its own, merged at the end, so
+/// the load generator takes no shared lock per message.
 struct Stats {
     sent_us: Histogram<u64>,
     e2e_us: Histogram<u64>,
@@ -68,6 +67,15 @@ impl Stats {
             duplicates: 0,
             errors: 0,
         }
+    }
+
+    fn merge(&mut self, other: &Stats) {
+        self.sent_us.add(&other.sent_us).expect("same bounds");
+        self.e2e_us.add(&other.e2e_us).expect("same bounds");
+        self.acked += other.acked;
+        self.delivered += other.delivered;
+        self.duplicates += other.duplicates;
+        self.errors += other.errors;
     }
 }
 
@@ -110,7 +118,6 @@ async fn one_to_one(
             .as_millis()
     );
     let token = |user: &str| chat_node::auth::issue_token(secret.as_bytes(), user, "bench", 3600);
-    let stats = Arc::new(Mutex::new(Stats::new()));
     let per_sender = rate as f64 / pairs as f64;
     let per_sender_total = (per_sender * duration as f64).round() as u64;
     anyhow::ensure!(
@@ -139,29 +146,24 @@ async fn one_to_one(
     let mut tasks = Vec::new();
     for rc in receivers {
         let (tx, rx) = rc.into_split();
-        tasks.push(tokio::spawn(receive(
-            tx,
-            rx,
-            start,
-            per_sender_total,
-            stats.clone(),
-        )));
+        tasks.push(tokio::spawn(receive(tx, rx, start, per_sender_total)));
     }
     for (sc, to) in senders {
         let (tx, rx) = sc.into_split();
-        let stats = stats.clone();
         let body_pad = "x".repeat(body_bytes - 24);
         tasks.push(tokio::spawn(async move {
-            let acks = tokio::spawn(sender_acks(rx, start, per_sender, per_sender_total, stats));
+            let acks = tokio::spawn(sender_acks(rx, start, per_sender, per_sender_total));
             send_loop(tx, &to, start, per_sender, per_sender_total, &body_pad).await;
-            let _ = acks.await;
+            acks.await.unwrap_or_else(|_| Stats::new())
         }));
     }
+    let mut s = Stats::new();
     for t in tasks {
-        let _ = t.await;
+        if let Ok(part) = t.await {
+            s.merge(&part);
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let s = stats.lock().await;
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     println!(
         "one-to-one offered={rate}/s sent_ok={} delivered={} ({:.0}/s) lost={} dup={} errors={} \
@@ -215,34 +217,29 @@ async fn send_loop(
     }
 }
 
-async fn sender_acks(
-    mut rx: ClientReceiver,
-    start: Instant,
-    per_sender: f64,
-    total: u64,
-    stats: Arc<Mutex<Stats>>,
-) {
+async fn sender_acks(mut rx: ClientReceiver, start: Instant, per_sender: f64, total: u64) -> Stats {
+    let mut st = Stats::new();
     let mut answered = 0;
     while answered < total {
         let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
-            return;
+            break;
         };
         match f.frame {
             Some(server_frame::Frame::Sent(s)) => {
                 answered += 1;
                 let k: u64 = s.client_msg_id.parse().unwrap_or(0);
                 let lat = scheduled(start, per_sender, k).elapsed().as_micros() as u64;
-                let mut st = stats.lock().await;
                 st.acked += 1;
                 let _ = st.sent_us.record(lat.max(1));
             }
             Some(server_frame::Frame::Error(_)) => {
                 answered += 1;
-                stats.lock().await.errors += 1;
+                st.errors += 1;
             }
             _ => {}
         }
     }
+    st
 }
 
 async fn receive(
@@ -250,14 +247,14 @@ async fn receive(
     mut rx: ClientReceiver,
     start: Instant,
     expected: u64,
-    stats: Arc<Mutex<Stats>>,
-) {
+) -> Stats {
+    let mut st = Stats::new();
     let mut last_seq = 0;
     let mut got = 0;
     while got < expected {
         // Wait generously for stragglers, but never forever.
         let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
-            return;
+            break;
         };
         let Some(server_frame::Frame::Deliver(d)) = f.frame else {
             continue;
@@ -266,16 +263,13 @@ async fn receive(
             continue;
         };
         let at_ns: u64 = m.body.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let lat = start.elapsed().as_micros() as u64 - at_ns / 1000;
-        {
-            let mut st = stats.lock().await;
-            if d.seq <= last_seq {
-                st.duplicates += 1;
-            } else {
-                st.delivered += 1;
-                got += 1;
-                let _ = st.e2e_us.record(lat.max(1));
-            }
+        let lat = (start.elapsed().as_micros() as u64).saturating_sub(at_ns / 1000);
+        if d.seq <= last_seq {
+            st.duplicates += 1;
+        } else {
+            st.delivered += 1;
+            got += 1;
+            let _ = st.e2e_us.record(lat.max(1));
         }
         last_seq = last_seq.max(d.seq);
         if tx
@@ -283,7 +277,8 @@ async fn receive(
             .await
             .is_err()
         {
-            return;
+            break;
         }
     }
+    st
 }

@@ -267,14 +267,14 @@ fn encode_client(encoding: Encoding, frame: client_frame::Frame) -> WsMessage {
 
 /// Decodes a data message; `None` for control frames.
 fn decode_server(msg: WsMessage) -> Option<Result<ServerFrame>> {
-    let (enc, data) = match msg {
-        WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
-        WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
+    let (enc, data): (Encoding, &[u8]) = match &msg {
+        WsMessage::Binary(b) => (Encoding::Protobuf, b),
+        WsMessage::Text(t) => (Encoding::Json, t.as_bytes()),
         WsMessage::Close(_) => return Some(Err(ClientError::Closed)),
         _ => return None,
     };
     Some(
-        chat_proto::decode::<ServerFrame>(enc, &data)
+        chat_proto::decode::<ServerFrame>(enc, data)
             .map_err(|e| ClientError::Unexpected(e.to_string())),
     )
 }

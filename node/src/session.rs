@@ -558,9 +558,9 @@ impl Session {
     /// Decodes a data frame. `Ok(None)`: a control frame, nothing to do. `Err(None)`: the client
     /// closed. `Err(Some(e))`: a bad frame to answer with `e`.
     fn decode(&mut self, msg: WsMessage) -> Result<Option<ClientFrame>, Option<ChatError>> {
-        let (enc, data) = match msg {
-            WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
-            WsMessage::Binary(b) => (Encoding::Protobuf, b.to_vec()),
+        let (enc, data): (Encoding, &[u8]) = match &msg {
+            WsMessage::Text(t) => (Encoding::Json, t.as_bytes()),
+            WsMessage::Binary(b) => (Encoding::Protobuf, b),
             WsMessage::Close(_) => return Err(None),
             _ => return Ok(None),
         };
@@ -572,7 +572,7 @@ impl Session {
                 max,
             }));
         }
-        chat_proto::decode::<ClientFrame>(enc, &data)
+        chat_proto::decode::<ClientFrame>(enc, data)
             .map(Some)
             .map_err(|e| Some(e.into()))
     }

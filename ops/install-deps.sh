@@ -2,6 +2,7 @@
 # Installs the system packages the build and the tests need, only when missing (safe to run again).
 #   libclang-dev      librocksdb-sys runs bindgen
 #   protobuf-compiler prost-build and etcd-client compile .proto files with protoc
+#   libprotobuf-dev   etcd-client's protos import google/protobuf/*.proto (the well-known types)
 #   etcd-server       tests and the dev cluster run a real etcd
 #   build-essential   RocksDB is compiled from source (C++)
 set -euo pipefail
@@ -13,6 +14,7 @@ fi
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 # bindgen needs libclang.so (not libclang-cpp), whatever version Debian ships.

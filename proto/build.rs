@@ -5,7 +5,11 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out.join("descriptors.bin");
-    let protos = ["chat/v1/client.proto", "chat/v1/store.proto"];
+    let protos = [
+        "chat/v1/client.proto",
+        "chat/v1/store.proto",
+        "chat/v1/cluster.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

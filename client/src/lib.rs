@@ -19,8 +19,49 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use chat_proto::v1;
 
+/// The user a token is for (its `sub` claim), read without checking the signature: only to build
+/// the connect path; the node checks the token.
+pub fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("sub")?.as_str().map(str::to_string)
+}
+
+/// `url` with `/v1/connect/<user>` appended when it has no path (and the user is known).
+pub fn connect_url(url: &str, user: Option<&str>) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let has_path = after_scheme
+        .find('/')
+        .is_some_and(|i| after_scheme[i..].len() > 1);
+    match user {
+        Some(u) if !has_path => format!(
+            "{}/v1/connect/{}",
+            url.trim_end_matches('/'),
+            path_escape(u)
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// Percent-encodes everything but letters, digits and `-_.` (user ids may contain `/`).
+pub fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Redirects followed before giving up.
-const MAX_REDIRECTS: usize = 3;
+const MAX_REDIRECTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -73,14 +114,36 @@ impl Client {
         Self::connect_with(url, token, &ConnectOptions::default()).await
     }
 
+    /// `url` is a router or any node (`ws://host:port`): a URL without a path gets
+    /// `/v1/connect/<user>` (the user from the token), which a router answers with an HTTP
+    /// redirect to the user's home node. A node that is not the home answers with a `Redirect`
+    /// frame. Both are followed, up to a few hops.
     pub async fn connect_with(url: &str, token: &str, opts: &ConnectOptions) -> Result<Client> {
-        let mut url = url.to_string();
+        let user = token_subject(token);
+        let mut url = connect_url(url, user.as_deref());
         for _ in 0..=MAX_REDIRECTS {
             // Nagle off: chat frames are small and latency-bound.
             let connect = tokio_tungstenite::connect_async_with_config(&url, None, true);
-            let (ws, _) = tokio::time::timeout(opts.timeout, connect)
+            let ws = match tokio::time::timeout(opts.timeout, connect)
                 .await
-                .map_err(|_| ClientError::Timeout)??;
+                .map_err(|_| ClientError::Timeout)?
+            {
+                Ok((ws, _)) => ws,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+                    if resp.status().is_redirection() =>
+                {
+                    let location = resp
+                        .headers()
+                        .get("location")
+                        .and_then(|l| l.to_str().ok())
+                        .ok_or_else(|| {
+                            ClientError::Unexpected("redirect without a location".into())
+                        })?;
+                    url = connect_url(location, user.as_deref());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut c = Client {
                 ws,
                 encoding: opts.encoding,
@@ -97,7 +160,9 @@ impl Client {
                     c.welcome = w;
                     return Ok(c);
                 }
-                Some(server_frame::Frame::Redirect(r)) => url = r.url,
+                Some(server_frame::Frame::Redirect(r)) => {
+                    url = connect_url(&r.url, user.as_deref())
+                }
                 Some(server_frame::Frame::Error(e)) => return Err(refused(e)),
                 other => return Err(ClientError::Unexpected(format!("{other:?}"))),
             }
@@ -283,5 +348,32 @@ fn refused(e: chat_proto::v1::Error) -> ClientError {
     ClientError::Refused {
         code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
         message: e.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_urls() {
+        assert_eq!(
+            connect_url("ws://r:7000", Some("a/b")),
+            "ws://r:7000/v1/connect/a%2Fb"
+        );
+        assert_eq!(
+            connect_url("ws://r:7000/", Some("bob")),
+            "ws://r:7000/v1/connect/bob"
+        );
+        assert_eq!(connect_url("ws://n:1/x", Some("bob")), "ws://n:1/x");
+        assert_eq!(connect_url("ws://n:1", None), "ws://n:1");
+    }
+
+    #[test]
+    fn token_subject_is_read_without_verifying() {
+        // {"alg":"HS256"}.{"sub":"alice","dev":"d"}.sig
+        let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImRldiI6ImQifQ.x";
+        assert_eq!(token_subject(t).as_deref(), Some("alice"));
+        assert_eq!(token_subject("garbage"), None);
     }
 }

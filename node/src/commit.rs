@@ -5,21 +5,29 @@
 //! (group commit), and only then answers the commands and publishes new inbox entries to online
 //! devices. Because one thread assigns every sequence number, per-user order needs no locks, and a
 //! device never sees an entry that is not on disk.
+//!
+//! An entry for a user this node does not own (a message to a user on another node, or a receipt
+//! for a sender there) goes to the outbox in the same batch instead; the forwarder
+//! (`crate::peer::forwarder`) hands it to the owner. Entries other nodes forward here are applied
+//! by [`Command::Apply`], deduplicated by entry id.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use chat_cluster::ClusterView;
+use chat_proto::cluster::{forward_entry, ForwardEntry, ForwardStatus};
 use chat_proto::store::{inbox_entry, DeviceState, InboxEntry, SentRecord, UserState};
-use chat_proto::v1::{Message, Receipt, ReceiptKind, Sent};
+use chat_proto::v1::{Failed, Message, Receipt, ReceiptKind, Sent};
+use chat_ring::Ring;
 use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Identity;
 use crate::error::ChatError;
 use crate::hub::Hub;
 use crate::store::keys::*;
-use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META};
+use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX};
 
 /// Most message ids in one stored receipt; a longer run is split into several receipts.
 const MAX_RECEIPT_IDS: usize = 512;
@@ -57,6 +65,43 @@ pub enum Command {
         up_to: u64,
         read: bool,
     },
+    /// Entries another node forwarded: one status per entry once the batch is on disk.
+    Apply {
+        entries: Vec<ForwardEntry>,
+        reply: oneshot::Sender<Result<Vec<ForwardStatus>, ChatError>>,
+    },
+    /// The forwarder gives these outbox entries up: remove them, and tell each message's sender
+    /// with a `Failed` entry in its inbox.
+    GiveUp {
+        entries: Vec<(u64, Arc<ForwardEntry>)>,
+        reason: String,
+        reply: oneshot::Sender<Result<(), ChatError>>,
+    },
+}
+
+/// Outbox entries written by one batch, handed to the forwarder once on disk.
+pub type Outboxed = Vec<(u64, Arc<ForwardEntry>)>;
+
+/// Who owns what: the node's id and its view of the ring.
+#[derive(Clone)]
+pub struct Routing {
+    pub self_id: String,
+    pub view: watch::Receiver<ClusterView>,
+}
+
+impl Routing {
+    /// A ring of one: this node owns everyone (standalone, and unit tests).
+    pub fn standalone(self_id: &str) -> Routing {
+        let (_tx, view) = watch::channel(ClusterView::fixed(Ring::single(self_id), []));
+        Routing {
+            self_id: self_id.to_string(),
+            view,
+        }
+    }
+
+    fn ring(&self) -> Option<Arc<Ring>> {
+        self.view.borrow().ring.clone()
+    }
 }
 
 #[derive(Clone)]
@@ -78,6 +123,10 @@ pub struct Committer {
     max_batch: usize,
     retention_ms: i64,
     users: HashMap<String, CachedUser>,
+    routing: Routing,
+    outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
+    /// The last outbox seq handed out.
+    outbox_seq: u64,
 }
 
 #[derive(Clone)]
@@ -100,11 +149,32 @@ struct Batch {
     new_devices: HashMap<String, usize>,
     appended: Vec<(String, u64, Arc<InboxEntry>)>,
     replies: Vec<Reply>,
+    /// The ring this batch routes by (taken once per batch).
+    ring: Option<Arc<Ring>>,
+    outboxed: Outboxed,
+    /// Forward dedup keys written in this batch.
+    forwarded: HashSet<Vec<u8>>,
 }
 
 enum Reply {
     Sent(oneshot::Sender<Result<Sent, ChatError>>, Sent),
     Attached(oneshot::Sender<Result<Attached, ChatError>>, Attached),
+    Applied(
+        oneshot::Sender<Result<Vec<ForwardStatus>, ChatError>>,
+        Vec<ForwardStatus>,
+    ),
+    Done(oneshot::Sender<Result<(), ChatError>>),
+}
+
+/// What the committer needs besides storage and the hub.
+pub struct CommitterOptions {
+    pub sync: bool,
+    pub max_batch: usize,
+    pub queue_depth: usize,
+    pub retention_ms: i64,
+    pub routing: Routing,
+    /// Where new outbox entries go once committed (`None`: nobody forwards, e.g. standalone).
+    pub outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
 }
 
 impl Committer {
@@ -112,25 +182,26 @@ impl Committer {
     pub fn start(
         store: Arc<Store>,
         hub: Arc<Hub>,
-        sync: bool,
-        max_batch: usize,
-        queue_depth: usize,
-        retention_ms: i64,
-    ) -> (CommitterHandle, std::thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(queue_depth);
+        opts: CommitterOptions,
+    ) -> Result<(CommitterHandle, std::thread::JoinHandle<()>), ChatError> {
+        let (tx, rx) = mpsc::channel(opts.queue_depth);
+        let outbox_seq = store.last_outbox_seq()?;
         let mut c = Committer {
             store,
             hub,
-            sync,
-            max_batch,
-            retention_ms,
+            sync: opts.sync,
+            max_batch: opts.max_batch,
+            retention_ms: opts.retention_ms,
             users: HashMap::new(),
+            routing: opts.routing,
+            outbox_tx: opts.outbox_tx,
+            outbox_seq,
         };
         let join = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || c.run(rx))
             .expect("spawn committer thread");
-        (CommitterHandle { tx }, join)
+        Ok((CommitterHandle { tx }, join))
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
@@ -149,7 +220,11 @@ impl Committer {
     }
 
     fn commit(&mut self, cmds: impl Iterator<Item = Command>) {
-        let mut b = Batch::default();
+        let mut b = Batch {
+            ring: self.routing.ring(),
+            ..Batch::default()
+        };
+        let outbox_seq_before = self.outbox_seq;
         for cmd in cmds {
             self.apply(cmd, &mut b);
         }
@@ -179,21 +254,31 @@ impl Committer {
                     match r {
                         Reply::Sent(tx, s) => drop(tx.send(Ok(s))),
                         Reply::Attached(tx, a) => drop(tx.send(Ok(a))),
+                        Reply::Applied(tx, st) => drop(tx.send(Ok(st))),
+                        Reply::Done(tx) => drop(tx.send(Ok(()))),
                     }
                 }
                 for (user, seq, entry) in b.appended {
                     self.hub.publish(&user, seq, entry);
+                }
+                if !b.outboxed.is_empty() {
+                    if let Some(tx) = &self.outbox_tx {
+                        let _ = tx.send(b.outboxed);
+                    }
                 }
             }
             Err(e) => {
                 // Nothing of the batch is on disk: forget the seqs handed out in memory.
                 tracing::error!(error = %e, "commit failed");
                 self.users.clear();
+                self.outbox_seq = outbox_seq_before;
                 for r in b.replies {
                     let err = || ChatError::Internal(format!("commit failed: {e}"));
                     match r {
                         Reply::Sent(tx, _) => drop(tx.send(Err(err()))),
                         Reply::Attached(tx, _) => drop(tx.send(Err(err()))),
+                        Reply::Applied(tx, _) => drop(tx.send(Err(err()))),
+                        Reply::Done(tx) => drop(tx.send(Err(err()))),
                     }
                 }
             }
@@ -228,7 +313,141 @@ impl Committer {
                     tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
                 }
             }
+            Command::Apply { entries, reply } => {
+                let mut statuses = Vec::with_capacity(entries.len());
+                for e in entries {
+                    match self.apply_forwarded(e, b) {
+                        Ok(st) => statuses.push(st),
+                        Err(err) => {
+                            drop(reply.send(Err(err)));
+                            return;
+                        }
+                    }
+                }
+                b.replies.push(Reply::Applied(reply, statuses));
+            }
+            Command::GiveUp {
+                entries,
+                reason,
+                reply,
+            } => match self.give_up(&entries, &reason, b) {
+                Ok(()) => b.replies.push(Reply::Done(reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
         }
+    }
+
+    /// Whether this node owns `user` under the batch's ring. Without a ring (a cluster that was
+    /// never initialised) nothing is routed anywhere: sessions are refused before that point.
+    fn owns(&self, user: &str, b: &Batch) -> bool {
+        b.ring
+            .as_ref()
+            .is_none_or(|r| r.owner(user) == self.routing.self_id)
+    }
+
+    /// Appends `entry` to `user`'s inbox here if this node owns `user`, or puts it in the outbox
+    /// for the owner (deduplicated there by `id`).
+    fn deliver_to(
+        &mut self,
+        user: &str,
+        ts: i64,
+        id: &str,
+        entry: InboxEntry,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        if self.owns(user, b) {
+            self.append(user, ts, entry, b)?;
+            return Ok(());
+        }
+        let item = match entry.entry {
+            Some(inbox_entry::Entry::Message(m)) => forward_entry::Item::Message(m),
+            Some(inbox_entry::Entry::Receipt(r)) => forward_entry::Item::Receipt(r),
+            // Failed entries are only ever written to the sender's inbox on its own node.
+            other => {
+                return Err(ChatError::Internal(format!(
+                    "entry cannot be forwarded: {other:?}"
+                )))
+            }
+        };
+        let fe = ForwardEntry {
+            to: user.to_string(),
+            id: id.to_string(),
+            created_ms: ts,
+            item: Some(item),
+        };
+        self.outbox_seq += 1;
+        b.wb.put_cf(
+            self.store.cf(CF_OUTBOX),
+            outbox_key(self.outbox_seq),
+            fe.encode_to_vec(),
+        );
+        b.outboxed.push((self.outbox_seq, Arc::new(fe)));
+        Ok(())
+    }
+
+    /// Stores one entry forwarded by another node, once per entry id.
+    fn apply_forwarded(
+        &mut self,
+        e: ForwardEntry,
+        b: &mut Batch,
+    ) -> Result<ForwardStatus, ChatError> {
+        if e.to.is_empty() || e.id.is_empty() {
+            return Ok(ForwardStatus::Invalid);
+        }
+        let entry = match e.item {
+            Some(forward_entry::Item::Message(m)) => inbox_entry::Entry::Message(m),
+            Some(forward_entry::Item::Receipt(r)) => inbox_entry::Entry::Receipt(r),
+            None => return Ok(ForwardStatus::Invalid),
+        };
+        // Without a ring (a node that has not loaded it yet) nothing is ours to accept.
+        if b.ring.is_none() || !self.owns(&e.to, b) {
+            return Ok(ForwardStatus::NotOwner);
+        }
+        let key = forward_dedup_key(&e.to, &e.id);
+        if b.forwarded.contains(&key) || self.store.forward_seen(&e.to, &e.id)? {
+            return Ok(ForwardStatus::Stored);
+        }
+        let seq = self.append(&e.to, e.created_ms, InboxEntry { entry: Some(entry) }, b)?;
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&chat_proto::now_ms().to_be_bytes());
+        v.extend_from_slice(&seq.to_be_bytes());
+        b.wb.put_cf(self.store.cf(CF_DEDUP), &key, v);
+        b.forwarded.insert(key);
+        Ok(ForwardStatus::Stored)
+    }
+
+    /// Removes outbox entries the forwarder gave up on, telling each message's sender.
+    fn give_up(
+        &mut self,
+        entries: &[(u64, Arc<ForwardEntry>)],
+        reason: &str,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        let now = chat_proto::now_ms();
+        for (seq, e) in entries {
+            b.wb.delete_cf(self.store.cf(CF_OUTBOX), outbox_key(*seq));
+            let Some(forward_entry::Item::Message(m)) = &e.item else {
+                // A receipt that cannot be delivered is dropped: the message it is about stays
+                // delivered or read either way.
+                continue;
+            };
+            if !self.owns(&m.from, b) {
+                tracing::warn!(msg_id = %m.msg_id, from = %m.from, "giving up a message whose sender moved away; not reported");
+                continue;
+            }
+            let failed = Failed {
+                msg_id: m.msg_id.clone(),
+                to: m.to.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                reason: reason.to_string(),
+                ts: now,
+            };
+            let entry = InboxEntry {
+                entry: Some(inbox_entry::Entry::Failed(failed)),
+            };
+            self.append(&m.from, now, entry, b)?;
+        }
+        Ok(())
     }
 
     fn user<'a>(
@@ -315,7 +534,7 @@ impl Committer {
         let entry = InboxEntry {
             entry: Some(inbox_entry::Entry::Message(message)),
         };
-        self.append(&to, ts, entry, b)?;
+        self.deliver_to(&to, ts, &msg_id, entry, b)?;
         let rec = SentRecord {
             msg_id: msg_id.clone(),
             ts,
@@ -498,7 +717,8 @@ impl Committer {
                 let entry = InboxEntry {
                     entry: Some(inbox_entry::Entry::Receipt(receipt)),
                 };
-                self.append(&sender, ts, entry, b)?;
+                let id = uuid::Uuid::now_v7().to_string();
+                self.deliver_to(&sender, ts, &id, entry, b)?;
             }
         }
         Ok(())
@@ -533,6 +753,9 @@ mod tests {
             max_batch: 1024,
             retention_ms: RETENTION_MS,
             users: HashMap::new(),
+            routing: Routing::standalone("n1"),
+            outbox_tx: None,
+            outbox_seq: 0,
         };
         (c, hub, dir)
     }
@@ -712,5 +935,176 @@ mod tests {
         let d = c.store.device_state("bob", "phone").unwrap().unwrap();
         assert_eq!(d.cursor, 1);
         assert_eq!(receipts_of(&c, "alice").len(), 1);
+    }
+
+    /// A committer that is `self_id` in a two-node ring of n1 and n2.
+    fn routed(
+        self_id: &str,
+    ) -> (
+        Committer,
+        mpsc::UnboundedReceiver<Outboxed>,
+        tempfile::TempDir,
+    ) {
+        let (mut c, _hub, dir) = committer();
+        let members = ["n1", "n2"].map(|id| chat_ring::Member {
+            id: id.into(),
+            weight: 1,
+        });
+        let ring = Ring::new(1, &members, 16).unwrap();
+        let (_tx, view) = watch::channel(ClusterView::fixed(ring, []));
+        c.routing = Routing {
+            self_id: self_id.into(),
+            view,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        c.outbox_tx = Some(tx);
+        (c, rx, dir)
+    }
+
+    /// The first user `<stem>-<i>` that `node` owns in `c`'s ring.
+    fn user_on(c: &Committer, node: &str, stem: &str) -> String {
+        let ring = c.routing.ring().unwrap();
+        (0..)
+            .map(|i| format!("{stem}-{i}"))
+            .find(|u| ring.owner(u) == node)
+            .unwrap()
+    }
+
+    fn forwarded(to: &str, id: &str) -> ForwardEntry {
+        ForwardEntry {
+            to: to.into(),
+            id: id.into(),
+            created_ms: chat_proto::now_ms(),
+            item: Some(forward_entry::Item::Message(Message {
+                msg_id: id.into(),
+                from: "far-away".into(),
+                to: to.into(),
+                body: "hi".into(),
+                ..Message::default()
+            })),
+        }
+    }
+
+    fn apply(
+        entries: Vec<ForwardEntry>,
+    ) -> (
+        Command,
+        oneshot::Receiver<Result<Vec<ForwardStatus>, ChatError>>,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        (Command::Apply { entries, reply }, rx)
+    }
+
+    #[test]
+    fn entries_for_users_owned_elsewhere_go_to_the_outbox_in_the_same_batch() {
+        let (mut c, mut rx, _dir) = routed("n1");
+        let alice = user_on(&c, "n1", "alice");
+        let bob = user_on(&c, "n2", "bob");
+        let (s1, mut r1) = send(&id(&alice, "p"), "c1", &bob);
+        let (s2, mut r2) = send(&id(&alice, "p"), "c2", &alice);
+        c.commit(vec![s1, s2].into_iter());
+        let sent = r1.try_recv().unwrap().unwrap();
+        r2.try_recv().unwrap().unwrap();
+        assert!(
+            c.store.inbox_from(&bob, 1, 10).unwrap().is_empty(),
+            "not stored here"
+        );
+        assert_eq!(
+            c.store.inbox_from(&alice, 1, 10).unwrap().len(),
+            1,
+            "local stays local"
+        );
+        let out = c.store.outbox_from(0, 10).unwrap();
+        assert_eq!(out.len(), 1);
+        let (seq, e) = &out[0];
+        assert_eq!(
+            (e.to.as_str(), e.id.as_str()),
+            (bob.as_str(), sent.msg_id.as_str())
+        );
+        let handed = rx.try_recv().unwrap();
+        assert_eq!(handed.len(), 1);
+        assert_eq!((handed[0].0, &*handed[0].1), (*seq, e));
+        // Seqs keep growing across batches and restarts of the committer.
+        let (s3, _r3) = send(&id(&alice, "p"), "c3", &bob);
+        c.commit(vec![s3].into_iter());
+        assert_eq!(c.store.last_outbox_seq().unwrap(), seq + 1);
+    }
+
+    #[test]
+    fn forwarded_entries_are_stored_once_and_only_by_the_owner() {
+        let (mut c, _rx, _dir) = routed("n1");
+        let alice = user_on(&c, "n1", "alice");
+        let bob = user_on(&c, "n2", "bob");
+        let (a1, mut r1) = apply(vec![forwarded(&alice, "m1"), forwarded(&alice, "m1")]);
+        c.commit(vec![a1].into_iter());
+        assert_eq!(
+            r1.try_recv().unwrap().unwrap(),
+            [ForwardStatus::Stored, ForwardStatus::Stored]
+        );
+        let (a2, mut r2) = apply(vec![
+            forwarded(&alice, "m1"),
+            forwarded(&bob, "m2"),
+            forwarded(&alice, ""),
+            forwarded(&alice, "m3"),
+        ]);
+        c.commit(vec![a2].into_iter());
+        assert_eq!(
+            r2.try_recv().unwrap().unwrap(),
+            [
+                ForwardStatus::Stored,
+                ForwardStatus::NotOwner,
+                ForwardStatus::Invalid,
+                ForwardStatus::Stored
+            ]
+        );
+        let inbox: Vec<String> = c
+            .store
+            .inbox_from(&alice, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.entry.entry {
+                Some(inbox_entry::Entry::Message(m)) => m.msg_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(inbox, ["m1", "m3"], "a retry is stored once");
+        assert!(c.store.inbox_from(&bob, 1, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn giving_up_tells_the_sender_and_empties_the_outbox() {
+        let (mut c, _rx, _dir) = routed("n1");
+        let alice = user_on(&c, "n1", "alice");
+        let bob = user_on(&c, "n2", "bob");
+        let (s1, mut r1) = send(&id(&alice, "p"), "c1", &bob);
+        c.commit(vec![s1].into_iter());
+        let sent = r1.try_recv().unwrap().unwrap();
+        let entries: Vec<(u64, Arc<ForwardEntry>)> = c
+            .store
+            .outbox_from(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(s, e)| (s, Arc::new(e)))
+            .collect();
+        let (reply, mut done) = oneshot::channel();
+        c.commit(
+            vec![Command::GiveUp {
+                entries,
+                reason: "n2 unreachable".into(),
+                reply,
+            }]
+            .into_iter(),
+        );
+        done.try_recv().unwrap().unwrap();
+        assert!(c.store.outbox_from(0, 10).unwrap().is_empty());
+        let inbox = c.store.inbox_from(&alice, 1, 10).unwrap();
+        match &inbox[0].entry.entry {
+            Some(inbox_entry::Entry::Failed(f)) => {
+                assert_eq!(f.msg_id, sent.msg_id);
+                assert_eq!(f.client_msg_id, "c1");
+                assert_eq!(f.to, bob);
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
     }
 }

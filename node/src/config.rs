@@ -20,12 +20,15 @@ pub struct NodeConfig {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub log: LogSection,
+    pub cluster: ClusterSection,
+    pub admin: AdminSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
-    /// This node's id in the cluster (letters, digits, `-_.`).
+    /// This node's id in the cluster: lowercase letters, digits and `-` (it is also the DNS name
+    /// in the node's certificate).
     pub id: String,
     /// Where the RocksDB database lives.
     pub data_dir: PathBuf,
@@ -39,6 +42,73 @@ impl Default for NodeSection {
             id: "node-1".into(),
             data_dir: PathBuf::from("data/node-1"),
             standalone: false,
+        }
+    }
+}
+
+/// Membership and node-to-node traffic. Ignored by a standalone node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// Every etcd key of the cluster starts with this.
+    pub prefix: String,
+    /// This node's weight when `chatctl cluster init` builds the ring (share of users).
+    pub weight: u32,
+    /// TTL of the node's registration lease, in seconds: a node that stops keeping it alive
+    /// disappears from `nodes/` after this long.
+    pub lease_ttl_secs: u64,
+    /// UDP address of the QUIC endpoint for node-to-node traffic.
+    pub quic_listen: SocketAddr,
+    /// `host:port` other nodes use to reach the QUIC endpoint; empty: the bound address.
+    pub quic_public_addr: String,
+    /// The cluster CA certificate (PEM) that peers' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// This node's certificate (PEM); empty: `<dir of ca_file>/<node.id>.pem`.
+    pub cert_file: PathBuf,
+    /// This node's private key (PEM); empty: `<dir of ca_file>/<node.id>.key`.
+    pub key_file: PathBuf,
+    /// Most entries in one forward request.
+    pub forward_batch: u32,
+    /// How long one forward request may take before it counts as failed, in milliseconds.
+    pub forward_timeout_ms: u64,
+    /// A message that could not be handed to the recipient's node for this long after it was
+    /// accepted is given up: the sender receives `Failed`. In milliseconds.
+    pub forward_give_up_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/chat/".into(),
+            weight: 1,
+            lease_ttl_secs: 10,
+            quic_listen: "127.0.0.1:7500".parse().expect("valid address"),
+            quic_public_addr: String::new(),
+            ca_file: PathBuf::from("certs/ca.pem"),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            forward_batch: 512,
+            forward_timeout_ms: 10_000,
+            forward_give_up_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address the admin HTTP listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:7600".parse().expect("valid address"),
         }
     }
 }
@@ -194,6 +264,9 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub public_url: Option<String>,
     pub log_format: Option<String>,
+    pub etcd: Option<Vec<String>>,
+    pub quic_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +310,15 @@ impl NodeConfig {
         if let Some(v) = &o.log_format {
             self.log.format = v.clone();
         }
+        if let Some(v) = &o.etcd {
+            self.cluster.etcd_endpoints = v.clone();
+        }
+        if let Some(v) = o.quic_listen {
+            self.cluster.quic_listen = v;
+        }
+        if let Some(v) = o.admin_listen {
+            self.admin.listen = v;
+        }
     }
 
     /// Reads the secret file, and checks what serde cannot.
@@ -251,16 +333,17 @@ impl NodeConfig {
         if self.auth.jwt_secret.len() < 16 {
             return bad("auth.jwt_secret must be set, at least 16 bytes (env CHAT_NODE_AUTH__JWT_SECRET or auth.jwt_secret_file)".into());
         }
-        if self.node.id.is_empty()
-            || !self
-                .node
-                .id
+        let id = &self.node.id;
+        if id.is_empty()
+            || id.len() > 63
+            || id.starts_with('-')
+            || id.ends_with('-')
+            || !id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
             return bad(format!(
-                "node.id {:?}: use letters, digits, -_.",
-                self.node.id
+                "node.id {id:?}: 1-63 lowercase letters, digits and '-' (a DNS label)"
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -294,9 +377,51 @@ impl NodeConfig {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
         }
         if !self.node.standalone {
-            return bad(
-                "cluster mode (etcd membership) is not built yet: run with --standalone".into(),
-            );
+            let c = &mut self.cluster;
+            if c.etcd_endpoints.is_empty() || c.etcd_endpoints.iter().any(|e| e.is_empty()) {
+                return bad("cluster.etcd_endpoints must list at least one etcd URL".into());
+            }
+            if !c.prefix.starts_with('/') || !c.prefix.ends_with('/') {
+                return bad(format!(
+                    "cluster.prefix {:?} must start and end with '/'",
+                    c.prefix
+                ));
+            }
+            if c.weight == 0 || c.weight > 1000 {
+                return bad("cluster.weight must be 1..=1000".into());
+            }
+            if c.lease_ttl_secs < 2 {
+                return bad("cluster.lease_ttl_secs must be at least 2".into());
+            }
+            if c.forward_batch == 0 || c.forward_timeout_ms == 0 || c.forward_give_up_ms == 0 {
+                return bad(
+                    "cluster.forward_batch, forward_timeout_ms and forward_give_up_ms must be at least 1"
+                        .into(),
+                );
+            }
+            if c.quic_listen.ip().is_unspecified() && c.quic_public_addr.is_empty() {
+                return bad(format!(
+                    "cluster.quic_listen {} is a wildcard: set cluster.quic_public_addr to the address peers dial",
+                    c.quic_listen
+                ));
+            }
+            if self.client.listen.ip().is_unspecified() && self.client.public_url.is_empty() {
+                return bad(format!(
+                    "client.listen {} is a wildcard: set client.public_url to the URL clients are redirected to",
+                    self.client.listen
+                ));
+            }
+            let dir = c
+                .ca_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            if c.cert_file.as_os_str().is_empty() {
+                c.cert_file = dir.join(format!("{id}.pem"));
+            }
+            if c.key_file.as_os_str().is_empty() {
+                c.key_file = dir.join(format!("{id}.key"));
+            }
         }
         Ok(())
     }
@@ -357,5 +482,42 @@ mod tests {
         assert_eq!(NodeConfig::load(Some(&f), &o).unwrap().node.id, "cli");
         let short = write(dir.path(), "[auth]\njwt_secret = \"short\"\n");
         assert!(NodeConfig::load(Some(&short), &o).is_err());
+    }
+
+    #[test]
+    fn the_example_file_shows_every_key_with_its_default() {
+        let text = include_str!("../chat-node.example.toml");
+        let parsed: NodeConfig = toml::from_str(text).expect("example parses, no unknown keys");
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(NodeConfig::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn cluster_mode_derives_certificate_paths_and_checks_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "[node]\nid = \"n2\"\n[auth]\njwt_secret = \"0123456789abcdef\"\n[cluster]\nca_file = \"/etc/chat/ca.pem\"\n",
+        );
+        let cfg = NodeConfig::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(cfg.cluster.cert_file, PathBuf::from("/etc/chat/n2.pem"));
+        assert_eq!(cfg.cluster.key_file, PathBuf::from("/etc/chat/n2.key"));
+        for bad in [
+            "[cluster]\nprefix = \"chat\"\n",
+            "[cluster]\netcd_endpoints = []\n",
+            "[cluster]\nweight = 0\n",
+            "[node]\nid = \"Not_A_Label\"\n",
+        ] {
+            let f = write(
+                dir.path(),
+                &format!("{bad}[auth]\njwt_secret = \"0123456789abcdef\"\n"),
+            );
+            assert!(
+                NodeConfig::load(Some(&f), &Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

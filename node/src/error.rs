@@ -34,6 +34,8 @@ pub enum ChatError {
     Overloaded(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
     #[error("internal error: {0}")]
@@ -62,6 +64,7 @@ impl ChatError {
             InvalidArgument(_) => ErrorCode::InvalidArgument,
             Overloaded(_) => ErrorCode::Overloaded,
             ShuttingDown => ErrorCode::ShuttingDown,
+            Unavailable(_) => ErrorCode::Unavailable,
             Storage(_) | Internal(_) => ErrorCode::Internal,
         }
     }
@@ -73,7 +76,9 @@ impl ChatError {
             other => other.to_string(),
         };
         let retry_after_ms = match self {
-            ChatError::Overloaded(_) | ChatError::ShuttingDown => RETRY_AFTER_MS,
+            ChatError::Overloaded(_) | ChatError::ShuttingDown | ChatError::Unavailable(_) => {
+                RETRY_AFTER_MS
+            }
             _ => 0,
         };
         ServerFrame {

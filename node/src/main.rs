@@ -30,6 +30,15 @@ struct Args {
     /// Overrides client.public_url.
     #[arg(long)]
     public_url: Option<String>,
+    /// Overrides cluster.etcd_endpoints (comma-separated URLs).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Overrides cluster.quic_listen.
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
+    /// Overrides admin.listen.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Overrides log.format (text or json).
     #[arg(long)]
     log_format: Option<String>,
@@ -47,6 +56,9 @@ fn main() -> anyhow::Result<()> {
         listen: args.listen,
         public_url: args.public_url,
         log_format: args.log_format,
+        etcd: args.etcd,
+        quic_listen: args.quic_listen,
+        admin_listen: args.admin_listen,
     };
     let cfg = NodeConfig::load(args.config.as_deref(), &overrides).context("configuration")?;
     if args.check_config {
@@ -68,7 +80,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node = Node::bind(cfg).await?;
     // One line on stdout for scripts and tests that start nodes with port 0; logs go to stderr.
-    println!("chat-node ready {}", node.client_url());
+    println!("chat-node ready {} {}", node.client_url(), node.admin_url());
     node.run(shutdown_signal()).await
 }
 

@@ -1,37 +1,56 @@
-//! The node process: opens storage, starts the committer, accepts WebSocket clients, and shuts
-//! down gracefully (stop accepting, let sessions finish their pending ✓, drain the committer,
-//! flush storage).
+//! The node process: opens storage, joins the cluster (etcd registration, ring watch, QUIC
+//! endpoint, outbox forwarder), accepts WebSocket clients, serves the admin HTTP listener, and
+//! shuts down gracefully (stop accepting, deregister, let sessions finish their pending ✓, stop
+//! peers, drain the committer, flush storage).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_cluster::{EtcdConfig, NodeInfo, Registration};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::admin::{self, Health};
 use crate::auth::Verifier;
-use crate::commit::Committer;
+use crate::commit::{Committer, CommitterOptions, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
 use crate::hub::Hub;
+use crate::peer::forwarder::{Forwarder, ForwarderOptions};
+use crate::peer::transport::Peers;
+use crate::peer::{self, tls};
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
 
 /// How long shutdown waits for sessions to end before giving up on them.
 const SESSION_DRAIN: Duration = Duration::from_secs(10);
 
-/// A node with its storage open and its listener bound, ready to serve.
+/// The cluster side of a node (absent when standalone).
+struct ClusterParts {
+    peers: Arc<Peers>,
+    forwarder: Forwarder,
+    outbox_rx: mpsc::UnboundedReceiver<crate::commit::Outboxed>,
+    registration: Registration,
+}
+
+/// A node with its storage open and its listeners bound, ready to serve.
 pub struct Node {
     listener: TcpListener,
+    admin: TcpListener,
     shared: Arc<Shared>,
     committer: std::thread::JoinHandle<()>,
     store: Arc<Store>,
+    health: Arc<Health>,
+    cluster: Option<ClusterParts>,
 }
 
 impl Node {
     pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Node> {
+        let metrics = admin::metrics_handle();
         let store = Store::open(
             &cfg.node.data_dir,
             &StoreOptions {
@@ -40,16 +59,88 @@ impl Node {
             },
         )?;
         let hub = Hub::new(cfg.limits.session_queue as usize);
+        let etcd = EtcdConfig {
+            endpoints: cfg.cluster.etcd_endpoints.clone(),
+            prefix: cfg.cluster.prefix.clone(),
+        };
+        let (routing, peers, outbox) = if cfg.node.standalone {
+            (Routing::standalone(&cfg.node.id), None, None)
+        } else {
+            let c = &cfg.cluster;
+            let identity = tls::Identity::load(&c.ca_file, &c.cert_file, &c.key_file)?;
+            let routing = Routing {
+                self_id: cfg.node.id.clone(),
+                view: chat_cluster::watch(etcd.clone()),
+            };
+            let peers = Peers::bind(c.quic_listen, &identity, &cfg.node.id, routing.view.clone())?;
+            (routing, Some(peers), Some(mpsc::unbounded_channel()))
+        };
+        let (outbox_tx, outbox_rx) = match outbox {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
         let (committer_handle, committer) = Committer::start(
             store.clone(),
             hub.clone(),
-            cfg.storage.sync,
-            cfg.storage.max_batch,
-            cfg.storage.queue_depth,
-            cfg.retention().as_millis() as i64,
-        );
+            CommitterOptions {
+                sync: cfg.storage.sync,
+                max_batch: cfg.storage.max_batch,
+                queue_depth: cfg.storage.queue_depth,
+                retention_ms: cfg.retention().as_millis() as i64,
+                routing: routing.clone(),
+                outbox_tx,
+            },
+        )?;
         let listener = TcpListener::bind(cfg.client.listen).await?;
         let client_url = cfg.client_url(listener.local_addr()?);
+        let admin = TcpListener::bind(cfg.admin.listen).await?;
+        let admin_url = format!("http://{}", admin.local_addr()?);
+        let cluster = match (peers, outbox_rx) {
+            (Some(peers), Some(outbox_rx)) => {
+                let quic_addr = if cfg.cluster.quic_public_addr.is_empty() {
+                    peers.local_addr()?.to_string()
+                } else {
+                    cfg.cluster.quic_public_addr.clone()
+                };
+                let info = NodeInfo {
+                    id: cfg.node.id.clone(),
+                    client_url: client_url.clone(),
+                    quic_addr,
+                    admin_url: admin_url.clone(),
+                    weight: cfg.cluster.weight,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                };
+                let registration = chat_cluster::register(
+                    etcd,
+                    info,
+                    Duration::from_secs(cfg.cluster.lease_ttl_secs),
+                );
+                let forwarder = Forwarder::new(
+                    store.clone(),
+                    committer_handle.clone(),
+                    peers.clone(),
+                    routing.clone(),
+                    ForwarderOptions {
+                        batch: cfg.cluster.forward_batch as usize,
+                        timeout: Duration::from_millis(cfg.cluster.forward_timeout_ms),
+                        give_up: Duration::from_millis(cfg.cluster.forward_give_up_ms),
+                    },
+                );
+                Some(ClusterParts {
+                    peers,
+                    forwarder,
+                    outbox_rx,
+                    registration,
+                })
+            }
+            _ => None,
+        };
+        let health = Arc::new(Health {
+            registered: cluster.as_ref().map(|c| c.registration.registered.clone()),
+            view: routing.view.clone(),
+            shutting_down: false.into(),
+            metrics,
+        });
         let verifier = Verifier::new(
             cfg.auth.jwt_secret.as_bytes(),
             cfg.auth.leeway_secs,
@@ -58,16 +149,21 @@ impl Node {
         let shared = Arc::new(Shared {
             cfg,
             client_url,
+            admin_url,
             verifier,
             store: store.clone(),
             hub,
             committer: committer_handle,
+            routing,
         });
         Ok(Node {
             listener,
+            admin,
             shared,
             committer,
             store,
+            health,
+            cluster,
         })
     }
 
@@ -75,19 +171,41 @@ impl Node {
         &self.shared.client_url
     }
 
+    pub fn admin_url(&self) -> &str {
+        &self.shared.admin_url
+    }
+
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Node {
             listener,
+            admin,
             shared,
             committer,
             store,
+            health,
+            cluster,
         } = self;
         let (notify_shutdown, _) = broadcast::channel::<()>(1);
+        let mut admin_stop = notify_shutdown.subscribe();
+        let admin_task = tokio::spawn(admin::serve(admin, health.clone(), async move {
+            let _ = admin_stop.recv().await;
+        }));
+        let mut peer_parts = None;
+        if let Some(c) = cluster {
+            let (committer_h, routing) = (shared.committer.clone(), shared.routing.clone());
+            c.peers.set_handler(Arc::new(move |req| {
+                Box::pin(peer::handle(req, committer_h.clone(), routing.clone()))
+            }));
+            let server = tokio::spawn(c.peers.clone().serve());
+            let forwarder = tokio::spawn(c.forwarder.run(c.outbox_rx, notify_shutdown.subscribe()));
+            let maintain = tokio::spawn(c.peers.clone().maintain());
+            peer_parts = Some((c.peers, server, forwarder, c.registration, maintain));
+        }
         // Every session holds a clone; when all are dropped, recv() returns None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let slots = Arc::new(Semaphore::new(shared.cfg.limits.max_connections as usize));
-        tracing::info!(url = %shared.client_url, node = %shared.cfg.node.id, "serving clients");
+        tracing::info!(url = %shared.client_url, admin = %shared.admin_url, node = %shared.cfg.node.id, "serving clients");
 
         tokio::select! {
             res = accept_loop(&listener, &shared, &notify_shutdown, &done_tx, &slots) => {
@@ -95,7 +213,16 @@ impl Node {
             }
             _ = shutdown => tracing::info!("shutdown requested: draining"),
         }
+        health.shutting_down.store(true, Ordering::Relaxed);
         drop(listener);
+        // Routers stop sending clients here, and peers stop forwarding here (they keep the
+        // entries in their outboxes until the node is back).
+        let mut peer_tasks = None;
+        if let Some((peers, server, forwarder, registration, maintain)) = peer_parts {
+            registration.deregister().await;
+            maintain.abort();
+            peer_tasks = Some((peers, server, forwarder));
+        }
         drop(notify_shutdown);
         drop(done_tx);
         if tokio::time::timeout(SESSION_DRAIN, done_rx.recv())
@@ -104,8 +231,15 @@ impl Node {
         {
             tracing::warn!("sessions still open after the drain period; closing anyway");
         }
-        // The committer stops once the last handle (held by `shared` and by sessions) is gone
-        // and its queue is empty: every command a session submitted is committed first.
+        if let Some((peers, server, forwarder)) = peer_tasks {
+            peers.close();
+            let _ = tokio::time::timeout(SESSION_DRAIN, server).await;
+            let _ = tokio::time::timeout(SESSION_DRAIN, forwarder).await;
+        }
+        let _ = tokio::time::timeout(SESSION_DRAIN, admin_task).await;
+        // The committer stops once the last handle (held by `shared`, sessions, the peer server
+        // and the forwarder) is gone and its queue is empty: every submitted command is committed
+        // first.
         drop(shared);
         let joined = tokio::time::timeout(
             SESSION_DRAIN,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_proto::store::{inbox_entry, InboxEntry};
+use chat_proto::v1::Redirect;
 use chat_proto::v1::{
     client_frame, deliver, server_frame, ClientFrame, Deliver, HistoryPage, Limits, Pong,
     ServerFrame, Welcome,
@@ -30,8 +31,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::admin;
 use crate::auth::{Identity, Verifier};
-use crate::commit::{Attached, Command, CommitterHandle};
+use crate::commit::{Attached, Command, CommitterHandle, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
 use crate::hub::{Hub, Push, Subscription};
@@ -49,13 +51,37 @@ const DRAIN_WAIT: Duration = Duration::from_secs(5);
 pub struct Shared {
     pub cfg: NodeConfig,
     pub client_url: String,
+    pub admin_url: String,
     pub verifier: Verifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub committer: CommitterHandle,
+    pub routing: Routing,
+}
+
+/// Where a user is served.
+enum Route {
+    Here,
+    Elsewhere { url: String, epoch: u64 },
+    Unavailable(String),
 }
 
 impl Shared {
+    fn route(&self, user: &str) -> Route {
+        let v = self.routing.view.borrow();
+        match v.owner(user) {
+            None => Route::Unavailable("the cluster has no ring yet".into()),
+            Some(o) if o == self.routing.self_id => Route::Here,
+            Some(o) => match v.node(o) {
+                Some(n) => Route::Elsewhere {
+                    url: n.client_url.clone(),
+                    epoch: v.epoch(),
+                },
+                None => Route::Unavailable(format!("home node {o} is not available")),
+            },
+        }
+    }
+
     fn limits(&self) -> Limits {
         let l = &self.cfg.limits;
         Limits {
@@ -108,7 +134,9 @@ pub async fn serve(
         unflushed: false,
     };
     async move {
+        metrics::gauge!(admin::CONNECTIONS).increment(1.0);
         let end = s.run(shutdown).await;
+        metrics::gauge!(admin::CONNECTIONS).decrement(1.0);
         if let End::Close(code, reason) = end {
             let _ = s.flush().await;
             let timeout = s.write_timeout();
@@ -164,6 +192,22 @@ impl Session {
         let span = tracing::Span::current();
         span.record("user", who.user.as_str());
         span.record("device", who.device.as_str());
+        match self.ctx.route(&who.user) {
+            Route::Here => {}
+            Route::Elsewhere { url, epoch } => {
+                tracing::debug!(%url, "not this user's home: redirecting");
+                metrics::counter!(admin::REDIRECTS).increment(1);
+                let frame = ServerFrame {
+                    frame: Some(server_frame::Frame::Redirect(Redirect { url, epoch })),
+                };
+                let _ = self.send(&frame).await;
+                return End::Close(CloseCode::Normal, "redirect");
+            }
+            Route::Unavailable(why) => {
+                let _ = self.send(&ChatError::Unavailable(why).to_frame("")).await;
+                return End::Close(CloseCode::Again, "try again later");
+            }
+        }
 
         // Subscribe before reading the cursor: see the module comment.
         let sub = self.ctx.hub.subscribe(&who.user, &who.device);
@@ -413,9 +457,12 @@ impl Session {
         res: Result<chat_proto::v1::Sent, ChatError>,
     ) -> Result<(), End> {
         let frame = match res {
-            Ok(sent) => ServerFrame {
-                frame: Some(server_frame::Frame::Sent(sent)),
-            },
+            Ok(sent) => {
+                metrics::counter!(admin::MESSAGES_IN).increment(1);
+                ServerFrame {
+                    frame: Some(server_frame::Frame::Sent(sent)),
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, client_msg_id = cmid, "send failed");
                 e.to_frame(cmid)
@@ -549,6 +596,7 @@ impl Session {
     }
 
     async fn deliver(&mut self, seq: u64, entry: &InboxEntry) -> Result<(), End> {
+        metrics::counter!(admin::MESSAGES_OUT).increment(1);
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Deliver(to_deliver(seq, entry))),
         };
@@ -637,6 +685,7 @@ pub fn to_deliver(seq: u64, entry: &InboxEntry) -> Deliver {
         entry: entry.entry.clone().map(|e| match e {
             inbox_entry::Entry::Message(m) => deliver::Entry::Message(m),
             inbox_entry::Entry::Receipt(r) => deliver::Entry::Receipt(r),
+            inbox_entry::Entry::Failed(f) => deliver::Entry::Failed(f),
         }),
     }
 }

@@ -1,12 +1,15 @@
-//! `chatctl`: administration of a chat cluster.
-//!
-//! Today: `chatctl token` issues development tokens. Cluster commands (ring, nodes, certificates,
-//! rebalancing) arrive with cluster mode.
+//! `chatctl`: administration of a chat cluster: certificates, the first ring, the ring and nodes
+//! as they stand, and development tokens.
+
+mod certs;
+mod cluster;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use chat_cluster::EtcdConfig;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "chatctl", version, about = "Chat cluster administration")]
@@ -15,8 +18,56 @@ struct Args {
     cmd: Cmd,
 }
 
+/// Where the cluster's state lives (the nodes' `cluster.etcd_endpoints` and `cluster.prefix`).
+#[derive(ClapArgs, Clone)]
+struct Etcd {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "CHAT_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd: Vec<String>,
+    /// The cluster's key prefix in etcd.
+    #[arg(long, env = "CHAT_PREFIX", default_value = "/chat/")]
+    prefix: String,
+}
+
+impl Etcd {
+    fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.etcd.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Cluster CA and node certificates for node-to-node mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Create or inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// The ring: members, weights, shares, and who owns a user.
+    Ring {
+        #[command(subcommand)]
+        cmd: RingCmd,
+    },
+    /// The registered nodes and their addresses.
+    Nodes {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue an HS256 access token for (user, device), signed with the cluster secret.
     Token {
         #[arg(long)]
@@ -35,8 +86,184 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the cluster CA (`ca.pem`, `ca.key`) in DIR.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue NODE's certificate and key (`NODE.pem`, `NODE.key`) in DIR, signed by its CA.
+    Issue {
+        node: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create the first ring (epoch 1) from the registered nodes and their weights. Refused if a
+    /// ring exists.
+    Init {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Virtual nodes per unit of weight.
+        #[arg(long, default_value_t = chat_ring::DEFAULT_VNODES_PER_WEIGHT)]
+        vnodes_per_weight: u32,
+        /// Wait until at least this many nodes are registered.
+        #[arg(long, default_value_t = 1)]
+        wait_nodes: usize,
+        /// How long to wait for them.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RingCmd {
+    /// Show the current ring; with --user, who owns each of the users.
+    Show {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Users to place (repeatable).
+        #[arg(long)]
+        user: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    match Args::parse().cmd {
+    let cmd = Args::parse().cmd;
+    if let Cmd::Token { .. } = cmd {
+        return run_token(cmd);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cmd))
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Certs {
+            cmd: CertsCmd::Init { dir, force },
+        } => {
+            let p = certs::init(&dir, force)?;
+            println!(
+                "cluster CA written to {} (keep {} private)",
+                p.display(),
+                dir.join("ca.key").display()
+            );
+        }
+        Cmd::Certs {
+            cmd: CertsCmd::Issue { node, dir, force },
+        } => {
+            let p = certs::issue(&dir, &node, force)?;
+            println!("certificate for {node} written to {}", p.display());
+        }
+        Cmd::Cluster {
+            cmd:
+                ClusterCmd::Init {
+                    etcd,
+                    vnodes_per_weight,
+                    wait_nodes,
+                    timeout_secs,
+                },
+        } => {
+            let doc = cluster::init(
+                &etcd.config(),
+                vnodes_per_weight,
+                wait_nodes,
+                Duration::from_secs(timeout_secs),
+            )
+            .await?;
+            let ids: Vec<String> = doc
+                .current
+                .members
+                .iter()
+                .map(|m| format!("{} (weight {})", m.id, m.weight))
+                .collect();
+            println!(
+                "ring epoch {} created: {}",
+                doc.current.epoch,
+                ids.join(", ")
+            );
+        }
+        Cmd::Ring {
+            cmd: RingCmd::Show { etcd, user, json },
+        } => {
+            let (doc, ring, nodes) = cluster::ring(&etcd.config()).await?;
+            let shares = cluster::shares(&ring);
+            let owners: Vec<(String, String)> = user
+                .iter()
+                .map(|u| (u.clone(), ring.owner(u).to_string()))
+                .collect();
+            if json {
+                let v = serde_json::json!({
+                    "ring": doc,
+                    "shares": shares.iter().map(|(id, s)| (id.clone(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "owners": owners.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "epoch {}  vnodes per weight {}",
+                    doc.current.epoch, doc.current.vnodes_per_weight
+                );
+                println!(
+                    "{:<16} {:>6} {:>8}  registered",
+                    "member", "weight", "share"
+                );
+                for (id, share) in &shares {
+                    let w = doc
+                        .current
+                        .members
+                        .iter()
+                        .find(|m| &m.id == id)
+                        .map_or(0, |m| m.weight);
+                    let reg = nodes
+                        .iter()
+                        .find(|n| &n.id == id)
+                        .map_or("no".to_string(), |n| n.client_url.clone());
+                    println!("{id:<16} {w:>6} {:>7.2}%  {reg}", share * 100.0);
+                }
+                for (u, o) in owners {
+                    println!("{u} -> {o}");
+                }
+            }
+        }
+        Cmd::Nodes { etcd, json } => {
+            let nodes = cluster::nodes(&etcd.config()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                println!(
+                    "{:<12} {:<28} {:<22} {:<28} weight",
+                    "node", "client", "quic", "admin"
+                );
+                for n in nodes {
+                    println!(
+                        "{:<12} {:<28} {:<22} {:<28} {}",
+                        n.id, n.client_url, n.quic_addr, n.admin_url, n.weight
+                    );
+                }
+            }
+        }
+        Cmd::Token { .. } => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+fn run_token(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
         Cmd::Token {
             user,
             device,
@@ -62,6 +289,7 @@ fn main() -> anyhow::Result<()> {
                 chat_node::auth::issue_token(secret.as_bytes(), &user, &device, ttl_secs)
             );
         }
+        _ => unreachable!("only the token command"),
     }
     Ok(())
 }

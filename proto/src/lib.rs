@@ -13,7 +13,15 @@ pub mod chat {
             include!(concat!(env!("OUT_DIR"), "/chat.store.v1.rs"));
         }
     }
+    pub mod cluster {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/chat.cluster.v1.rs"));
+        }
+    }
 }
+
+/// Node-to-node frames over QUIC (`chat.cluster.v1`).
+pub use chat::cluster::v1 as cluster;
 
 /// Stored records (`chat.store.v1`).
 pub use chat::store::v1 as store;

@@ -171,6 +171,50 @@ impl Ring {
     }
 }
 
+/// Placement golden vectors: who owns what in a fixed weighted ring. Computed independently
+/// (Python: XXH3-64 of "<node>#<index>" for every vnode, sorted; a key belongs to the first vnode
+/// at or after XXH3-64 of its id, wrapping), so they pin the placement rule itself, not just
+/// whatever the `hashring` crate does today. Shared with the integration tests, which check that
+/// node, router and chatctl give the same answers.
+pub mod golden {
+    use super::{Member, Ring};
+
+    /// Members (id, weight) of the golden ring.
+    pub const MEMBERS: [(&str, u32); 3] = [("node-a", 1), ("node-b", 1), ("node-c", 2)];
+    pub const VNODES_PER_WEIGHT: u32 = 16;
+
+    pub const PLACEMENT: &[(&str, &str)] = &[
+        ("alice", "node-c"),
+        ("bob", "node-b"),
+        ("carol", "node-b"),
+        ("dave", "node-c"),
+        ("erin", "node-c"),
+        ("frank", "node-c"),
+        ("grace", "node-c"),
+        ("heidi", "node-b"),
+        ("ivan", "node-c"),
+        ("judy", "node-c"),
+        ("mallory", "node-c"),
+        ("oscar", "node-b"),
+        ("peggy", "node-c"),
+        ("trent", "node-c"),
+        ("victor", "node-a"),
+        ("walter", "node-c"),
+        ("group:family", "node-b"),
+        ("group:work", "node-b"),
+        ("", "node-c"),
+        ("ünïcödé", "node-c"),
+    ];
+
+    pub fn ring() -> Ring {
+        let members = MEMBERS.map(|(id, weight)| Member {
+            id: id.into(),
+            weight,
+        });
+        Ring::new(1, &members, VNODES_PER_WEIGHT).expect("valid golden ring")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,42 +235,16 @@ mod tests {
         assert_eq!(got, golden.to_vec());
     }
 
-    /// Placement golden vectors: who owns what in a fixed weighted ring. Computed independently
-    /// (Python: XXH3-64 of "<node>#<index>" for every vnode, sorted; a key belongs to the first
-    /// vnode at or after XXH3-64 of its id, wrapping), so they pin the placement rule itself, not
-    /// just whatever the `hashring` crate does today. Node, router and chatctl all call
-    /// `Ring::owner`, so this is the one vector they must share.
+    /// Placement golden vectors (see [`golden`]): node, router and chatctl all call
+    /// `Ring::owner`, and the integration tests check the same table through each of them.
     #[test]
     fn placement_golden_vectors() {
-        let members = [("node-a", 1), ("node-b", 1), ("node-c", 2)].map(|(id, weight)| Member {
-            id: id.into(),
-            weight,
-        });
-        let ring = Ring::new(1, &members, 16).unwrap();
-        let golden: &[(&str, &str)] = &[
-            ("alice", "node-c"),
-            ("bob", "node-b"),
-            ("carol", "node-b"),
-            ("dave", "node-c"),
-            ("erin", "node-c"),
-            ("frank", "node-c"),
-            ("grace", "node-c"),
-            ("heidi", "node-b"),
-            ("ivan", "node-c"),
-            ("judy", "node-c"),
-            ("mallory", "node-c"),
-            ("oscar", "node-b"),
-            ("peggy", "node-c"),
-            ("trent", "node-c"),
-            ("victor", "node-a"),
-            ("walter", "node-c"),
-            ("group:family", "node-b"),
-            ("group:work", "node-b"),
-            ("", "node-c"),
-            ("ünïcödé", "node-c"),
-        ];
-        let got: Vec<(&str, &str)> = golden.iter().map(|(k, _)| (*k, ring.owner(k))).collect();
-        assert_eq!(got, golden.to_vec());
+        let ring = golden::ring();
+        let got: Vec<(&str, &str)> = golden::PLACEMENT
+            .iter()
+            .map(|(k, _)| (*k, ring.owner(k)))
+            .collect();
+        assert_eq!(got, golden::PLACEMENT.to_vec());
     }
 
     #[test]

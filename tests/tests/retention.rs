@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chat_node::auth::Identity;
-use chat_node::commit::{Command, Committer};
+use chat_node::commit::{Command, Committer, CommitterOptions, Routing};
 use chat_node::hub::Hub;
 use chat_node::store::{Store, StoreOptions, CF_DEDUP, CF_INBOX};
 use tokio::sync::oneshot;
@@ -46,11 +46,16 @@ async fn expired_entries_are_dropped_by_compaction() {
     let (handle, join) = Committer::start(
         store.clone(),
         Hub::new(16),
-        true,
-        64,
-        64,
-        retention.as_millis() as i64,
-    );
+        CommitterOptions {
+            sync: true,
+            max_batch: 64,
+            queue_depth: 64,
+            retention_ms: retention.as_millis() as i64,
+            routing: Routing::standalone("n1"),
+            outbox_tx: None,
+        },
+    )
+    .unwrap();
     for i in 0..10 {
         send(&handle, &format!("old-{i}"), "old").await;
     }

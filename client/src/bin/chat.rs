@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "chat", version, about = "Command-line chat client")]
 struct Args {
-    /// Node (or, in a cluster, router-provided) WebSocket URL.
-    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7400")]
+    /// Router or node WebSocket URL: the router (or a node that is not the user's home) sends
+    /// the client on to its home node.
+    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7000")]
     url: String,
     /// Access token (`chatctl token --user U --device D` makes one for development).
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
@@ -214,6 +215,10 @@ fn print_deliver(json: bool, d: &Deliver) {
             };
             println!("[{}] {} by {}: {}", d.seq, kind, r.by, r.msg_ids.join(", "))
         }
+        Some(deliver::Entry::Failed(f)) => println!(
+            "[{}] NOT DELIVERED to {}: {} ({})",
+            d.seq, f.to, f.msg_id, f.reason
+        ),
         None => println!("[{}] (empty)", d.seq),
     }
 }

@@ -7,7 +7,14 @@
 //! meta (user)   = owner prefix | 'u'                                -> UserState
 //! meta (device) = owner prefix | 'd' | device bytes                 -> DeviceState
 //! dedup         = owner prefix | len(device): u16 BE | device | client_msg_id -> ts header | SentRecord
+//! dedup (fwd)   = owner prefix | 0xFFFF | entry id   -> ts header | seq: u64 BE (forwarded entries)
+//! outbox        = out seq: u64 BE                    -> ForwardEntry
 //! ```
+//!
+//! The outbox is the exception to the owner prefix: it is this node's queue of entries still to
+//! hand to other nodes, in the order they were accepted, and it never moves with a ring segment.
+//! A device id is at most 1024 bytes, so the 0xFFFF length marker cannot collide with a dedup key
+//! of a device.
 //!
 //! The length before the user id keeps users whose ids share a prefix ("al", "alice") apart.
 //! Values that expire carry an 8-byte big-endian millisecond timestamp first, so the retention
@@ -62,6 +69,23 @@ pub fn dedup_key(user: &str, device: &str, client_msg_id: &str) -> Vec<u8> {
     k.extend_from_slice(device.as_bytes());
     k.extend_from_slice(client_msg_id.as_bytes());
     k
+}
+
+/// Where a forwarded entry (message or receipt from another node) is remembered, so that a
+/// retried forward is stored once.
+pub fn forward_dedup_key(user: &str, entry_id: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.extend_from_slice(&u16::MAX.to_be_bytes());
+    k.extend_from_slice(entry_id.as_bytes());
+    k
+}
+
+pub fn outbox_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn outbox_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 /// `ts_ms` header followed by the encoded record.

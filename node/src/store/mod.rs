@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_proto::cluster::ForwardEntry;
 use chat_proto::store::{DeviceState, InboxEntry, SentRecord, UserState};
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, DB};
@@ -19,6 +20,7 @@ use keys::*;
 pub const CF_INBOX: &str = "inbox";
 pub const CF_META: &str = "meta";
 pub const CF_DEDUP: &str = "dedup";
+pub const CF_OUTBOX: &str = "outbox";
 
 /// Storage tuning that comes from the node's config.
 #[derive(Debug, Clone)]
@@ -82,6 +84,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_INBOX, cf_opts(true)),
             ColumnFamilyDescriptor::new(CF_META, cf_opts(false)),
             ColumnFamilyDescriptor::new(CF_DEDUP, cf_opts(true)),
+            ColumnFamilyDescriptor::new(CF_OUTBOX, cf_opts(false)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(Arc::new(Store { db, retention_ms }))
@@ -98,6 +101,65 @@ impl Store {
     /// Oldest timestamp still inside the retention.
     pub fn retention_floor_ms(&self) -> i64 {
         chat_proto::now_ms() - self.retention_ms
+    }
+
+    /// Whether a forwarded entry with this id was already stored for `user` (within the retention).
+    pub fn forward_seen(&self, user: &str, entry_id: &str) -> Result<bool, ChatError> {
+        Ok(
+            match self
+                .db
+                .get_pinned_cf(self.cf(CF_DEDUP), forward_dedup_key(user, entry_id))?
+            {
+                Some(v) => {
+                    matches!(split_timed(&v), Some((ts, _)) if ts >= self.retention_floor_ms())
+                }
+                None => false,
+            },
+        )
+    }
+
+    /// Up to `limit` outbox entries with seq >= `from`, in order.
+    pub fn outbox_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ForwardEntry)>, ChatError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_OUTBOX));
+        it.seek(outbox_key(from));
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let seq = outbox_seq(k).ok_or_else(corrupt)?;
+            out.push((seq, decode(v)?));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The highest outbox seq in use (0 when the outbox is empty).
+    pub fn last_outbox_seq(&self) -> Result<u64, ChatError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_OUTBOX));
+        it.seek_to_last();
+        let last = match it.key() {
+            Some(k) => outbox_seq(k).ok_or_else(corrupt)?,
+            None => 0,
+        };
+        it.status()?;
+        Ok(last)
+    }
+
+    /// Removes outbox entries the receiving node has stored. Not synced: if the removal is lost
+    /// in a crash the entries are forwarded again, and the receiver deduplicates them.
+    pub fn delete_outbox(&self, seqs: &[u64]) -> Result<(), ChatError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for s in seqs {
+            wb.delete_cf(self.cf(CF_OUTBOX), outbox_key(*s));
+        }
+        self.db.write(wb)?;
+        Ok(())
     }
 
     pub fn user_state(&self, user: &str) -> Result<UserState, ChatError> {

@@ -1,0 +1,128 @@
+//! The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`) and the names of the node's
+//! Prometheus metrics. `docs/operations.md` explains each metric.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use chat_cluster::ClusterView;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const CONNECTIONS: &str = "chat_connections";
+pub const MESSAGES_IN: &str = "chat_messages_in_total";
+pub const MESSAGES_OUT: &str = "chat_messages_out_total";
+pub const REDIRECTS: &str = "chat_redirects_total";
+pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
+pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
+pub const FORWARDED: &str = "chat_forwarded_entries_total";
+pub const FORWARD_RECEIVED: &str = "chat_forward_received_entries_total";
+pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
+pub const ETCD_UP: &str = "chat_etcd_up";
+pub const REGISTERED: &str = "chat_registered";
+pub const RING_EPOCH: &str = "chat_ring_epoch";
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(FORWARD_SECONDS.into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ],
+                )
+                .expect("valid buckets")
+                .install_recorder()
+                .expect("the only metrics recorder of the process")
+        })
+        .clone()
+}
+
+/// What `/readyz` looks at.
+pub struct Health {
+    /// `None` for a standalone node (nothing to register).
+    pub registered: Option<watch::Receiver<bool>>,
+    pub view: watch::Receiver<ClusterView>,
+    pub shutting_down: AtomicBool,
+    pub metrics: PrometheusHandle,
+}
+
+impl Health {
+    /// Ready = storage open (the node exists), registered, ring loaded, not draining.
+    fn problems(&self) -> Vec<&'static str> {
+        let mut p = Vec::new();
+        if self.shutting_down.load(Ordering::Relaxed) {
+            p.push("shutting down");
+        }
+        if let Some(r) = &self.registered {
+            if !*r.borrow() {
+                p.push("not registered in etcd");
+            }
+        }
+        if self.view.borrow().ring.is_none() {
+            p.push("no ring (run `chatctl cluster init`)");
+        }
+        p
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // The recorder keeps histogram samples until upkeep folds them in: run it between scrapes.
+    let handle = health.metrics.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(health);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+    upkeep.abort();
+}
+
+async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
+    let p = h.problems();
+    if p.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", p.join("; ")),
+        )
+    }
+}
+
+async fn render(State(h): State<Arc<Health>>) -> String {
+    let (up, epoch) = {
+        let v = h.view.borrow();
+        (v.etcd_up, v.epoch())
+    };
+    metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
+    metrics::gauge!(RING_EPOCH).set(epoch as f64);
+    if let Some(r) = &h.registered {
+        metrics::gauge!(REGISTERED).set(if *r.borrow() { 1.0 } else { 0.0 });
+    }
+    h.metrics.render()
+}

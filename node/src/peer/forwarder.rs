@@ -1,0 +1,441 @@
+//! The outbox forwarder: hands outbox entries to the node that owns their recipient.
+//!
+//! Per destination node, in outbox order, one request in flight at a time, so the entries of one
+//! sender to one recipient arrive in the order they were accepted. The outbox on disk is the
+//! truth; memory holds a bounded queue per destination (entries past the bound stay on disk and
+//! are read back as the queue drains). A failed request is retried with backoff. An entry that
+//! could not be handed over for `give_up` is dropped and its sender told (`Failed`), but only if
+//! no request carrying it may have reached the peer: an entry whose fate is unknown is retried
+//! until the peer answers, because the receiver may already have stored it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::cluster::{
+    peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerRequest,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::transport::{Peers, RequestError};
+use crate::admin;
+use crate::commit::{Command, CommitterHandle, Outboxed, Routing};
+use crate::store::Store;
+
+/// Entries of one destination held in memory; more stay on disk until the queue drains.
+const MAX_QUEUED: usize = 100_000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Entries read from the outbox per step when (re)loading queues.
+const SCAN_PAGE: usize = 4096;
+
+pub struct ForwarderOptions {
+    pub batch: usize,
+    pub timeout: Duration,
+    pub give_up: Duration,
+}
+
+#[derive(Default)]
+struct Dest {
+    queue: BTreeMap<u64, Arc<ForwardEntry>>,
+    busy: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Entries of this destination from this seq on may be on disk only.
+    spill_from: Option<u64>,
+}
+
+struct Done {
+    dest: String,
+    items: Vec<(u64, Arc<ForwardEntry>)>,
+    started: Instant,
+    result: Result<Vec<ForwardStatus>, RequestError>,
+}
+
+pub struct Forwarder {
+    store: Arc<Store>,
+    committer: CommitterHandle,
+    peers: Arc<Peers>,
+    routing: Routing,
+    opts: ForwarderOptions,
+    dests: HashMap<String, Dest>,
+    inflight: HashSet<u64>,
+    /// Entries a request may have carried to a peer without an answer: never given up.
+    uncertain: HashSet<u64>,
+    /// The highest seq read from disk at startup: anything up to it that the committer also
+    /// hands over is already queued (and counted).
+    loaded_upto: u64,
+    /// Entries in the outbox on disk.
+    depth: u64,
+    epoch: u64,
+}
+
+impl Forwarder {
+    pub fn new(
+        store: Arc<Store>,
+        committer: CommitterHandle,
+        peers: Arc<Peers>,
+        routing: Routing,
+        opts: ForwarderOptions,
+    ) -> Forwarder {
+        Forwarder {
+            store,
+            committer,
+            peers,
+            routing,
+            opts,
+            dests: HashMap::new(),
+            inflight: HashSet::new(),
+            uncertain: HashSet::new(),
+            loaded_upto: 0,
+            depth: 0,
+            epoch: 0,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Outboxed>,
+        mut shutdown: broadcast::Receiver<()>,
+    ) {
+        let mut view = self.routing.view.clone();
+        self.epoch = view.borrow_and_update().epoch();
+        self.loaded_upto = self.store.last_outbox_seq().unwrap_or(0);
+        self.depth = self.reload(None) as u64;
+        tracing::info!(entries = self.depth, "outbox loaded");
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        loop {
+            self.dispatch(&mut tasks);
+            metrics::gauge!(admin::OUTBOX_DEPTH).set(self.depth as f64);
+            let wake = self
+                .dests
+                .values()
+                .filter(|d| !d.queue.is_empty() && !d.busy)
+                .filter_map(|d| d.retry_at)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(batch) => {
+                        for (seq, e) in batch {
+                            if seq <= self.loaded_upto || self.inflight.contains(&seq) {
+                                continue;
+                            }
+                            self.depth += 1;
+                            self.enqueue(seq, e, false);
+                        }
+                    }
+                    None => break,
+                },
+                Some(done) = tasks.join_next() => match done {
+                    Ok(done) => self.on_done(done).await,
+                    Err(e) => tracing::error!(error = %e, "forward task failed"),
+                },
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let epoch = view.borrow_and_update().epoch();
+                    if epoch != self.epoch {
+                        // Destinations follow the ring: rebuild the queues under the new one.
+                        self.epoch = epoch;
+                        for d in self.dests.values_mut() {
+                            d.queue.clear();
+                            d.spill_from = None;
+                        }
+                        self.reload(None);
+                    }
+                    // A peer may have registered (again): try waiting destinations now.
+                    for d in self.dests.values_mut() {
+                        d.retry_at = None;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.recv() => break,
+            }
+        }
+        // Entries still in flight stay in the outbox; they are sent again after a restart and the
+        // receivers deduplicate them.
+        tasks.abort_all();
+    }
+
+    fn owner(&self, user: &str) -> Option<String> {
+        self.routing.view.borrow().owner(user).map(str::to_string)
+    }
+
+    /// Queues an entry for its destination. Entries coming back from a request (`retry`) always
+    /// go back in; others wait on disk once the queue is full (`spill_from`).
+    fn enqueue(&mut self, seq: u64, entry: Arc<ForwardEntry>, retry: bool) {
+        let Some(dest) = self.owner(&entry.to) else {
+            return;
+        };
+        let d = self.dests.entry(dest).or_default();
+        if !retry {
+            if d.spill_from.is_some_and(|from| seq >= from) {
+                return;
+            }
+            if d.queue.len() >= MAX_QUEUED {
+                d.spill_from = Some(d.spill_from.map_or(seq, |from| from.min(seq)));
+                return;
+            }
+        }
+        d.queue.insert(seq, entry);
+    }
+
+    /// Reads the outbox into the queues: every destination (`None`), or one that spilled.
+    /// Returns the number of entries seen.
+    fn reload(&mut self, only: Option<&str>) -> usize {
+        let from = only
+            .and_then(|d| self.dests.get(d))
+            .and_then(|d| d.spill_from)
+            .unwrap_or(0);
+        if let Some(d) = only.and_then(|d| self.dests.get_mut(d)) {
+            d.spill_from = None;
+        }
+        let mut next = from;
+        let mut seen = 0;
+        loop {
+            let page = match self.store.outbox_from(next, SCAN_PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox read failed");
+                    return seen;
+                }
+            };
+            let Some(last) = page.last().map(|(s, _)| *s) else {
+                return seen;
+            };
+            seen += page.len();
+            for (seq, e) in page {
+                if self.inflight.contains(&seq) {
+                    continue;
+                }
+                let dest = self.owner(&e.to);
+                if only.is_some() && dest.as_deref() != only {
+                    continue;
+                }
+                self.enqueue(seq, Arc::new(e), false);
+                // Refilling one destination stops once it is full again.
+                if let Some(d) = only.and_then(|d| self.dests.get(d)) {
+                    if d.spill_from.is_some() {
+                        return seen;
+                    }
+                }
+            }
+            next = last + 1;
+        }
+    }
+
+    /// Starts a request for every destination that has entries and is not busy or backing off.
+    fn dispatch(&mut self, tasks: &mut JoinSet<Done>) {
+        let now = Instant::now();
+        let ready: Vec<String> = self
+            .dests
+            .iter()
+            .filter(|(_, d)| !d.busy && !d.queue.is_empty() && d.retry_at.is_none_or(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for dest in ready {
+            let d = self.dests.get_mut(&dest).expect("listed");
+            let mut items = Vec::new();
+            while items.len() < self.opts.batch {
+                let Some((seq, item)) = d.queue.pop_first() else {
+                    break;
+                };
+                items.push((seq, item));
+            }
+            let spilled = d.spill_from.is_some() && d.queue.len() < MAX_QUEUED / 2;
+            d.busy = true;
+            for (seq, _) in &items {
+                self.inflight.insert(*seq);
+            }
+            if spilled {
+                self.reload(Some(&dest));
+            }
+            let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
+            let (peers, committer, timeout) = (
+                self.peers.clone(),
+                self.committer.clone(),
+                self.opts.timeout,
+            );
+            let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let result = if dest == self_id {
+                    apply_here(&committer, entries).await
+                } else {
+                    let req = PeerRequest {
+                        from_node: self_id,
+                        epoch,
+                        request: Some(peer_request::Request::Forward(Forward { entries })),
+                    };
+                    forward(&peers, &dest, &req, timeout).await
+                };
+                Done {
+                    dest,
+                    items,
+                    started,
+                    result,
+                }
+            });
+        }
+    }
+
+    async fn on_done(&mut self, done: Done) {
+        let Done {
+            dest,
+            items,
+            started,
+            result,
+        } = done;
+        for (seq, _) in &items {
+            self.inflight.remove(seq);
+        }
+        let d = self.dests.entry(dest.clone()).or_default();
+        d.busy = false;
+        match result {
+            Ok(statuses) => {
+                metrics::histogram!(admin::FORWARD_SECONDS).record(started.elapsed().as_secs_f64());
+                let mut done_seqs = Vec::new();
+                let mut not_owner = 0;
+                for ((seq, entry), st) in items.into_iter().zip(statuses) {
+                    match st {
+                        ForwardStatus::Stored => done_seqs.push(seq),
+                        ForwardStatus::Invalid | ForwardStatus::Unspecified => {
+                            tracing::error!(seq, to = %entry.to, "peer refused an outbox entry as invalid; dropping it");
+                            done_seqs.push(seq);
+                        }
+                        ForwardStatus::NotOwner => {
+                            not_owner += 1;
+                            // Re-routed under whatever ring we hold when it is next sent.
+                            self.enqueue(seq, entry, true);
+                        }
+                    }
+                }
+                for s in &done_seqs {
+                    self.uncertain.remove(s);
+                }
+                metrics::counter!(admin::FORWARDED, "result" => "stored")
+                    .increment(done_seqs.len() as u64);
+                if let Err(e) = self.store.delete_outbox(&done_seqs) {
+                    tracing::error!(error = %e, "outbox delete failed; entries will be sent again");
+                }
+                self.depth = self.depth.saturating_sub(done_seqs.len() as u64);
+                let d = self.dests.entry(dest.clone()).or_default();
+                if not_owner > 0 {
+                    metrics::counter!(admin::FORWARDED, "result" => "not_owner")
+                        .increment(not_owner);
+                    tracing::info!(peer = %dest, not_owner, "peer does not own some recipients; re-routing after backoff");
+                    backoff(d);
+                } else {
+                    d.backoff = Duration::ZERO;
+                    d.retry_at = None;
+                }
+            }
+            Err(e) => {
+                let uncertain = matches!(e, RequestError::Unknown(_));
+                metrics::counter!(admin::FORWARDED, "result" => "failed")
+                    .increment(items.len() as u64);
+                tracing::warn!(peer = %dest, entries = items.len(), error = %e, "forward failed; will retry");
+                for (seq, entry) in items {
+                    if uncertain {
+                        self.uncertain.insert(seq);
+                    }
+                    self.enqueue(seq, entry, true);
+                }
+                let d = self.dests.entry(dest.clone()).or_default();
+                backoff(d);
+                self.give_up_expired(&dest, &e.to_string()).await;
+            }
+        }
+    }
+
+    /// Gives up the entries of `dest` older than the give-up time that surely never arrived.
+    async fn give_up_expired(&mut self, dest: &str, reason: &str) {
+        let floor = chat_proto::now_ms() - self.opts.give_up.as_millis() as i64;
+        let Some(d) = self.dests.get_mut(dest) else {
+            return;
+        };
+        let expired: Vec<(u64, Arc<ForwardEntry>)> = d
+            .queue
+            .iter()
+            .filter(|(s, e)| !self.uncertain.contains(s) && e.created_ms < floor)
+            .map(|(s, e)| (*s, e.clone()))
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::GiveUp {
+            entries: expired.clone(),
+            reason: format!("recipient's node unreachable: {reason}"),
+            reply,
+        };
+        let ok = self.committer.submit(cmd).await.is_ok() && matches!(rx.await, Ok(Ok(())));
+        if !ok {
+            tracing::error!("could not record given-up entries; will try again");
+            return;
+        }
+        tracing::warn!(peer = %dest, entries = expired.len(), "gave up forwarding; senders told");
+        metrics::counter!(admin::FORWARDED, "result" => "given_up").increment(expired.len() as u64);
+        self.depth = self.depth.saturating_sub(expired.len() as u64);
+        if let Some(d) = self.dests.get_mut(dest) {
+            for (s, _) in &expired {
+                d.queue.remove(s);
+            }
+        }
+    }
+}
+
+fn backoff(d: &mut Dest) {
+    d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+    d.retry_at = Some(Instant::now() + d.backoff);
+}
+
+async fn forward(
+    peers: &Peers,
+    dest: &str,
+    req: &PeerRequest,
+    timeout: Duration,
+) -> Result<Vec<ForwardStatus>, RequestError> {
+    let n = match &req.request {
+        Some(peer_request::Request::Forward(f)) => f.entries.len(),
+        _ => 0,
+    };
+    let resp = peers.request(dest, req, timeout).await?;
+    match resp.response {
+        Some(peer_response::Response::Forward(ack)) if ack.status.len() == n => Ok(ack
+            .status
+            .into_iter()
+            .map(|s| ForwardStatus::try_from(s).unwrap_or(ForwardStatus::Unspecified))
+            .collect()),
+        // The peer failed the request. Part of it may be stored (a storage error mid-batch), so
+        // it counts as unknown: retried, never given up.
+        Some(peer_response::Response::Error(e)) => Err(RequestError::Unknown(format!(
+            "{dest} failed the request: {}",
+            e.message
+        ))),
+        other => Err(RequestError::Unknown(format!(
+            "{dest}: unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// Entries whose recipient this node owns now (the ring changed under them): applied locally.
+async fn apply_here(
+    committer: &CommitterHandle,
+    entries: Vec<ForwardEntry>,
+) -> Result<Vec<ForwardStatus>, RequestError> {
+    let (reply, rx) = oneshot::channel();
+    committer
+        .submit(Command::Apply { entries, reply })
+        .await
+        .map_err(|e| RequestError::NotSent(e.to_string()))?;
+    match rx.await {
+        Ok(Ok(st)) => Ok(st),
+        Ok(Err(e)) => Err(RequestError::NotSent(e.to_string())),
+        Err(_) => Err(RequestError::NotSent("committer stopped".into())),
+    }
+}

@@ -1,0 +1,348 @@
+//! QUIC between nodes: one endpoint per node that both accepts peers and dials them, one
+//! connection per pair of nodes, and one bidirectional stream per request (the requester writes
+//! one `PeerRequest` and finishes; the answer is one `PeerResponse`).
+//!
+//! One connection per pair without races: of two nodes, the one with the smaller id dials (and
+//! keeps dialing while the other is registered); the other uses the connection it accepted, and
+//! knows whose it is from the node id its certificate names.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chat_cluster::ClusterView;
+use chat_proto::cluster::{PeerRequest, PeerResponse};
+use prost::Message as _;
+use rustls::pki_types::{CertificateDer, DnsName, ServerName};
+use tokio::sync::watch;
+
+use super::tls::{self, TlsError};
+
+/// Largest request or response accepted on a stream.
+pub const MAX_FRAME: usize = 64 << 20;
+/// How often the dialing side checks that it holds a connection to every peer it should dial.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
+
+/// Whether the certificate `conn`'s peer presented names node `node` (node certificates carry
+/// their node id as DNS name; the chain was already checked against the cluster CA).
+fn names(conn: &quinn::Connection, node: &str) -> bool {
+    let Some(certs) = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
+        return false;
+    };
+    let Some(cert) = certs
+        .first()
+        .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+    else {
+        return false;
+    };
+    DnsName::try_from(node).is_ok_and(|name| {
+        cert.verify_is_valid_for_subject_name(&ServerName::DnsName(name))
+            .is_ok()
+    })
+}
+
+/// Answers one request from a peer.
+pub type Handler =
+    Arc<dyn Fn(PeerRequest) -> Pin<Box<dyn Future<Output = PeerResponse> + Send>> + Send + Sync>;
+
+/// Why a request got no answer. The difference matters to the forwarder: only a request that
+/// never reached the peer can be counted as not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing was handed to the peer (no connection, or the request was not finished).
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The peer may have processed the request; only its answer is missing.
+    #[error("no answer: {0}")]
+    Unknown(String),
+}
+
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    self_id: String,
+    view: watch::Receiver<ClusterView>,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+    /// Connections peers dialed to us, not yet matched to a node id.
+    inbound: Mutex<Vec<quinn::Connection>>,
+    /// Bumped whenever a connection is added, so requests waiting for one wake up.
+    added: watch::Sender<u64>,
+    dialing: Mutex<HashSet<String>>,
+    /// Serves the streams a peer opens, on connections in either direction.
+    handler: OnceLock<Handler>,
+}
+
+impl Peers {
+    /// Binds the node's QUIC endpoint with its cluster identity.
+    pub fn bind(
+        listen: SocketAddr,
+        id: &tls::Identity,
+        self_id: &str,
+        view: watch::Receiver<ClusterView>,
+    ) -> Result<Arc<Peers>, TlsError> {
+        let mut endpoint = quinn::Endpoint::server(tls::server_config(id)?, listen)
+            .map_err(|e| TlsError::Quic(format!("bind {listen}: {e}")))?;
+        endpoint.set_default_client_config(tls::client_config(&id.ca, Some((&id.chain, &id.key)))?);
+        Ok(Arc::new(Peers {
+            endpoint,
+            self_id: self_id.to_string(),
+            view,
+            conns: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(Vec::new()),
+            added: watch::channel(0).0,
+            dialing: Mutex::new(HashSet::new()),
+            handler: OnceLock::new(),
+        }))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Whether this node dials `peer` (rather than waiting for `peer` to dial it).
+    fn dials(&self, peer: &str) -> bool {
+        self.self_id.as_str() < peer
+    }
+
+    fn live(&self, node: &str) -> Option<quinn::Connection> {
+        if let Some(c) = self
+            .conns
+            .lock()
+            .unwrap()
+            .get(node)
+            .filter(|c| c.close_reason().is_none())
+        {
+            return Some(c.clone());
+        }
+        if self.dials(node) {
+            return None;
+        }
+        // A connection the peer dialed: the one whose certificate names `node`.
+        let found = {
+            let mut inbound = self.inbound.lock().unwrap();
+            inbound.retain(|c| c.close_reason().is_none());
+            let i = inbound.iter().position(|c| names(c, node))?;
+            inbound.swap_remove(i)
+        };
+        self.conns
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), found.clone());
+        Some(found)
+    }
+
+    fn add(&self, node: &str, conn: quinn::Connection) {
+        self.conns.lock().unwrap().insert(node.to_string(), conn);
+        self.added.send_modify(|n| *n += 1);
+    }
+
+    async fn dial(&self, node: &str, addr: &str) -> Result<quinn::Connection, String> {
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("resolve {addr}: no address"))?;
+        let conn = self
+            .endpoint
+            .connect(resolved, node)
+            .map_err(|e| format!("connect {node} at {addr}: {e}"))?
+            .await
+            .map_err(|e| format!("connect {node} at {addr}: {e}"))?;
+        tracing::info!(peer = %node, %addr, "connected to peer");
+        self.add(node, conn.clone());
+        // The peer sends to us on this connection too.
+        self.serve_conn(conn.clone());
+        Ok(conn)
+    }
+
+    /// The connection to `node`: dialed by us, or accepted from it; waits up to `wait` for one.
+    async fn connection(
+        &self,
+        node: &str,
+        wait: Duration,
+    ) -> Result<quinn::Connection, RequestError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut added = self.added.subscribe();
+        loop {
+            if let Some(c) = self.live(node) {
+                return Ok(c);
+            }
+            if self.dials(node) {
+                let addr = self.view.borrow().node(node).map(|n| n.quic_addr.clone());
+                let Some(addr) = addr else {
+                    return Err(RequestError::NotSent(format!("{node} is not registered")));
+                };
+                return self.dial(node, &addr).await.map_err(RequestError::NotSent);
+            }
+            // The peer dials us: wait for its connection (it may be starting, or down).
+            if tokio::time::timeout_at(deadline, added.changed())
+                .await
+                .is_err()
+            {
+                return Err(RequestError::NotSent(format!(
+                    "no connection from {node} (is it running?)"
+                )));
+            }
+        }
+    }
+
+    /// Sends one request to `node` and waits for its answer, all within `timeout`.
+    pub async fn request(
+        &self,
+        node: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, RequestError> {
+        // Set once bytes may be on their way. A stream dropped by the timeout below is finished
+        // implicitly, so from then on the peer may get the whole request and act on it.
+        let opened = std::sync::atomic::AtomicBool::new(false);
+        let run = async {
+            let conn = self.connection(node, timeout / 2).await?;
+            let not_sent = |e: String| RequestError::NotSent(format!("{node}: {e}"));
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
+            opened.store(true, std::sync::atomic::Ordering::Relaxed);
+            // A failed write or finish means the stream is broken: the request never got its end,
+            // and the peer acts only on complete requests.
+            send.write_all(&req.encode_to_vec())
+                .await
+                .map_err(|e| not_sent(e.to_string()))?;
+            send.finish().map_err(|e| not_sent(e.to_string()))?;
+            let unknown = |e: String| RequestError::Unknown(format!("{node}: {e}"));
+            let buf = recv
+                .read_to_end(MAX_FRAME)
+                .await
+                .map_err(|e| unknown(e.to_string()))?;
+            PeerResponse::decode(buf.as_slice()).map_err(|e| unknown(format!("bad response: {e}")))
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) if opened.load(std::sync::atomic::Ordering::Relaxed) => Err(
+                RequestError::Unknown(format!("{node}: no answer within {timeout:?}")),
+            ),
+            Err(_) => Err(RequestError::NotSent(format!(
+                "{node}: not sent within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Keeps a connection to every registered peer this node dials, so that peers which only
+    /// receive from it can also send to it.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+        loop {
+            tick.tick().await;
+            let wanted: Vec<(String, String)> = self
+                .view
+                .borrow()
+                .nodes
+                .values()
+                .filter(|n| self.dials(&n.id))
+                .map(|n| (n.id.clone(), n.quic_addr.clone()))
+                .collect();
+            for (node, addr) in wanted {
+                if self.live(&node).is_some() || !self.dialing.lock().unwrap().insert(node.clone())
+                {
+                    continue;
+                }
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.dial(&node, &addr).await {
+                        tracing::debug!(peer = %node, error = %e, "peer not reachable yet");
+                    }
+                    me.dialing.lock().unwrap().remove(&node);
+                });
+            }
+        }
+    }
+
+    /// Sets what answers peers' requests; call once, before `serve` and `maintain`.
+    pub fn set_handler(&self, handler: Handler) {
+        if self.handler.set(handler).is_err() {
+            tracing::error!("peer handler set twice; keeping the first");
+        }
+    }
+
+    /// Accepts peers until the endpoint closes.
+    pub async fn serve(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // A peer without a valid cluster certificate ends here.
+                        tracing::warn!(error = %e, "peer handshake failed");
+                        metrics::counter!(crate::admin::PEER_HANDSHAKE_FAILURES).increment(1);
+                        return;
+                    }
+                };
+                tracing::debug!(remote = %conn.remote_address(), "peer connected");
+                // A peer that dials us is also our way to send to it. A restarted peer's new
+                // connection replaces the one it had (which may not have timed out yet).
+                let known: Vec<String> = me
+                    .conns
+                    .lock()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| !me.dials(k))
+                    .cloned()
+                    .collect();
+                match known.into_iter().find(|k| names(&conn, k)) {
+                    Some(peer) => me.add(&peer, conn.clone()),
+                    None => {
+                        me.inbound.lock().unwrap().push(conn.clone());
+                        me.added.send_modify(|n| *n += 1);
+                    }
+                }
+                me.serve_conn(conn);
+            });
+        }
+    }
+
+    /// Serves the requests a peer opens on `conn` until it closes.
+    fn serve_conn(&self, conn: quinn::Connection) {
+        let Some(handle) = self.handler.get().cloned() else {
+            tracing::error!("no peer handler set; not serving a peer connection");
+            return;
+        };
+        tokio::spawn(async move {
+            let remote = conn.remote_address();
+            loop {
+                let (mut send, mut recv) = match conn.accept_bi().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "peer connection ended");
+                        return;
+                    }
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let buf = match recv.read_to_end(MAX_FRAME).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::debug!(%remote, error = %e, "peer request not read");
+                            return;
+                        }
+                    };
+                    let resp = match PeerRequest::decode(buf.as_slice()) {
+                        Ok(req) => handle(req).await,
+                        Err(e) => super::error_response(0, format!("bad request: {e}")),
+                    };
+                    if send.write_all(&resp.encode_to_vec()).await.is_ok() {
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+    }
+
+    /// Closes every connection (peers see it at once rather than after their idle timeout).
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}

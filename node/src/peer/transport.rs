@@ -25,6 +25,8 @@ use super::tls::{self, TlsError};
 pub const MAX_FRAME: usize = 64 << 20;
 /// How often the dialing side checks that it holds a connection to every peer it should dial.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
+/// Longest wait between dials of a peer that keeps failing.
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Whether the certificate `conn`'s peer presented names node `node` (node certificates carry
 /// their node id as DNS name; the chain was already checked against the cluster CA).
@@ -233,6 +235,9 @@ impl Peers {
     /// Keeps a connection to every registered peer this node dials, so that peers which only
     /// receive from it can also send to it.
     pub async fn maintain(self: Arc<Self>) {
+        // Per peer address: when to try again after a failed dial, and the backoff that led
+        // there. A peer that registers again (a new address) is dialed at once.
+        let retry: Arc<Mutex<HashMap<String, (tokio::time::Instant, Duration)>>> = Arc::default();
         let mut tick = tokio::time::interval(MAINTAIN_EVERY);
         loop {
             tick.tick().await;
@@ -244,15 +249,34 @@ impl Peers {
                 .filter(|n| self.dials(&n.id))
                 .map(|n| (n.id.clone(), n.quic_addr.clone()))
                 .collect();
+            let now = tokio::time::Instant::now();
             for (node, addr) in wanted {
-                if self.live(&node).is_some() || !self.dialing.lock().unwrap().insert(node.clone())
+                let key = format!("{node}@{addr}");
+                let waiting = retry
+                    .lock()
+                    .unwrap()
+                    .get(&key)
+                    .is_some_and(|(at, _)| *at > now);
+                if waiting
+                    || self.live(&node).is_some()
+                    || !self.dialing.lock().unwrap().insert(node.clone())
                 {
                     continue;
                 }
-                let me = self.clone();
+                let (me, retry) = (self.clone(), retry.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = me.dial(&node, &addr).await {
-                        tracing::debug!(peer = %node, error = %e, "peer not reachable yet");
+                    match me.dial(&node, &addr).await {
+                        Ok(_) => {
+                            retry.lock().unwrap().remove(&key);
+                        }
+                        Err(e) => {
+                            let mut r = retry.lock().unwrap();
+                            let backoff = r
+                                .get(&key)
+                                .map_or(MAINTAIN_EVERY, |(_, b)| (*b * 2).min(DIAL_BACKOFF_MAX));
+                            r.insert(key, (tokio::time::Instant::now() + backoff, backoff));
+                            tracing::debug!(peer = %node, error = %e, retry_in = ?backoff, "peer not reachable");
+                        }
                     }
                     me.dialing.lock().unwrap().remove(&node);
                 });

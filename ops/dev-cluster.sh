@@ -6,14 +6,17 @@
 #   ops/dev-cluster.sh status   what runs, the registered nodes and the ring
 #   ops/dev-cluster.sh down     stop everything it started (SIGTERM, by pid)
 #
-# Env: CHAT_DEV_DIR (default .dev/cluster), CARGO_TARGET_DIR, CHAT_DEV_BASE_PORT (default 7000:
+# Env: CHAT_DEV_DIR (default .dev/cluster), CARGO_TARGET_DIR, CHAT_DEV_PROFILE (debug or release;
+# release for benchmarks), CHAT_DEV_BASE_PORT (default 7000:
 # router on BASE, node i on BASE+100+i (WebSocket), BASE+200+i (QUIC), BASE+300+i (admin);
 # etcd on BASE+20 and BASE+21).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${CHAT_DEV_DIR:-$ROOT/.dev/cluster}"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+PROFILE="${CHAT_DEV_PROFILE:-debug}"
+case "$PROFILE" in debug|release) ;; *) echo "CHAT_DEV_PROFILE: debug or release" >&2; exit 2 ;; esac
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 BASE="${CHAT_DEV_BASE_PORT:-7000}"
 ETCD="http://127.0.0.1:$((BASE + 20))"
 ETCD_PEER="http://127.0.0.1:$((BASE + 21))"
@@ -62,8 +65,12 @@ ready() { [ "$(http_status "$1" /readyz)" = 200 ]; }
 
 up() {
   "$ROOT/ops/install-deps.sh"
-  echo "building (debug)..."
-  (cd "$ROOT" && cargo build --workspace --bins --quiet)
+  echo "building ($PROFILE)..."
+  if [ "$PROFILE" = release ]; then
+    (cd "$ROOT" && cargo build --workspace --bins --release --quiet)
+  else
+    (cd "$ROOT" && cargo build --workspace --bins --quiet)
+  fi
   mkdir -p "$DIR/logs" "$DIR/pids" "$DIR/certs"
   if [ ! -s "$DIR/secret" ]; then
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/secret"

@@ -119,9 +119,10 @@ async fn render(State(h): State<Arc<Health>>) -> String {
         let v = h.view.borrow();
         (v.etcd_up, v.epoch())
     };
-    metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
     metrics::gauge!(RING_EPOCH).set(epoch as f64);
+    // A standalone node has no etcd: neither gauge would mean anything.
     if let Some(r) = &h.registered {
+        metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
         metrics::gauge!(REGISTERED).set(if *r.borrow() { 1.0 } else { 0.0 });
     }
     h.metrics.render()

@@ -154,6 +154,8 @@ struct Batch {
     outboxed: Outboxed,
     /// Forward dedup keys written in this batch.
     forwarded: HashSet<Vec<u8>>,
+    /// A command failed after adding writes to the batch: nothing of the batch may commit.
+    abort: Option<String>,
 }
 
 enum Reply {
@@ -238,10 +240,14 @@ impl Committer {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
-        let result = if b.wb.is_empty() {
-            Ok(())
-        } else {
-            self.store.db().write_opt(b.wb, &wo)
+        let result = match b.abort.take() {
+            Some(why) => Err(why),
+            None if b.wb.is_empty() => Ok(()),
+            None => self
+                .store
+                .db()
+                .write_opt(b.wb, &wo)
+                .map_err(|e| e.to_string()),
         };
         match result {
             Ok(()) => {
@@ -313,12 +319,15 @@ impl Committer {
                     tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
                 }
             }
+            // These write several entries per command: if one fails after others were added
+            // to the batch, the whole batch is abandoned rather than half-applied.
             Command::Apply { entries, reply } => {
                 let mut statuses = Vec::with_capacity(entries.len());
                 for e in entries {
                     match self.apply_forwarded(e, b) {
                         Ok(st) => statuses.push(st),
                         Err(err) => {
+                            b.abort = Some(format!("applying forwarded entries: {err}"));
                             drop(reply.send(Err(err)));
                             return;
                         }
@@ -332,7 +341,10 @@ impl Committer {
                 reply,
             } => match self.give_up(&entries, &reason, b) {
                 Ok(()) => b.replies.push(Reply::Done(reply)),
-                Err(e) => drop(reply.send(Err(e))),
+                Err(e) => {
+                    b.abort = Some(format!("giving up entries: {e}"));
+                    drop(reply.send(Err(e)));
+                }
             },
         }
     }

@@ -399,6 +399,15 @@ impl NodeConfig {
                         .into(),
                 );
             }
+            if c.forward_batch as usize > crate::peer::MAX_FORWARD_ENTRIES {
+                return bad(format!(
+                    "cluster.forward_batch must be at most {} (what a peer accepts)",
+                    crate::peer::MAX_FORWARD_ENTRIES
+                ));
+            }
+            if c.forward_timeout_ms > 3_600_000 {
+                return bad("cluster.forward_timeout_ms must be at most an hour".into());
+            }
             if c.quic_listen.ip().is_unspecified() && c.quic_public_addr.is_empty() {
                 return bad(format!(
                     "cluster.quic_listen {} is a wildcard: set cluster.quic_public_addr to the address peers dial",

@@ -80,8 +80,9 @@ enum Cmd {
         /// The secret; by default taken from the environment as the node takes it.
         #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET", hide_env_values = true)]
         secret: Option<String>,
-        /// Read the secret from this file (takes precedence over --secret and the environment).
-        #[arg(long)]
+        /// Read the secret from this file (takes precedence over --secret and
+        /// CHAT_NODE_AUTH__JWT_SECRET).
+        #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET_FILE")]
         secret_file: Option<PathBuf>,
     },
 }

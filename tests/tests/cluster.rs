@@ -310,3 +310,41 @@ async fn a_node_refuses_clients_until_the_ring_exists() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_a_crash_of_the_senders_node() {
+    let mut cluster = TestCluster::start(&[]);
+    let a = cluster.users_on("n1", "a", 1).remove(0);
+    let b = cluster.users_on("n2", "b", 1).remove(0);
+    assert!(cluster.node_mut("n2").terminate());
+    let mut alice = cluster.node("n1").connect(&a, "phone").await;
+    for i in 0..20 {
+        alice
+            .send_message(&format!("c{i}"), &b, &format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        sent_id(&mut alice, &format!("c{i}")).await;
+    }
+    drop(alice);
+    // Every ✓'d message is only in n1's outbox now; n1 dies without a chance to flush.
+    cluster.node_mut("n1").kill9();
+    cluster.node_mut("n1").restart();
+    cluster.node_mut("n2").restart();
+    cluster.node("n1").wait_ready();
+    cluster.node("n2").wait_ready();
+    let mut bob = cluster.node("n2").connect(&b, "phone").await;
+    let got = receive_messages(&mut bob, 20).await;
+    let bodies: Vec<usize> = got.iter().map(|(_, m)| m.body.parse().unwrap()).collect();
+    assert_eq!(
+        bodies,
+        (0..20).collect::<Vec<_>>(),
+        "all of them, once, in order"
+    );
+    let rest = until_pong(&mut bob, 1).await;
+    assert!(
+        rest.iter().all(|f| as_message(f).is_none()),
+        "no duplicates: {rest:?}"
+    );
+}

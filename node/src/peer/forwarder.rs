@@ -15,6 +15,7 @@ use std::time::Duration;
 use chat_proto::cluster::{
     peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerRequest,
 };
+use prost::Message as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -30,6 +31,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Entries read from the outbox per step when (re)loading queues.
 const SCAN_PAGE: usize = 4096;
+/// Encoded bytes of entries per request, well below the transport's frame limit.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 pub struct ForwarderOptions {
     pub batch: usize,
@@ -103,11 +106,32 @@ impl Forwarder {
         let mut view = self.routing.view.clone();
         self.epoch = view.borrow_and_update().epoch();
         self.loaded_upto = self.store.last_outbox_seq().unwrap_or(0);
-        self.depth = self.reload(None) as u64;
+        let (count, max_seen) = self.reload(None);
+        self.depth = count as u64;
+        self.loaded_upto = self.loaded_upto.max(max_seen);
+        // Whether an entry found at startup was sent before a crash or restart is not known: it
+        // may be stored at its peer already, so it is never given up (only retried).
+        for d in self.dests.values() {
+            self.uncertain.extend(d.queue.keys());
+        }
         tracing::info!(entries = self.depth, "outbox loaded");
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        // Set when the ring changed: queues are rebuilt once no request is in flight, so an
+        // entry coming back from the old owner cannot fall behind a later one sent to the new.
+        let mut rebuild = false;
+        let mut peers_seen = registered(&view.borrow());
         loop {
-            self.dispatch(&mut tasks);
+            if rebuild && tasks.is_empty() {
+                rebuild = false;
+                for d in self.dests.values_mut() {
+                    d.queue.clear();
+                    d.spill_from = None;
+                }
+                self.reload(None);
+            }
+            if !rebuild {
+                self.dispatch(&mut tasks);
+            }
             metrics::gauge!(admin::OUTBOX_DEPTH).set(self.depth as f64);
             let wake = self
                 .dests
@@ -137,19 +161,21 @@ impl Forwarder {
                     if changed.is_err() {
                         break;
                     }
-                    let epoch = view.borrow_and_update().epoch();
+                    let (epoch, now_registered) = {
+                        let v = view.borrow_and_update();
+                        (v.epoch(), registered(&v))
+                    };
                     if epoch != self.epoch {
                         // Destinations follow the ring: rebuild the queues under the new one.
                         self.epoch = epoch;
-                        for d in self.dests.values_mut() {
-                            d.queue.clear();
-                            d.spill_from = None;
-                        }
-                        self.reload(None);
+                        rebuild = true;
                     }
-                    // A peer may have registered (again): try waiting destinations now.
-                    for d in self.dests.values_mut() {
-                        d.retry_at = None;
+                    if now_registered != peers_seen {
+                        // A peer registered (again): try waiting destinations now.
+                        peers_seen = now_registered;
+                        for d in self.dests.values_mut() {
+                            d.retry_at = None;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
@@ -185,8 +211,8 @@ impl Forwarder {
     }
 
     /// Reads the outbox into the queues: every destination (`None`), or one that spilled.
-    /// Returns the number of entries seen.
-    fn reload(&mut self, only: Option<&str>) -> usize {
+    /// Returns the number of entries seen and the highest seq seen.
+    fn reload(&mut self, only: Option<&str>) -> (usize, u64) {
         let from = only
             .and_then(|d| self.dests.get(d))
             .and_then(|d| d.spill_from)
@@ -195,19 +221,24 @@ impl Forwarder {
             d.spill_from = None;
         }
         let mut next = from;
-        let mut seen = 0;
+        let (mut seen, mut max_seen) = (0, 0);
         loop {
             let page = match self.store.outbox_from(next, SCAN_PAGE) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!(error = %e, "outbox read failed");
-                    return seen;
+                    tracing::error!(error = %e, "outbox read failed; will read again");
+                    // Keep the unread range marked as on disk only.
+                    if let Some(d) = only.and_then(|d| self.dests.get_mut(d)) {
+                        d.spill_from = Some(d.spill_from.map_or(next, |f| f.min(next)));
+                    }
+                    return (seen, max_seen);
                 }
             };
             let Some(last) = page.last().map(|(s, _)| *s) else {
-                return seen;
+                return (seen, max_seen);
             };
             seen += page.len();
+            max_seen = last;
             for (seq, e) in page {
                 if self.inflight.contains(&seq) {
                     continue;
@@ -220,7 +251,7 @@ impl Forwarder {
                 // Refilling one destination stops once it is full again.
                 if let Some(d) = only.and_then(|d| self.dests.get(d)) {
                     if d.spill_from.is_some() {
-                        return seen;
+                        return (seen, max_seen);
                     }
                 }
             }
@@ -234,25 +265,34 @@ impl Forwarder {
         let ready: Vec<String> = self
             .dests
             .iter()
-            .filter(|(_, d)| !d.busy && !d.queue.is_empty() && d.retry_at.is_none_or(|t| t <= now))
+            .filter(|(_, d)| {
+                !d.busy
+                    && (!d.queue.is_empty() || d.spill_from.is_some())
+                    && d.retry_at.is_none_or(|t| t <= now)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for dest in ready {
+            let d = &self.dests[&dest];
+            if d.spill_from.is_some() && d.queue.len() < MAX_QUEUED / 2 {
+                self.reload(Some(&dest));
+            }
             let d = self.dests.get_mut(&dest).expect("listed");
             let mut items = Vec::new();
-            while items.len() < self.opts.batch {
-                let Some((seq, item)) = d.queue.pop_first() else {
+            let mut bytes = 0;
+            while items.len() < self.opts.batch && bytes < MAX_BATCH_BYTES {
+                let Some((seq, entry)) = d.queue.pop_first() else {
                     break;
                 };
-                items.push((seq, item));
+                bytes += entry.encoded_len();
+                items.push((seq, entry));
             }
-            let spilled = d.spill_from.is_some() && d.queue.len() < MAX_QUEUED / 2;
+            if items.is_empty() {
+                continue;
+            }
             d.busy = true;
             for (seq, _) in &items {
                 self.inflight.insert(*seq);
-            }
-            if spilled {
-                self.reload(Some(&dest));
             }
             let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
             let (peers, committer, timeout) = (
@@ -299,13 +339,19 @@ impl Forwarder {
             Ok(statuses) => {
                 metrics::histogram!(admin::FORWARD_SECONDS).record(started.elapsed().as_secs_f64());
                 let mut done_seqs = Vec::new();
-                let mut not_owner = 0;
+                let (mut not_owner, mut invalid) = (0, 0);
                 for ((seq, entry), st) in items.into_iter().zip(statuses) {
                     match st {
                         ForwardStatus::Stored => done_seqs.push(seq),
-                        ForwardStatus::Invalid | ForwardStatus::Unspecified => {
+                        ForwardStatus::Invalid => {
                             tracing::error!(seq, to = %entry.to, "peer refused an outbox entry as invalid; dropping it");
+                            invalid += 1;
                             done_seqs.push(seq);
+                        }
+                        // A status this version does not know (a newer peer): keep the entry.
+                        ForwardStatus::Unspecified => {
+                            self.uncertain.insert(seq);
+                            self.enqueue(seq, entry, true);
                         }
                         ForwardStatus::NotOwner => {
                             not_owner += 1;
@@ -318,7 +364,10 @@ impl Forwarder {
                     self.uncertain.remove(s);
                 }
                 metrics::counter!(admin::FORWARDED, "result" => "stored")
-                    .increment(done_seqs.len() as u64);
+                    .increment(done_seqs.len() as u64 - invalid);
+                if invalid > 0 {
+                    metrics::counter!(admin::FORWARDED, "result" => "invalid").increment(invalid);
+                }
                 if let Err(e) = self.store.delete_outbox(&done_seqs) {
                     tracing::error!(error = %e, "outbox delete failed; entries will be sent again");
                 }
@@ -389,6 +438,14 @@ impl Forwarder {
     }
 }
 
+/// The registered peers and their addresses, to notice a peer that (re)registers.
+fn registered(v: &chat_cluster::ClusterView) -> Vec<(String, String)> {
+    v.nodes
+        .values()
+        .map(|n| (n.id.clone(), n.quic_addr.clone()))
+        .collect()
+}
+
 fn backoff(d: &mut Dest) {
     d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
     d.retry_at = Some(Instant::now() + d.backoff);
@@ -433,9 +490,10 @@ async fn apply_here(
         .submit(Command::Apply { entries, reply })
         .await
         .map_err(|e| RequestError::NotSent(e.to_string()))?;
+    // A failed command may have been partly applied: unknown, never given up.
     match rx.await {
         Ok(Ok(st)) => Ok(st),
-        Ok(Err(e)) => Err(RequestError::NotSent(e.to_string())),
-        Err(_) => Err(RequestError::NotSent("committer stopped".into())),
+        Ok(Err(e)) => Err(RequestError::Unknown(e.to_string())),
+        Err(_) => Err(RequestError::Unknown("committer stopped".into())),
     }
 }

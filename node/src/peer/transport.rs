@@ -112,12 +112,20 @@ impl Peers {
     }
 
     fn live(&self, node: &str) -> Option<quinn::Connection> {
+        // A peer that re-registered at another address (restarted after kill -9) is dialed
+        // again at once rather than after the old connection's idle timeout.
+        let registered: Option<SocketAddr> = self
+            .view
+            .borrow()
+            .node(node)
+            .and_then(|n| n.quic_addr.parse().ok());
         if let Some(c) = self
             .conns
             .lock()
             .unwrap()
             .get(node)
             .filter(|c| c.close_reason().is_none())
+            .filter(|c| !self.dials(node) || registered.is_none_or(|a| a == c.remote_address()))
         {
             return Some(c.clone());
         }
@@ -128,7 +136,8 @@ impl Peers {
         let found = {
             let mut inbound = self.inbound.lock().unwrap();
             inbound.retain(|c| c.close_reason().is_none());
-            let i = inbound.iter().position(|c| names(c, node))?;
+            // The newest first: an older one may be from before the peer restarted.
+            let i = inbound.iter().rposition(|c| names(c, node))?;
             inbound.swap_remove(i)
         };
         self.conns
@@ -139,7 +148,14 @@ impl Peers {
     }
 
     fn add(&self, node: &str, conn: quinn::Connection) {
-        self.conns.lock().unwrap().insert(node.to_string(), conn);
+        let old = self
+            .conns
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), conn.clone());
+        if let Some(old) = old.filter(|o| o.stable_id() != conn.stable_id()) {
+            old.close(0u32.into(), b"replaced");
+        }
         self.added.send_modify(|n| *n += 1);
     }
 
@@ -250,6 +266,11 @@ impl Peers {
                 .map(|n| (n.id.clone(), n.quic_addr.clone()))
                 .collect();
             let now = tokio::time::Instant::now();
+            {
+                let keys: HashSet<String> =
+                    wanted.iter().map(|(n, a)| format!("{n}@{a}")).collect();
+                retry.lock().unwrap().retain(|k, _| keys.contains(k));
+            }
             for (node, addr) in wanted {
                 let key = format!("{node}@{addr}");
                 let waiting = retry
@@ -308,18 +329,16 @@ impl Peers {
                 tracing::debug!(remote = %conn.remote_address(), "peer connected");
                 // A peer that dials us is also our way to send to it. A restarted peer's new
                 // connection replaces the one it had (which may not have timed out yet).
-                let known: Vec<String> = me
-                    .conns
-                    .lock()
-                    .unwrap()
-                    .keys()
-                    .filter(|k| !me.dials(k))
-                    .cloned()
-                    .collect();
+                let mut known: Vec<String> = me.conns.lock().unwrap().keys().cloned().collect();
+                known.extend(me.view.borrow().nodes.keys().cloned());
+                known.retain(|k| !me.dials(k));
                 match known.into_iter().find(|k| names(&conn, k)) {
                     Some(peer) => me.add(&peer, conn.clone()),
                     None => {
-                        me.inbound.lock().unwrap().push(conn.clone());
+                        let mut inbound = me.inbound.lock().unwrap();
+                        inbound.retain(|c| c.close_reason().is_none());
+                        inbound.push(conn.clone());
+                        drop(inbound);
                         me.added.send_modify(|n| *n += 1);
                     }
                 }

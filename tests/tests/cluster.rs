@@ -169,6 +169,17 @@ async fn recipient_node_down_then_back_gets_the_message() {
     // b has a device with a cursor before n2 goes away.
     drop(cluster.node("n2").connect(&b, "phone").await);
     assert!(cluster.node_mut("n2").terminate(), "n2 drains and exits 0");
+    // A graceful stop deregisters at once (not after the lease TTL).
+    let mut etcd = chat_cluster::connect(&cluster.etcd.config(&cluster.prefix))
+        .await
+        .unwrap();
+    let ids: Vec<String> = chat_cluster::list_nodes(&mut etcd, &cluster.prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, ["n1", "n3"]);
     // ✓ comes at once: the message is in n1's outbox.
     for i in 0..5 {
         alice
@@ -292,6 +303,9 @@ async fn a_node_refuses_clients_until_the_ring_exists() {
     let node = TestNode::start_member("n1", &etcd.url, "/x/", &certs, dir.path(), &[]);
     let (st, body) = http_get(&format!("{}/readyz", node.admin_url)).unwrap();
     assert_eq!(st, 503, "{body}");
+    assert!(body.contains("no ring"), "{body}");
+    let (st, _) = http_get(&format!("{}/healthz", node.admin_url)).unwrap();
+    assert_eq!(st, 200, "alive, only not ready");
     match Client::connect(&node.url, &token("u", "d")).await {
         Err(chat_client::ClientError::Refused { code, .. }) => {
             assert_eq!(code, ErrorCode::Unavailable)

@@ -50,9 +50,12 @@ struct Dest {
     spill_from: Option<u64>,
 }
 
+/// Outbox entries of one request, with their seqs, in order.
+type Batch = Vec<(u64, Arc<ForwardEntry>)>;
+
 struct Done {
     dest: String,
-    items: Vec<(u64, Arc<ForwardEntry>)>,
+    items: Batch,
     started: Instant,
     result: Result<Vec<ForwardStatus>, RequestError>,
 }
@@ -65,6 +68,8 @@ pub struct Forwarder {
     opts: ForwarderOptions,
     dests: HashMap<String, Dest>,
     inflight: HashSet<u64>,
+    /// What each running request carries, to retry it if its task fails.
+    running: HashMap<tokio::task::Id, (String, Batch)>,
     /// Entries a request may have carried to a peer without an answer: never given up.
     uncertain: HashSet<u64>,
     /// The highest seq read from disk at startup: anything up to it that the committer also
@@ -91,6 +96,7 @@ impl Forwarder {
             opts,
             dests: HashMap::new(),
             inflight: HashSet::new(),
+            running: HashMap::new(),
             uncertain: HashSet::new(),
             loaded_upto: 0,
             depth: 0,
@@ -136,7 +142,7 @@ impl Forwarder {
             let wake = self
                 .dests
                 .values()
-                .filter(|d| !d.queue.is_empty() && !d.busy)
+                .filter(|d| (!d.queue.is_empty() || d.spill_from.is_some()) && !d.busy)
                 .filter_map(|d| d.retry_at)
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -153,9 +159,20 @@ impl Forwarder {
                     }
                     None => break,
                 },
-                Some(done) = tasks.join_next() => match done {
-                    Ok(done) => self.on_done(done).await,
-                    Err(e) => tracing::error!(error = %e, "forward task failed"),
+                Some(done) = tasks.join_next_with_id() => match done {
+                    Ok((id, done)) => {
+                        self.running.remove(&id);
+                        self.on_done(done).await;
+                    }
+                    Err(e) => {
+                        // A request that panicked: its outcome is unknown, so retry its entries.
+                        tracing::error!(error = %e, "forward task failed");
+                        if let Some((dest, items)) = self.running.remove(&e.id()) {
+                            let result = Err(RequestError::Unknown(format!("task failed: {e}")));
+                            let started = Instant::now();
+                            self.on_done(Done { dest, items, started, result }).await;
+                        }
+                    }
                 },
                 changed = view.changed() => {
                     if changed.is_err() {
@@ -301,7 +318,8 @@ impl Forwarder {
                 self.opts.timeout,
             );
             let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
-            tasks.spawn(async move {
+            let (task_dest, task_items) = (dest.clone(), items.clone());
+            let handle = tasks.spawn(async move {
                 let started = Instant::now();
                 let result = if dest == self_id {
                     apply_here(&committer, entries).await
@@ -320,6 +338,7 @@ impl Forwarder {
                     result,
                 }
             });
+            self.running.insert(handle.id(), (task_dest, task_items));
         }
     }
 

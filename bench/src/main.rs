@@ -4,6 +4,11 @@
 //! loop: message k of a sender is *scheduled* at start + k / (rate / pairs), sent at that time (or as soon as the sender can, if
 //! it is behind), and every latency is counted from the scheduled time, so a stalled node shows up
 //! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
+//! `--rates` runs several steps in one go, each with fresh users.
+//!
+//! Cost accounting: with `--etcd` (or `--admin`), every step also reads each node's
+//! `process_cpu_seconds_total` and memory from its `/metrics` before and after, and this process's
+//! own CPU and memory, so a reader can tell whether the load generator was the bottleneck.
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +17,23 @@ use chat_client::v1::{client_frame, deliver, server_frame, Ack, Send};
 use chat_client::{Client, ClientReceiver};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
-#[command(name = "chat-bench", about = "Benchmark a chat node")]
+#[command(name = "chat-bench", about = "Benchmark a chat cluster (or one node)")]
 struct Args {
-    /// Node WebSocket URL.
-    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7400")]
+    /// Router or node WebSocket URL (users are sent on to their home nodes).
+    #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:7000")]
     url: String,
+    /// etcd of the cluster: the nodes' admin URLs are read from it, for CPU and memory figures.
+    #[arg(long, env = "CHAT_ETCD")]
+    etcd: Option<String>,
+    /// The cluster's etcd prefix.
+    #[arg(long, env = "CHAT_PREFIX", default_value = "/chat/")]
+    prefix: String,
+    /// Admin URLs of the nodes to account for (instead of, or besides, --etcd).
+    #[arg(long, value_delimiter = ',')]
+    admin: Vec<String>,
     /// Token secret of the node (to mint tokens for bench users).
     #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET", hide_env_values = true)]
     secret: String,
@@ -36,6 +51,9 @@ enum Scenario {
         /// Aggregate offered rate, messages per second.
         #[arg(long, default_value_t = 1000)]
         rate: u64,
+        /// Several rates, one step each (overrides --rate), e.g. 1000,4000,8000.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<u64>,
         /// Seconds of sending.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -79,29 +97,230 @@ impl Stats {
     }
 }
 
+/// CPU seconds and peak memory of one process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    cpu_s: f64,
+    max_rss: u64,
+}
+
+/// This process's CPU time (`/proc/self/schedstat`) and peak resident memory.
+fn own_cost() -> Cost {
+    let cpu_s = std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9);
+    let max_rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    Cost { cpu_s, max_rss }
+}
+
+/// A node's cost, from its `/metrics` (plain HTTP/1.0 GET).
+async fn node_cost(admin: &str) -> anyhow::Result<Cost> {
+    let host = admin
+        .strip_prefix("http://")
+        .context("admin URL must be http://")?
+        .trim_end_matches('/');
+    let mut conn =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+            .await??;
+    conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut text)).await??;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Ok(Cost {
+        cpu_s: value("process_cpu_seconds_total").context("no process_cpu_seconds_total")?,
+        max_rss: value("process_max_resident_memory_bytes").unwrap_or(0.0) as u64,
+    })
+}
+
+async fn node_costs(admins: &[(String, String)]) -> Vec<Cost> {
+    let mut out = Vec::new();
+    for (id, url) in admins {
+        match node_cost(url).await {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                eprintln!("could not read {id}'s metrics at {url}: {e:#}");
+                out.push(Cost::default());
+            }
+        }
+    }
+    out
+}
+
+/// What one step measured.
+struct StepResult {
+    rate: u64,
+    stats: Stats,
+    elapsed: f64,
+    nodes_cpu_s: f64,
+    bench_cpu_s: f64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut admins: Vec<(String, String)> = args
+        .admin
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("node{i}"), u.clone()))
+        .collect();
+    if let Some(etcd) = &args.etcd {
+        let cfg = chat_cluster::EtcdConfig {
+            endpoints: etcd.split(',').map(str::to_string).collect(),
+            prefix: args.prefix.clone(),
+        };
+        let mut c = chat_cluster::connect(&cfg).await.context("etcd")?;
+        for n in chat_cluster::list_nodes(&mut c, &cfg.prefix).await? {
+            admins.push((n.id, n.admin_url));
+        }
+    }
     match args.scenario {
         Scenario::OneToOne {
             pairs,
             rate,
+            rates,
             duration,
             body_bytes,
         } => {
-            one_to_one(
-                &args.url,
-                &args.secret,
-                pairs,
-                rate,
-                duration,
-                body_bytes.max(24),
-            )
-            .await
+            let rates = if rates.is_empty() { vec![rate] } else { rates };
+            let mut results = Vec::new();
+            for (i, rate) in rates.iter().enumerate() {
+                let (nodes_before, own_before) = (node_costs(&admins).await, own_cost());
+                let (stats, elapsed) = one_to_one(
+                    &args.url,
+                    &args.secret,
+                    pairs,
+                    *rate,
+                    duration,
+                    body_bytes.max(24),
+                    i,
+                )
+                .await?;
+                let (nodes_after, own_after) = (node_costs(&admins).await, own_cost());
+                let nodes_cpu_s: f64 = nodes_after
+                    .iter()
+                    .zip(&nodes_before)
+                    .map(|(a, b)| a.cpu_s - b.cpu_s)
+                    .sum();
+                let r = StepResult {
+                    rate: *rate,
+                    stats,
+                    elapsed,
+                    nodes_cpu_s,
+                    bench_cpu_s: own_after.cpu_s - own_before.cpu_s,
+                };
+                print_step(&r, &admins, &nodes_after);
+                results.push(r);
+            }
+            if results.len() > 1 {
+                print_summary(&results, !admins.is_empty());
+            }
+            Ok(())
         }
     }
 }
 
+fn q(h: &Histogram<u64>, p: f64) -> f64 {
+    h.value_at_quantile(p) as f64 / 1000.0
+}
+
+fn print_step(r: &StepResult, admins: &[(String, String)], nodes: &[Cost]) {
+    let s = &r.stats;
+    println!(
+        "one-to-one offered={}/s sent_ok={} delivered={} ({:.0}/s) lost={} dup={} errors={} \
+         | sent ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} \
+         | e2e ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        r.rate,
+        s.acked,
+        s.delivered,
+        s.delivered as f64 / r.elapsed,
+        // Acknowledged (✓) but never delivered.
+        s.acked.saturating_sub(s.delivered),
+        s.duplicates,
+        s.errors,
+        q(&s.sent_us, 0.5),
+        q(&s.sent_us, 0.99),
+        q(&s.sent_us, 0.999),
+        s.sent_us.max() as f64 / 1000.0,
+        q(&s.e2e_us, 0.5),
+        q(&s.e2e_us, 0.99),
+        q(&s.e2e_us, 0.999),
+        s.e2e_us.max() as f64 / 1000.0,
+    );
+    let own = own_cost();
+    let mut cost = format!(
+        "  cost: bench cpu {:.2} s ({:.0}% of a core), peak rss {} MiB",
+        r.bench_cpu_s,
+        100.0 * r.bench_cpu_s / r.elapsed,
+        own.max_rss >> 20
+    );
+    if !admins.is_empty() {
+        cost += &format!(
+            " | nodes cpu {:.2} s ({:.0} us per delivered msg), peak rss",
+            r.nodes_cpu_s,
+            1e6 * r.nodes_cpu_s / (s.delivered.max(1) as f64)
+        );
+        for ((id, _), c) in admins.iter().zip(nodes) {
+            cost += &format!(" {id}={} MiB", c.max_rss >> 20);
+        }
+    }
+    println!("{cost}");
+}
+
+fn print_summary(results: &[StepResult], nodes: bool) {
+    println!();
+    println!("| offered/s | delivered/s | lost | dup | errors | ✓ p50 / p99 / p99.9 / max (ms) | e2e p50 / p99 / p99.9 / max (ms) | bench CPU | nodes CPU per msg |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in results {
+        let s = &r.stats;
+        let per_msg = if nodes {
+            format!(
+                "{:.0} µs",
+                1e6 * r.nodes_cpu_s / (s.delivered.max(1) as f64)
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0}% | {per_msg} |",
+            r.rate,
+            s.delivered as f64 / r.elapsed,
+            s.acked.saturating_sub(s.delivered),
+            s.duplicates,
+            s.errors,
+            q(&s.sent_us, 0.5),
+            q(&s.sent_us, 0.99),
+            q(&s.sent_us, 0.999),
+            s.sent_us.max() as f64 / 1000.0,
+            q(&s.e2e_us, 0.5),
+            q(&s.e2e_us, 0.99),
+            q(&s.e2e_us, 0.999),
+            s.e2e_us.max() as f64 / 1000.0,
+            100.0 * r.bench_cpu_s / r.elapsed,
+        );
+    }
+}
+
+/// One step: fresh users, `rate` msg/s for `duration` s. Returns the merged stats and the
+/// seconds from the first scheduled send to the last delivery.
 async fn one_to_one(
     url: &str,
     secret: &str,
@@ -109,10 +328,11 @@ async fn one_to_one(
     rate: u64,
     duration: u64,
     body_bytes: usize,
-) -> anyhow::Result<()> {
-    // Fresh user names per run, so earlier runs' inboxes do not count.
+    step: usize,
+) -> anyhow::Result<(Stats, f64)> {
+    // Fresh user names per run and step, so earlier inboxes do not count.
     let run = format!(
-        "{:x}",
+        "{:x}{step}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
@@ -164,28 +384,7 @@ async fn one_to_one(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-    println!(
-        "one-to-one offered={rate}/s sent_ok={} delivered={} ({:.0}/s) lost={} dup={} errors={} \
-         | sent ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} \
-         | e2e ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
-        s.acked,
-        s.delivered,
-        s.delivered as f64 / elapsed,
-        // Acknowledged (✓) but never delivered.
-        s.acked.saturating_sub(s.delivered),
-        s.duplicates,
-        s.errors,
-        q(&s.sent_us, 0.5),
-        q(&s.sent_us, 0.99),
-        q(&s.sent_us, 0.999),
-        s.sent_us.max() as f64 / 1000.0,
-        q(&s.e2e_us, 0.5),
-        q(&s.e2e_us, 0.99),
-        q(&s.e2e_us, 0.999),
-        s.e2e_us.max() as f64 / 1000.0,
-    );
-    Ok(())
+    Ok((s, elapsed))
 }
 
 fn scheduled(start: Instant, per_sender: f64, k: u64) -> Instant {

@@ -25,6 +25,30 @@ pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
 pub const ETCD_UP: &str = "chat_etcd_up";
 pub const REGISTERED: &str = "chat_registered";
 pub const RING_EPOCH: &str = "chat_ring_epoch";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_MAX_RSS: &str = "process_max_resident_memory_bytes";
+
+/// CPU time this process has used, in seconds (`/proc/self/schedstat`: nanoseconds on a CPU).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
+/// Resident and peak resident memory of this process, in bytes (`/proc/self/status`).
+pub fn process_memory() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((kib("VmRSS:")? * 1024, kib("VmHWM:")? * 1024))
+}
 
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -124,6 +148,14 @@ async fn render(State(h): State<Arc<Health>>) -> String {
     if let Some(r) = &h.registered {
         metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
         metrics::gauge!(REGISTERED).set(if *r.borrow() { 1.0 } else { 0.0 });
+    }
+    // Read at scrape time, so that a load generator can tell the node's cost from its own.
+    if let Some(cpu) = process_cpu_seconds() {
+        metrics::gauge!(PROCESS_CPU).set(cpu);
+    }
+    if let Some((rss, max)) = process_memory() {
+        metrics::gauge!(PROCESS_RSS).set(rss as f64);
+        metrics::gauge!(PROCESS_MAX_RSS).set(max as f64);
     }
     h.metrics.render()
 }

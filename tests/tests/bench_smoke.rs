@@ -1,0 +1,51 @@
+//! A tiny run of each `chat-bench` scenario, so the tool keeps working. Figures are printed by
+//! benchmarks, never asserted here; only that nothing was lost and the report is complete.
+
+use chat_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
+    let cluster = TestCluster::start(&[]);
+    let router = cluster.start_router();
+    let out = std::process::Command::new(bin("chat-bench"))
+        .args([
+            "--url",
+            &router.ws_url(),
+            "--etcd",
+            &cluster.etcd.url,
+            "--prefix",
+            &cluster.prefix,
+        ])
+        .args([
+            "one-to-one",
+            "--pairs",
+            "3",
+            "--rates",
+            "30,60",
+            "--duration",
+            "1",
+        ])
+        .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .expect("run chat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("one-to-one "))
+        .collect();
+    assert_eq!(steps.len(), 2, "{stdout}");
+    for s in &steps {
+        assert!(s.contains("lost=0 dup=0 errors=0"), "{s}");
+    }
+    let costs: Vec<&str> = stdout.lines().filter(|l| l.contains("nodes cpu")).collect();
+    assert_eq!(costs.len(), 2, "{stdout}");
+    for n in ["n1=", "n2=", "n3="] {
+        assert!(costs[0].contains(n), "{}", costs[0]);
+    }
+    assert!(stdout.contains("| offered/s |"), "summary table: {stdout}");
+}

@@ -47,6 +47,39 @@ pub fn connect_url(url: &str, user: Option<&str>) -> String {
     }
 }
 
+/// Opens the WebSocket, from `local_ip` if given. Nagle is off: chat frames are small and
+/// latency-bound.
+async fn open(
+    url: &str,
+    local_ip: Option<std::net::IpAddr>,
+) -> std::result::Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(ip) = local_ip else {
+        return tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .map(|(ws, _)| ws);
+    };
+    let req = url.into_client_request()?;
+    let host = req.uri().host().unwrap_or("127.0.0.1").to_string();
+    let port = req.uri().port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("no address for {host}")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), None)
+            .await?;
+    Ok(ws)
+}
+
 /// Percent-encodes everything but letters, digits and `-_.` (user ids may contain `/`).
 pub fn path_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -96,6 +129,9 @@ pub struct ConnectOptions {
     pub encoding: Encoding,
     pub timeout: Duration,
     pub agent: String,
+    /// Local address to connect from (a load generator spreads connections over several
+    /// 127.0.0.x so that one source address does not run out of ports).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ConnectOptions {
@@ -104,6 +140,7 @@ impl Default for ConnectOptions {
             encoding: Encoding::Protobuf,
             timeout: Duration::from_secs(10),
             agent: format!("chat-client/{}", env!("CARGO_PKG_VERSION")),
+            local_ip: None,
         }
     }
 }
@@ -122,13 +159,12 @@ impl Client {
         let user = token_subject(token);
         let mut url = connect_url(url, user.as_deref());
         for _ in 0..=MAX_REDIRECTS {
-            // Nagle off: chat frames are small and latency-bound.
-            let connect = tokio_tungstenite::connect_async_with_config(&url, None, true);
+            let connect = open(&url, opts.local_ip);
             let ws = match tokio::time::timeout(opts.timeout, connect)
                 .await
                 .map_err(|_| ClientError::Timeout)?
             {
-                Ok((ws, _)) => ws,
+                Ok(ws) => ws,
                 Err(tokio_tungstenite::tungstenite::Error::Http(resp))
                     if resp.status().is_redirection() =>
                 {

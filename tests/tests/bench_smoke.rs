@@ -49,3 +49,50 @@ async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
     }
     assert!(stdout.contains("| offered/s |"), "summary table: {stdout}");
 }
+
+fn bench(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("chat-bench"))
+        .args(args)
+        .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
+        .output()
+        .expect("run chat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_offline_drain_scenarios_run_and_report() {
+    let cluster = TestCluster::start(&[]);
+    let router = cluster.start_router();
+    let url = router.ws_url();
+    let common = [
+        "--url",
+        &url,
+        "--etcd",
+        &cluster.etcd.url,
+        "--prefix",
+        &cluster.prefix,
+    ];
+
+    let mut args = common.to_vec();
+    args.extend(["idle", "--connections", "30", "--sources", "3"]);
+    let out = bench(&args);
+    assert!(out.contains("idle connections=30 failed=0"), "{out}");
+    for n in ["n1:", "n2:", "n3:"] {
+        assert!(out.contains(n), "a line per node: {out}");
+    }
+    assert!(out.contains("KiB per idle connection"), "{out}");
+
+    let mut args = common.to_vec();
+    args.extend(["offline-drain", "--users", "3", "--messages", "300"]);
+    let out = bench(&args);
+    assert!(
+        out.contains("offline-drain users=3 messages=300 drained"),
+        "{out}"
+    );
+}

@@ -128,12 +128,17 @@ struct Cost {
     max_rss: u64,
 }
 
-/// This process's CPU time (`/proc/self/schedstat`) and peak resident memory.
+/// This process's CPU time (all threads) and peak resident memory.
 fn own_cost() -> Cost {
-    let cpu_s = std::fs::read_to_string("/proc/self/schedstat")
+    // utime + stime of all threads, in USER_HZ (100) ticks, after the command name.
+    let cpu_s = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9);
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 1..)?.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .map_or(0.0, |ticks| ticks as f64 / 100.0);
     let max_rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

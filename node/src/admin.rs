@@ -29,11 +29,15 @@ pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_MAX_RSS: &str = "process_max_resident_memory_bytes";
 
-/// CPU time this process has used, in seconds (`/proc/self/schedstat`: nanoseconds on a CPU).
+/// CPU time this process (all its threads) has used, in seconds: utime + stime from
+/// `/proc/self/stat`, which Linux reports in USER_HZ = 100 ticks per second.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns as f64 / 1e9)
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Resident and peak resident memory of this process, in bytes (`/proc/self/status`).

@@ -127,6 +127,10 @@ pub struct ClientSection {
     pub idle_timeout_ms: u64,
     /// A client that does not take what the node writes for this long is disconnected.
     pub write_timeout_ms: u64,
+    /// Bytes each connection reads from its socket at a time. The buffer is allocated per
+    /// connection for its whole life, so it dominates an idle connection's memory; larger frames
+    /// are still read whole (in several reads).
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for ClientSection {
@@ -137,6 +141,7 @@ impl Default for ClientSection {
             hello_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
             write_timeout_ms: 10_000,
+            read_buffer_bytes: 4096,
         }
     }
 }
@@ -369,6 +374,9 @@ impl NodeConfig {
         }
         if l.max_id_bytes > 1024 {
             return bad("limits.max_id_bytes must be at most 1024".into());
+        }
+        if !(256..=1 << 20).contains(&self.client.read_buffer_bytes) {
+            return bad("client.read_buffer_bytes must be 256 to 1048576".into());
         }
         if self.storage.retention_secs == 0 {
             return bad("storage.retention_secs must be at least 1".into());

@@ -303,7 +303,8 @@ async fn connection(
     let hard_cap = l.max_frame_bytes as usize * 4;
     let ws_cfg = WebSocketConfig::default()
         .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap));
+        .max_frame_size(Some(hard_cap))
+        .read_buffer_size(shared.cfg.client.read_buffer_bytes);
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
     let timeout = Duration::from_millis(shared.cfg.client.hello_timeout_ms);
     let mut ws = match tokio::time::timeout(timeout, handshake).await {

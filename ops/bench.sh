@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The standard benchmark profile: a fresh local cluster (etcd, three nodes, router; release build)
+# in a temp dir on its own ports, the chat-bench scenarios against it, everything stopped again.
+# Results go to stdout and to bench-results/<UTC time>.txt (or $CHAT_BENCH_OUT).
+#
+# Env: CHAT_BENCH_RATES (default 1000,4000,8000,12000,16000), CHAT_BENCH_DURATION (10 s a step),
+#      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (5000 connections), CHAT_BENCH_DRAIN (100000
+#      messages), CHAT_BENCH_BASE_PORT (17000).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+DIR="$(mktemp -d /tmp/chat-bench.XXXXXX)"
+BASE="${CHAT_BENCH_BASE_PORT:-17000}"
+OUT="${CHAT_BENCH_OUT:-$ROOT/bench-results/$(date -u +%Y%m%dT%H%M%SZ).txt}"
+mkdir -p "$(dirname "$OUT")"
+
+export CHAT_DEV_DIR="$DIR" CHAT_DEV_PROFILE=release CHAT_DEV_BASE_PORT="$BASE"
+cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+"$ROOT/ops/dev-cluster.sh" up >/dev/null
+export CHAT_NODE_AUTH__JWT_SECRET="$(cat "$DIR/secret")"
+export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20))"
+
+{
+  echo "# chat-bench $(date -u +%FT%TZ) on $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD)"
+  echo
+  "$BIN/chat-bench" one-to-one --pairs "${CHAT_BENCH_PAIRS:-50}" \
+    --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
+  echo
+  "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-5000}" --sources 8
+  echo
+  "$BIN/chat-bench" offline-drain --users 20 --messages "${CHAT_BENCH_DRAIN:-100000}"
+} 2>&1 | tee "$OUT"
+echo "results written to $OUT"

@@ -26,10 +26,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client, ClusterError> {
     // HTTP/2 keepalives notice a silent etcd (paused, partitioned) on long-lived watch and lease
-    // streams, which would otherwise wait forever.
+    // streams, which would otherwise wait forever. Not more often than every 5 s: etcd's
+    // --grpc-keepalive-min-time (default 5 s) answers more frequent pings on an otherwise quiet
+    // connection (an idle watch) with GOAWAY, which broke the watch every few seconds.
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
     timed(Client::connect(&cfg.endpoints, Some(opts))).await
 }

@@ -19,6 +19,7 @@ pub const MESSAGES_OUT: &str = "chat_messages_out_total";
 pub const REDIRECTS: &str = "chat_redirects_total";
 pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
 pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
+pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
 pub const FORWARDED: &str = "chat_forwarded_entries_total";
 pub const FORWARD_RECEIVED: &str = "chat_forward_received_entries_total";
 pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
@@ -60,6 +61,14 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(COMMIT_SECONDS.into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .expect("valid buckets")
                 .set_buckets_for_metric(
                     Matcher::Full(FORWARD_SECONDS.into()),
                     &[

@@ -33,6 +33,8 @@ use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX};
 const MAX_RECEIPT_IDS: usize = 512;
 /// Inbox entries read per step when collecting the messages an ack covers.
 const RECEIPT_SCAN_PAGE: u64 = 1024;
+/// A batch write (with its fsync) slower than this is logged.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// User states cached between batches before the cache is emptied (they are all on disk).
 const USER_CACHE_MAX: usize = 200_000;
 
@@ -240,6 +242,8 @@ impl Committer {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
+        let (commands, bytes) = (b.replies.len(), b.wb.size_in_bytes());
+        let started = std::time::Instant::now();
         let result = match b.abort.take() {
             Some(why) => Err(why),
             None if b.wb.is_empty() => Ok(()),
@@ -249,6 +253,11 @@ impl Committer {
                 .write_opt(b.wb, &wo)
                 .map_err(|e| e.to_string()),
         };
+        let took = started.elapsed();
+        metrics::histogram!(crate::admin::COMMIT_SECONDS).record(took.as_secs_f64());
+        if took > SLOW_COMMIT {
+            tracing::warn!(?took, commands, bytes, "slow commit (write + fsync)");
+        }
         match result {
             Ok(()) => {
                 for user in &b.dirty_users {

@@ -516,16 +516,20 @@ async fn offline_drain(
     Ok(())
 }
 
-fn q(h: &Histogram<u64>, p: f64) -> f64 {
-    h.value_at_quantile(p) as f64 / 1000.0
+/// p50, p99, p99.9 and max of a microsecond histogram, in milliseconds.
+fn quantiles(h: &Histogram<u64>) -> [f64; 4] {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    [q(0.5), q(0.99), q(0.999), h.max() as f64 / 1000.0]
 }
 
 fn print_step(r: &StepResult, admins: &[(String, String)], nodes: &[Cost]) {
     let s = &r.stats;
+    let ([s50, s99, s999, smax], [e50, e99, e999, emax]) =
+        (quantiles(&s.sent_us), quantiles(&s.e2e_us));
     println!(
         "one-to-one offered={}/s sent_ok={} delivered={} ({:.0}/s) lost={} dup={} errors={} \
-         | sent ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} \
-         | e2e ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+         | sent ms p50={s50:.2} p99={s99:.2} p99.9={s999:.2} max={smax:.2} \
+         | e2e ms p50={e50:.2} p99={e99:.2} p99.9={e999:.2} max={emax:.2}",
         r.rate,
         s.acked,
         s.delivered,
@@ -534,14 +538,6 @@ fn print_step(r: &StepResult, admins: &[(String, String)], nodes: &[Cost]) {
         s.acked.saturating_sub(s.delivered),
         s.duplicates,
         s.errors,
-        q(&s.sent_us, 0.5),
-        q(&s.sent_us, 0.99),
-        q(&s.sent_us, 0.999),
-        s.sent_us.max() as f64 / 1000.0,
-        q(&s.e2e_us, 0.5),
-        q(&s.e2e_us, 0.99),
-        q(&s.e2e_us, 0.999),
-        s.e2e_us.max() as f64 / 1000.0,
     );
     let own = own_cost();
     let mut cost = format!(
@@ -577,21 +573,19 @@ fn print_summary(results: &[StepResult], nodes: bool) {
         } else {
             "-".into()
         };
+        let fmt = |h: &Histogram<u64>| {
+            let [a, b, c, d] = quantiles(h);
+            format!("{a:.1} / {b:.1} / {c:.1} / {d:.1}")
+        };
         println!(
-            "| {} | {:.0} | {} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0}% | {per_msg} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {per_msg} |",
             r.rate,
             s.delivered as f64 / r.elapsed,
             s.acked.saturating_sub(s.delivered),
             s.duplicates,
             s.errors,
-            q(&s.sent_us, 0.5),
-            q(&s.sent_us, 0.99),
-            q(&s.sent_us, 0.999),
-            s.sent_us.max() as f64 / 1000.0,
-            q(&s.e2e_us, 0.5),
-            q(&s.e2e_us, 0.99),
-            q(&s.e2e_us, 0.999),
-            s.e2e_us.max() as f64 / 1000.0,
+            fmt(&s.sent_us),
+            fmt(&s.e2e_us),
             100.0 * r.bench_cpu_s / r.elapsed,
         );
     }

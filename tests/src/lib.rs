@@ -144,17 +144,7 @@ impl TestNode {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn chat-node");
-        let stdout = child.stdout.take().expect("stdout");
-        // Read the ready line on a thread so a node that never prints cannot hang the test.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the node never blocks on a full pipe.
-            for _ in lines {}
-        });
+        let rx = first_line(&mut child);
         let line = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(l) => l,
             Err(_) => {
@@ -362,8 +352,23 @@ pub async fn receive_messages(c: &mut Client, n: usize) -> Vec<(u64, Message)> {
     got
 }
 
-/// A plain HTTP/1.0 GET on loopback: `(status, body)`, or `None` if the server is not there.
-pub fn http_get(url: &str) -> Option<(u16, String)> {
+/// The first line a child prints on stdout, read on a thread so that a process that never
+/// prints cannot hang the test; the rest is drained so it never blocks on a full pipe.
+fn first_line(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
+}
+
+/// A plain HTTP/1.0 GET on loopback: the whole response, or `None` if the server is not there.
+fn http_raw(url: &str) -> Option<String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = match rest.find('/') {
@@ -375,34 +380,31 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Some((status, body))
+    Some(buf)
 }
 
-/// The headers of an HTTP/1.0 GET (for redirects): `(status, location)`.
+fn http_status(response: &str) -> Option<u16> {
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `(status, body)` of a GET, or `None` if the server is not there.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let r = http_raw(url)?;
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((http_status(&r)?, body))
+}
+
+/// `(status, Location header)` of a GET (for redirects).
 pub fn http_location(url: &str) -> Option<(u16, Option<String>)> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://")?;
-    let i = rest.find('/')?;
-    let (host, path) = (&rest[..i], &rest[i..]);
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let location = buf
+    let r = http_raw(url)?;
+    let location = r
         .lines()
         .find_map(|l| {
             l.strip_prefix("location: ")
                 .or_else(|| l.strip_prefix("Location: "))
         })
         .map(|l| l.trim().to_string());
-    Some((status, location))
+    Some((http_status(&r)?, location))
 }
 
 fn free_port() -> u16 {
@@ -544,16 +546,9 @@ impl TestRouter {
             .stderr(log)
             .spawn()
             .expect("spawn chat-router");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(WAIT).expect("router ready line");
+        let line = first_line(&mut child)
+            .recv_timeout(WAIT)
+            .expect("router ready line");
         let url = line
             .strip_prefix("chat-router ready ")
             .expect("ready line")

@@ -11,7 +11,7 @@
 //! (`crate::peer::forwarder`) hands it to the owner. Entries other nodes forward here are applied
 //! by [`Command::Apply`], deduplicated by entry id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chat_cluster::ClusterView;
@@ -37,6 +37,9 @@ const RECEIPT_SCAN_PAGE: u64 = 1024;
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// User states cached between batches before the cache is emptied (they are all on disk).
 const USER_CACHE_MAX: usize = 200_000;
+/// Newest committed entries kept per cached user, and in all, for receipts (see `CachedUser`).
+const RECENT_PER_USER: usize = 32;
+const RECENT_MAX: usize = 100_000;
 
 /// What a device learns when it attaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,10 @@ pub struct Committer {
     max_batch: usize,
     retention_ms: i64,
     users: HashMap<String, CachedUser>,
+    /// Entries held in all `CachedUser::recent` together.
+    recent_len: usize,
+    /// Committed device states (`None`: known to have no record), so an ack reads no storage.
+    devices: HashMap<Vec<u8>, Option<DeviceState>>,
     routing: Routing,
     outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
     /// The last outbox seq handed out.
@@ -136,6 +143,10 @@ struct CachedUser {
     state: UserState,
     /// `next_seq` as of the last successful commit: seqs below it are on disk.
     committed_next: u64,
+    /// The newest committed inbox entries not yet covered by both receipts, contiguous by seq
+    /// (seq, stored ts, entry). A device acks an entry milliseconds after it was appended, so
+    /// the receipts for it are made from here instead of reading the entry back from storage.
+    recent: VecDeque<(u64, i64, Arc<InboxEntry>)>,
 }
 
 /// The work of one batch, applied to storage only if the whole batch commits.
@@ -149,7 +160,8 @@ struct Batch {
     devices: HashMap<Vec<u8>, Option<DeviceState>>,
     /// Devices registered in this batch, per user (not yet visible to `Store::devices`).
     new_devices: HashMap<String, usize>,
-    appended: Vec<(String, u64, Arc<InboxEntry>)>,
+    /// (user, seq, stored ts, entry) appended in this batch.
+    appended: Vec<(String, u64, i64, Arc<InboxEntry>)>,
     replies: Vec<Reply>,
     /// The ring this batch routes by (taken once per batch).
     ring: Option<Arc<Ring>>,
@@ -189,23 +201,29 @@ impl Committer {
         opts: CommitterOptions,
     ) -> Result<(CommitterHandle, std::thread::JoinHandle<()>), ChatError> {
         let (tx, rx) = mpsc::channel(opts.queue_depth);
+        let mut c = Committer::new(store, hub, opts)?;
+        let join = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || c.run(rx))
+            .expect("spawn committer thread");
+        Ok((CommitterHandle { tx }, join))
+    }
+
+    fn new(store: Arc<Store>, hub: Arc<Hub>, opts: CommitterOptions) -> Result<Self, ChatError> {
         let outbox_seq = store.last_outbox_seq()?;
-        let mut c = Committer {
+        Ok(Committer {
             store,
             hub,
             sync: opts.sync,
             max_batch: opts.max_batch,
             retention_ms: opts.retention_ms,
             users: HashMap::new(),
+            recent_len: 0,
+            devices: HashMap::new(),
             routing: opts.routing,
             outbox_tx: opts.outbox_tx,
             outbox_seq,
-        };
-        let join = std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || c.run(rx))
-            .expect("spawn committer thread");
-        Ok((CommitterHandle { tx }, join))
+        })
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
@@ -273,7 +291,11 @@ impl Committer {
                         Reply::Done(tx) => drop(tx.send(Ok(()))),
                     }
                 }
-                for (user, seq, entry) in b.appended {
+                for (key, state) in b.devices {
+                    self.devices.insert(key, state);
+                }
+                for (user, seq, ts, entry) in b.appended {
+                    self.remember(&user, seq, ts, entry.clone());
                     self.hub.publish(&user, seq, entry);
                 }
                 if !b.outboxed.is_empty() {
@@ -285,7 +307,7 @@ impl Committer {
             Err(e) => {
                 // Nothing of the batch is on disk: forget the seqs handed out in memory.
                 tracing::error!(error = %e, "commit failed");
-                self.users.clear();
+                self.forget_cached();
                 self.outbox_seq = outbox_seq_before;
                 for r in b.replies {
                     let err = || ChatError::Internal(format!("commit failed: {e}"));
@@ -298,9 +320,40 @@ impl Committer {
                 }
             }
         }
-        if self.users.len() > USER_CACHE_MAX {
-            self.users.clear();
+        if self.users.len() > USER_CACHE_MAX || self.devices.len() > USER_CACHE_MAX {
+            self.forget_cached();
         }
+    }
+
+    /// Empties the caches; everything in them is on disk (or, after a failed commit, was never
+    /// written and must be forgotten).
+    fn forget_cached(&mut self) {
+        self.users.clear();
+        self.devices.clear();
+        self.recent_len = 0;
+    }
+
+    /// Keeps a committed entry in its user's `recent` (if the user is cached).
+    fn remember(&mut self, user: &str, seq: u64, ts: i64, entry: Arc<InboxEntry>) {
+        if self.recent_len >= RECENT_MAX {
+            for u in self.users.values_mut() {
+                u.recent.clear();
+            }
+            self.recent_len = 0;
+        }
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        if u.recent.back().is_some_and(|(last, _, _)| last + 1 != seq) {
+            self.recent_len -= u.recent.len();
+            u.recent.clear();
+        }
+        if u.recent.len() == RECENT_PER_USER {
+            u.recent.pop_front();
+            self.recent_len -= 1;
+        }
+        u.recent.push_back((seq, ts, entry));
+        self.recent_len += 1;
     }
 
     fn apply(&mut self, cmd: Command, b: &mut Batch) {
@@ -484,6 +537,7 @@ impl Committer {
                 CachedUser {
                     state,
                     committed_next,
+                    recent: VecDeque::new(),
                 },
             );
         }
@@ -513,7 +567,8 @@ impl Committer {
             timed_value(ts, &entry),
         );
         Self::mark_dirty(b, user);
-        b.appended.push((user.to_string(), seq, Arc::new(entry)));
+        b.appended
+            .push((user.to_string(), seq, ts, Arc::new(entry)));
         Ok(seq)
     }
 
@@ -571,15 +626,17 @@ impl Committer {
     }
 
     fn device(
-        &self,
+        &mut self,
         key: &[u8],
         who: &Identity,
         b: &Batch,
     ) -> Result<Option<DeviceState>, ChatError> {
-        match b.devices.get(key) {
-            Some(d) => Ok(*d),
-            None => self.store.device_state(&who.user, &who.device),
+        if let Some(d) = b.devices.get(key).or_else(|| self.devices.get(key)) {
+            return Ok(*d);
         }
+        let d = self.store.device_state(&who.user, &who.device)?;
+        self.devices.insert(key.to_vec(), d);
+        Ok(d)
     }
 
     /// Writes a device's state, marking it seen now.
@@ -689,6 +746,12 @@ impl Committer {
         if before != (u.state.delivered_upto, u.state.read_upto) {
             Self::mark_dirty(b, &who.user);
         }
+        // Entries covered by both receipts are never needed for a receipt again.
+        let done = u.state.delivered_upto.min(u.state.read_upto);
+        while u.recent.front().is_some_and(|(seq, _, _)| *seq <= done) {
+            u.recent.pop_front();
+            self.recent_len -= 1;
+        }
         Ok(())
     }
 
@@ -705,26 +768,44 @@ impl Committer {
         // Senders in order of first appearance, with their message ids in inbox order.
         let mut by_sender: Vec<(String, Vec<String>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut next = from;
-        while next <= to {
-            let want = (to - next + 1).min(RECEIPT_SCAN_PAGE) as usize;
-            let page = self.store.inbox_from(user, next, want)?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
-            for e in page.into_iter().take_while(|e| e.seq <= to) {
-                if let Some(inbox_entry::Entry::Message(m)) = e.entry.entry {
-                    if m.from == user {
-                        continue;
-                    }
-                    let i = *index.entry(m.from.clone()).or_insert_with(|| {
-                        by_sender.push((m.from, Vec::new()));
-                        by_sender.len() - 1
-                    });
-                    by_sender[i].1.push(m.msg_id);
+        let mut note = |entry: &InboxEntry| {
+            if let Some(inbox_entry::Entry::Message(m)) = &entry.entry {
+                if m.from == user {
+                    return;
                 }
+                let i = *index.entry(m.from.clone()).or_insert_with(|| {
+                    by_sender.push((m.from.clone(), Vec::new()));
+                    by_sender.len() - 1
+                });
+                by_sender[i].1.push(m.msg_id.clone());
             }
-            next = last + 1;
+        };
+        let cached = self.users.get(user).and_then(|u| {
+            let first = u.recent.front()?.0;
+            (first <= from && u.recent.back()?.0 >= to).then(|| {
+                u.recent
+                    .range((from - first) as usize..=(to - first) as usize)
+            })
+        });
+        if let Some(entries) = cached {
+            // The same retention rule as reads from storage.
+            let floor = self.store.retention_floor_ms();
+            for (_, _, entry) in entries.filter(|(_, ts, _)| *ts >= floor) {
+                note(entry);
+            }
+        } else {
+            let mut next = from;
+            while next <= to {
+                let want = (to - next + 1).min(RECEIPT_SCAN_PAGE) as usize;
+                let page = self.store.inbox_from(user, next, want)?;
+                let Some(last) = page.last().map(|e| e.seq) else {
+                    break;
+                };
+                for e in page.iter().take_while(|e| e.seq <= to) {
+                    note(&e.entry);
+                }
+                next = last + 1;
+            }
         }
         let ts = chat_proto::now_ms();
         for (sender, ids) in by_sender {
@@ -767,17 +848,15 @@ mod tests {
         )
         .unwrap();
         let hub = Hub::new(1024);
-        let c = Committer {
-            store,
-            hub: hub.clone(),
+        let opts = CommitterOptions {
             sync: false,
             max_batch: 1024,
+            queue_depth: 16,
             retention_ms: RETENTION_MS,
-            users: HashMap::new(),
             routing: Routing::standalone("n1"),
             outbox_tx: None,
-            outbox_seq: 0,
         };
+        let c = Committer::new(store, hub.clone(), opts).unwrap();
         (c, hub, dir)
     }
 
@@ -855,6 +934,67 @@ mod tests {
         c.commit(vec![d].into_iter());
         assert_eq!(rd.blocking_recv().unwrap().unwrap(), sa);
         assert_eq!(c.store.inbox_from("bob", 1, 10).unwrap().len(), 1);
+    }
+
+    /// Receipts come from the committer's recent entries when it has them and from storage
+    /// otherwise; both must give the same receipts, including across the boundary between them.
+    #[test]
+    fn receipts_from_recent_entries_and_from_storage_agree() {
+        let run = |forget_at: Option<usize>| {
+            let (mut c, _hub, _dir) = committer();
+            let (alice, carol, bob) = (id("alice", "a"), id("carol", "c"), id("bob", "phone"));
+            let (p, _) = attach(&bob, 8);
+            c.commit(vec![p].into_iter());
+            // 100 messages (more than one user's recent entries) from two senders.
+            let mut ids = Vec::new();
+            for i in 0..100 {
+                let from = if i % 3 == 0 { &carol } else { &alice };
+                let (s, r) = send(from, &i.to_string(), "bob");
+                c.commit(vec![s].into_iter());
+                ids.push(r.blocking_recv().unwrap().unwrap().msg_id);
+                if forget_at == Some(i) {
+                    c.forget_cached();
+                }
+            }
+            // Delivered in steps, read in one go at the end.
+            for up_to in [10, 50, 95, 100] {
+                c.commit(vec![ack(&bob, up_to, false)].into_iter());
+            }
+            c.commit(vec![ack(&bob, 100, true)].into_iter());
+            // Receipts with each msg id replaced by the message's index in the send order.
+            let index = |r: Vec<(i32, Vec<String>)>| -> Vec<(i32, Vec<usize>)> {
+                r.into_iter()
+                    .map(|(k, got)| {
+                        let at = got.iter().map(|m| ids.iter().position(|x| x == m).unwrap());
+                        (k, at.collect())
+                    })
+                    .collect()
+            };
+            (
+                index(receipts_of(&c, "alice")),
+                index(receipts_of(&c, "carol")),
+            )
+        };
+        let (alice, carol) = run(None);
+        for (got, from_carol) in [(&alice, false), (&carol, true)] {
+            let expect: Vec<usize> = (0..100).filter(|i| (i % 3 == 0) == from_carol).collect();
+            for kind in [ReceiptKind::Delivered, ReceiptKind::Read] {
+                let at: Vec<usize> = got
+                    .iter()
+                    .filter(|(k, _)| *k == kind as i32)
+                    .flat_map(|(_, at)| at.clone())
+                    .collect();
+                assert_eq!(at, expect, "{kind:?}");
+            }
+        }
+        // Caches emptied part-way, so that other ranges are read from storage: the same receipts.
+        for forget_at in [0, 40, 80, 97] {
+            assert_eq!(
+                run(Some(forget_at)),
+                (alice.clone(), carol.clone()),
+                "{forget_at}"
+            );
+        }
     }
 
     #[test]

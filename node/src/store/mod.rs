@@ -58,13 +58,19 @@ impl Store {
             .map_err(|e| ChatError::Internal(format!("create {}: {e}", path.display())))?;
         let retention_ms = opts.retention.as_millis().min(i64::MAX as u128) as i64;
         let cache = Cache::new_lru_cache(opts.block_cache_mib.max(1) * 1024 * 1024);
-        let cf_opts = |expiring: bool| {
+        let cf_opts = |expiring: bool, lookups_miss: bool| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_bloom_filter(10.0, false);
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if lookups_miss {
+                // Most lookups here are for keys that do not exist (a new client_msg_id, a new
+                // forwarded entry): a memtable bloom filter answers them without a skiplist walk.
+                o.set_memtable_whole_key_filtering(true);
+                o.set_memtable_prefix_bloom_ratio(0.02);
+            }
             if expiring {
                 o.set_compaction_filter("retention", retention_filter(retention_ms));
                 // Rewrite files at least this often even without new writes, so expired entries
@@ -85,10 +91,10 @@ impl Store {
         // waits for that writeback (second-long ✓ stalls once per flush on this machine).
         db_opts.set_bytes_per_sync(1 << 20);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_INBOX, cf_opts(true)),
-            ColumnFamilyDescriptor::new(CF_META, cf_opts(false)),
-            ColumnFamilyDescriptor::new(CF_DEDUP, cf_opts(true)),
-            ColumnFamilyDescriptor::new(CF_OUTBOX, cf_opts(false)),
+            ColumnFamilyDescriptor::new(CF_INBOX, cf_opts(true, false)),
+            ColumnFamilyDescriptor::new(CF_META, cf_opts(false, false)),
+            ColumnFamilyDescriptor::new(CF_DEDUP, cf_opts(true, true)),
+            ColumnFamilyDescriptor::new(CF_OUTBOX, cf_opts(false, false)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(Arc::new(Store { db, retention_ms }))

@@ -1,8 +1,9 @@
 //! `chat-bench`: drives a running node like real clients and prints figures.
 //!
 //! Scenario `one-to-one`: `pairs` senders each send to their own recipient at `rate / pairs`, open
-//! loop: message k of a sender is *scheduled* at start + k / (rate / pairs), sent at that time (or as soon as the sender can, if
-//! it is behind), and every latency is counted from the scheduled time, so a stalled node shows up
+//! loop: message k of sender i is *scheduled* at start + i / rate + k / (rate / pairs) (the
+//! senders' schedules interleave, so the node sees one message every 1 / rate, not bursts of
+//! `pairs`), sent at that time (or as soon as the sender can, if it is behind), and every latency is counted from the scheduled time, so a stalled node shows up
 //! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
 //! `--rates` runs several steps in one go, each with fresh users.
 //!
@@ -640,12 +641,17 @@ async fn one_to_one(
         let (tx, rx) = rc.into_split();
         tasks.push(tokio::spawn(receive(tx, rx, start, per_sender_total)));
     }
-    for (sc, to) in senders {
+    for (i, (sc, to)) in senders.into_iter().enumerate() {
         let (tx, rx) = sc.into_split();
         let body_pad = "x".repeat(body_bytes - 24);
+        let sched = Schedule {
+            start,
+            offset: Duration::from_secs_f64(i as f64 / rate as f64),
+            per_sender,
+        };
         tasks.push(tokio::spawn(async move {
-            let acks = tokio::spawn(sender_acks(rx, start, per_sender, per_sender_total));
-            send_loop(tx, &to, start, per_sender, per_sender_total, &body_pad).await;
+            let acks = tokio::spawn(sender_acks(rx, sched, per_sender_total));
+            send_loop(tx, &to, sched, per_sender_total, &body_pad).await;
             acks.await.unwrap_or_else(|_| Stats::new())
         }));
     }
@@ -659,20 +665,31 @@ async fn one_to_one(
     Ok((s, elapsed))
 }
 
-fn scheduled(start: Instant, per_sender: f64, k: u64) -> Instant {
-    start + Duration::from_secs_f64(k as f64 / per_sender)
+/// When one sender's messages are due.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    /// This sender's place among the others (i / rate).
+    offset: Duration,
+    per_sender: f64,
+}
+
+impl Schedule {
+    fn at(&self, k: u64) -> Instant {
+        self.start + self.offset + Duration::from_secs_f64(k as f64 / self.per_sender)
+    }
 }
 
 async fn send_loop(
     mut tx: chat_client::ClientSender,
     to: &str,
-    start: Instant,
-    per_sender: f64,
+    sched: Schedule,
     total: u64,
     pad: &str,
 ) {
+    let start = sched.start;
     for k in 0..total {
-        let at = scheduled(start, per_sender, k);
+        let at = sched.at(k);
         tokio::time::sleep_until(at.into()).await;
         // The body carries the scheduled time so the recipient can measure end to end.
         let body = format!("{:020}|{pad}", at.duration_since(start).as_nanos());
@@ -688,7 +705,7 @@ async fn send_loop(
     }
 }
 
-async fn sender_acks(mut rx: ClientReceiver, start: Instant, per_sender: f64, total: u64) -> Stats {
+async fn sender_acks(mut rx: ClientReceiver, sched: Schedule, total: u64) -> Stats {
     let mut st = Stats::new();
     let mut answered = 0;
     while answered < total {
@@ -699,7 +716,7 @@ async fn sender_acks(mut rx: ClientReceiver, start: Instant, per_sender: f64, to
             Some(server_frame::Frame::Sent(s)) => {
                 answered += 1;
                 let k: u64 = s.client_msg_id.parse().unwrap_or(0);
-                let lat = scheduled(start, per_sender, k).elapsed().as_micros() as u64;
+                let lat = sched.at(k).elapsed().as_micros() as u64;
                 st.acked += 1;
                 let _ = st.sent_us.record(lat.max(1));
             }

@@ -36,7 +36,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, ClusterError> {
     timed(Client::connect(&cfg.endpoints, Some(opts))).await
 }
 
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, ClusterError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chat_ring::transition::Transition;
 use chat_ring::{Member, Ring};
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +58,70 @@ impl RingVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingDoc {
     pub current: RingVersion,
+    /// The ring being moved to, while a move is in flight (BRIEF §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextRing>,
+}
+
+impl RingDoc {
+    /// The order of ring documents: a move in flight is newer than the ring it started from,
+    /// and its commit or abort (which write a current ring of the next's epoch) newer still.
+    /// A watcher ignores documents older than the one it has.
+    pub fn version(&self) -> (u64, u64) {
+        (
+            self.current.epoch,
+            self.next.as_ref().map_or(0, |n| n.ring.epoch),
+        )
+    }
+
+    /// The move in flight, built.
+    pub fn transition(&self) -> Result<Option<Transition>, ClusterError> {
+        let Some(next) = &self.next else {
+            return Ok(None);
+        };
+        let t = Transition::new(self.current.build()?, next.ring.build()?)
+            .map_err(|e| ClusterError::Move(e.to_string()))?;
+        Ok(Some(t))
+    }
+}
+
+/// A ring being moved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextRing {
+    pub ring: RingVersion,
+    pub phase: Phase,
+    /// What the operator asked for, for status displays: "add n4" or "remove n2".
+    pub change: String,
+    pub started_ms: i64,
+}
+
+/// Where a move is. It begins in `Copying` (nodes acknowledge the next ring, dual-write moving
+/// keys and copy their backlog); it ends with one transaction that either makes the next ring
+/// current (commit) or drops it (abort), so there is no phase after this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Copying,
+}
+
+impl RingVersion {
+    pub fn of(ring: &Ring) -> RingVersion {
+        RingVersion {
+            epoch: ring.epoch(),
+            vnodes_per_weight: ring.vnodes_per_weight(),
+            members: ring.member_list(),
+        }
+    }
 }
 
 /// What a process knows of the cluster: the last ring and nodes it read from etcd.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub ring: Option<Arc<Ring>>,
+    /// The move in flight, if any (its `from` is `ring`).
+    pub moving: Option<Arc<Transition>>,
+    /// `RingDoc::version` of the document `ring` and `moving` came from.
+    pub ring_version: (u64, u64),
     pub nodes: BTreeMap<String, NodeInfo>,
     /// False while etcd is unreachable; the ring and nodes are then the last ones seen.
     pub etcd_up: bool,
@@ -74,7 +133,9 @@ impl ClusterView {
     /// A fixed view: one ring, no etcd (a standalone node, or a test).
     pub fn fixed(ring: Ring, nodes: impl IntoIterator<Item = NodeInfo>) -> ClusterView {
         ClusterView {
+            ring_version: (ring.epoch(), 0),
             ring: Some(Arc::new(ring)),
+            moving: None,
             nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
             etcd_up: true,
             revision: 0,
@@ -111,9 +172,12 @@ impl ClusterView {
             match value {
                 Some(v) => {
                     let doc: RingDoc = json(key, v)?;
-                    // Epochs only grow: an older ring than the one held is ignored.
-                    if doc.current.epoch >= self.epoch() {
+                    // Epochs only grow: a document older than the one held is ignored.
+                    if self.ring.is_none() || doc.version() >= self.ring_version {
+                        let moving = doc.transition()?.map(Arc::new);
                         self.ring = Some(Arc::new(doc.current.build()?));
+                        self.moving = moving;
+                        self.ring_version = doc.version();
                     }
                 }
                 // Deleting the ring is not an operation the cluster has; keep serving with it.
@@ -151,6 +215,7 @@ mod tests {
                     })
                     .collect(),
             },
+            next: None,
         })
         .unwrap()
     }
@@ -180,5 +245,52 @@ mod tests {
         assert!(v.node("a").is_none());
         assert!(v.apply(p, "/c/ring", Some(b"{")).is_err());
         v.apply(p, "/c/unrelated", Some(b"x")).unwrap();
+    }
+
+    #[test]
+    fn a_move_is_newer_than_its_start_and_older_than_its_end() {
+        let p = "/c/";
+        let version = |epoch, ids: &[&str]| -> RingVersion {
+            serde_json::from_slice::<RingDoc>(&doc(epoch, ids)).unwrap().current
+        };
+        let put = |v: &mut ClusterView, d: &RingDoc| {
+            v.apply(p, "/c/ring", Some(&serde_json::to_vec(d).unwrap()))
+                .unwrap()
+        };
+        let start = RingDoc {
+            current: version(1, &["a", "b"]),
+            next: None,
+        };
+        let moving = RingDoc {
+            current: version(1, &["a", "b"]),
+            next: Some(NextRing {
+                ring: version(2, &["a", "b", "c"]),
+                phase: Phase::Copying,
+                change: "add c".into(),
+                started_ms: 0,
+            }),
+        };
+        let committed = RingDoc {
+            current: version(2, &["a", "b", "c"]),
+            next: None,
+        };
+        let mut v = ClusterView::default();
+        put(&mut v, &start);
+        put(&mut v, &moving);
+        let t = v.moving.clone().expect("the move is seen");
+        assert_eq!((t.from().epoch(), t.to().epoch()), (1, 2));
+        assert_eq!(v.epoch(), 1, "sessions stay on the current ring during a move");
+        // A late copy of the document before the move does not undo it.
+        put(&mut v, &start);
+        assert!(v.moving.is_some());
+        put(&mut v, &committed);
+        assert!(v.moving.is_none());
+        assert_eq!(v.epoch(), 2);
+        put(&mut v, &moving);
+        assert_eq!(v.epoch(), 2, "the move, once ended, is not seen again");
+        assert!(v.moving.is_none());
+        // The JSON of a ring without a move has no `next` at all (what etcdctl shows).
+        let json = serde_json::to_string(&start).unwrap();
+        assert!(!json.contains("next"), "{json}");
     }
 }

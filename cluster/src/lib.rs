@@ -2,7 +2,9 @@
 //!
 //! Layout under one prefix per cluster (default `/chat/`), JSON values readable with `etcdctl`:
 //! - `<prefix>nodes/<id>`: a [`NodeInfo`], bound to a lease the node keeps alive;
-//! - `<prefix>ring`: a [`RingDoc`], written only by compare-and-swap transactions.
+//! - `<prefix>ring`: a [`RingDoc`] (the current ring and, during a move, the next one), written
+//!   only by compare-and-swap transactions;
+//! - `<prefix>rebalance/<epoch>/<node>`: each node's [`rebalance::Progress`] on the move in flight.
 //!
 //! [`watch`] keeps a [`ClusterView`] up to date from a watch on the whole prefix. When etcd is
 //! unreachable the view keeps the last ring and nodes it saw (with `etcd_up = false`) and the
@@ -10,12 +12,15 @@
 
 mod etcd;
 mod layout;
+pub mod rebalance;
 
 pub use etcd::{
     connect, init_ring, list_nodes, read_ring, register, watch, EtcdConfig, Registration,
 };
 pub use etcd_client;
-pub use layout::{node_key, nodes_prefix, ring_key, ClusterView, NodeInfo, RingDoc, RingVersion};
+pub use layout::{
+    node_key, nodes_prefix, ring_key, ClusterView, NextRing, NodeInfo, Phase, RingDoc, RingVersion,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -31,4 +36,10 @@ pub enum ClusterError {
     RingExists(u64),
     #[error("no node is registered under {0}")]
     NoNodes(String),
+    #[error("a move to epoch {0} ({1}) is in flight; wait for it or abort it")]
+    MoveInFlight(u64, String),
+    #[error("no move is in flight")]
+    NoMove,
+    #[error("{0}")]
+    Move(String),
 }

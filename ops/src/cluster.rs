@@ -48,6 +48,7 @@ pub async fn init(
                 })
                 .collect(),
         },
+        next: None,
     };
     chat_cluster::init_ring(&mut c, &cfg.prefix, &doc).await?;
     Ok(doc)

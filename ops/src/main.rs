@@ -3,6 +3,7 @@
 
 mod certs;
 mod cluster;
+mod rebalance;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +60,11 @@ enum Cmd {
     Ring {
         #[command(subcommand)]
         cmd: RingCmd,
+    },
+    /// Move the ring: add or remove a node while the cluster serves, watch and end the move.
+    Rebalance {
+        #[command(subcommand)]
+        cmd: RebalanceCmd,
     },
     /// The registered nodes and their addresses.
     Nodes {
@@ -138,6 +144,45 @@ enum RingCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RebalanceCmd {
+    /// Start a move to a ring with NODE added (it must be registered) or removed. Refused while
+    /// another move is in flight.
+    Start {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Add this node.
+        #[arg(long, conflicts_with = "remove", required_unless_present = "remove")]
+        add: Option<String>,
+        /// Its weight (default: the weight it registered with).
+        #[arg(long, requires = "add")]
+        weight: Option<u32>,
+        /// Remove this node.
+        #[arg(long)]
+        remove: Option<String>,
+    },
+    /// The move in flight: each node's phase, keys and bytes copied, time left.
+    Status {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit the move now if every node has seen it and copied its share (nodes commit it by
+    /// themselves as soon as it may; this is for operators and scripts).
+    Commit {
+        #[command(flatten)]
+        etcd: Etcd,
+    },
+    /// Abort the move in flight: the current ring stays (under a new epoch); nothing is lost,
+    /// the old owners still have everything.
+    Abort {
+        #[command(flatten)]
+        etcd: Etcd,
     },
 }
 
@@ -241,6 +286,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Rebalance { cmd } => run_rebalance(cmd).await?,
         Cmd::Nodes { etcd, json } => {
             let nodes = cluster::nodes(&etcd.config()).await?;
             if json {
@@ -259,6 +305,59 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Token { .. } => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+async fn run_rebalance(cmd: RebalanceCmd) -> anyhow::Result<()> {
+    use chat_cluster::rebalance::Change;
+    match cmd {
+        RebalanceCmd::Start {
+            etcd,
+            add,
+            weight,
+            remove,
+        } => {
+            let cfg = etcd.config();
+            let change = match (add, remove) {
+                (Some(node), _) => {
+                    let registered = cluster::nodes(&cfg).await?;
+                    let w = weight
+                        .or_else(|| registered.iter().find(|n| n.id == node).map(|n| n.weight))
+                        .unwrap_or(1);
+                    Change::Add { node, weight: w }
+                }
+                (None, Some(node)) => Change::Remove { node },
+                (None, None) => bail!("say --add NODE or --remove NODE"),
+            };
+            let doc = rebalance::start(&cfg, &change).await?;
+            let t = doc.transition()?.expect("a move was just started");
+            println!(
+                "move to epoch {} started: {change}; {} segments, {:.1}% of users move",
+                t.to().epoch(),
+                t.segments().len(),
+                t.moved_share() * 100.0
+            );
+        }
+        RebalanceCmd::Status { etcd, json } => {
+            let s = rebalance::status(&etcd.config()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                rebalance::print(&s);
+            }
+        }
+        RebalanceCmd::Commit { etcd } => match rebalance::commit(&etcd.config()).await? {
+            Some(doc) => println!("committed: ring epoch {} is current", doc.current.epoch),
+            None => bail!("the move may not commit yet: see `chatctl rebalance status`"),
+        },
+        RebalanceCmd::Abort { etcd } => {
+            let doc = rebalance::abort(&etcd.config()).await?;
+            println!(
+                "aborted: the ring stays as it was, now epoch {}",
+                doc.current.epoch
+            );
+        }
     }
     Ok(())
 }

@@ -12,6 +12,8 @@
 //! We never feed `std::hash::Hash` impls of std types to the hasher: their byte layout is not
 //! promised across Rust versions. [`RingKey`] and [`VNode`] write explicit bytes instead.
 
+pub mod transition;
+
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -159,6 +161,37 @@ impl Ring {
 
     pub fn vnodes_per_weight(&self) -> u32 {
         self.vnodes_per_weight
+    }
+
+    /// The members as a list (sorted by id).
+    pub fn member_list(&self) -> Vec<Member> {
+        self.members()
+            .map(|(id, weight)| Member {
+                id: id.to_string(),
+                weight,
+            })
+            .collect()
+    }
+
+    /// Every virtual node's point on the circle with its node, sorted by point: the same points
+    /// `owner` searches (a key belongs to the first point at or after its hash, wrapping).
+    pub fn points(&self) -> Vec<(u64, &str)> {
+        let hasher = StableHasher::default();
+        let mut points: Vec<(u64, &str)> = self
+            .members
+            .iter()
+            .flat_map(|(id, w)| {
+                (0..w * self.vnodes_per_weight).map(|index| {
+                    let v = VNode {
+                        node: id.clone(),
+                        index,
+                    };
+                    (hasher.hash_one(&v), id.as_str())
+                })
+            })
+            .collect();
+        points.sort_unstable();
+        points
     }
 
     /// The node that owns `id` (a user or group id).

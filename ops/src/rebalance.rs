@@ -1,0 +1,183 @@
+//! `chatctl rebalance`: start, watch, commit and abort moves of the ring.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use chat_cluster::rebalance::{self, Change, Progress};
+use chat_cluster::{EtcdConfig, RingDoc};
+use serde::Serialize;
+
+use crate::cluster::client;
+
+/// What `rebalance status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub current_epoch: u64,
+    /// `None` when no move is in flight.
+    pub moving: Option<Move>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Move {
+    pub epoch: u64,
+    pub change: String,
+    pub phase: chat_cluster::Phase,
+    pub started_ms: i64,
+    /// Share of the key space that moves (0..=1).
+    pub moved_share: f64,
+    pub segments: usize,
+    /// Every node of either ring, with what it reported (absent: nothing yet).
+    pub nodes: BTreeMap<String, NodeStatus>,
+    pub may_commit: bool,
+    /// Seconds left, estimated from the copy rate so far (absent until there is a rate).
+    pub eta_secs: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// Segments this node gives away, and receives.
+    pub gives: usize,
+    pub receives: usize,
+    pub registered: bool,
+    pub progress: Option<Progress>,
+}
+
+pub async fn start(cfg: &EtcdConfig, change: &Change) -> anyhow::Result<RingDoc> {
+    let mut c = client(cfg).await?;
+    if let Change::Add { node, .. } = change {
+        let nodes = chat_cluster::list_nodes(&mut c, &cfg.prefix).await?;
+        if !nodes.iter().any(|n| &n.id == node) {
+            bail!(
+                "{node} is not registered under {}nodes/: start it first (it must be running before it can receive its share)",
+                cfg.prefix
+            );
+        }
+    }
+    Ok(rebalance::begin(&mut c, &cfg.prefix, change).await?)
+}
+
+pub async fn abort(cfg: &EtcdConfig) -> anyhow::Result<RingDoc> {
+    let mut c = client(cfg).await?;
+    Ok(rebalance::abort(&mut c, &cfg.prefix).await?)
+}
+
+pub async fn commit(cfg: &EtcdConfig) -> anyhow::Result<Option<RingDoc>> {
+    let mut c = client(cfg).await?;
+    Ok(rebalance::commit(&mut c, &cfg.prefix).await?)
+}
+
+pub async fn status(cfg: &EtcdConfig) -> anyhow::Result<Status> {
+    let mut c = client(cfg).await?;
+    let Some(doc) = chat_cluster::read_ring(&mut c, &cfg.prefix).await? else {
+        bail!(
+            "no ring under {} yet: run `chatctl cluster init`",
+            cfg.prefix
+        );
+    };
+    let Some(t) = doc.transition()? else {
+        return Ok(Status {
+            current_epoch: doc.current.epoch,
+            moving: None,
+        });
+    };
+    let next = doc.next.as_ref().expect("a transition has a next ring");
+    let progress = rebalance::read_progress(&mut c, &cfg.prefix, next.ring.epoch).await?;
+    let registered = chat_cluster::list_nodes(&mut c, &cfg.prefix).await?;
+    let nodes: BTreeMap<String, NodeStatus> = t
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let s = NodeStatus {
+                gives: t.copies_of(n).count(),
+                receives: t.receives(n).count(),
+                registered: registered.iter().any(|r| r.id == n),
+                progress: progress.get(n).cloned(),
+            };
+            (n.to_string(), s)
+        })
+        .collect();
+    let states = progress
+        .iter()
+        .map(|(n, p)| (n.clone(), p.state()))
+        .collect();
+    let (copied, total): (u64, u64) = progress
+        .values()
+        .fold((0, 0), |(c, t), p| (c + p.keys_copied, t + p.keys_total));
+    let elapsed = (now_ms() - next.started_ms).max(1) as f64 / 1000.0;
+    let eta_secs = (copied > 0 && total >= copied)
+        .then(|| (total - copied) as f64 / (copied as f64 / elapsed));
+    Ok(Status {
+        current_epoch: doc.current.epoch,
+        moving: Some(Move {
+            epoch: next.ring.epoch,
+            change: next.change.clone(),
+            phase: next.phase,
+            started_ms: next.started_ms,
+            moved_share: t.moved_share(),
+            segments: t.segments().len(),
+            may_commit: t.may_commit(&states),
+            nodes,
+            eta_secs,
+        }),
+    })
+}
+
+/// The status for a terminal.
+pub fn print(s: &Status) {
+    let Some(m) = &s.moving else {
+        println!("no move in flight (ring epoch {})", s.current_epoch);
+        return;
+    };
+    let age = (now_ms() - m.started_ms) as f64 / 1000.0;
+    println!(
+        "moving epoch {} -> {}: {}  ({} segments, {:.1}% of users; phase {:?}, started {age:.0} s ago)",
+        s.current_epoch,
+        m.epoch,
+        m.change,
+        m.segments,
+        m.moved_share * 100.0,
+        m.phase
+    );
+    println!(
+        "{:<12} {:>5} {:>8} {:>5} {:>6} {:>12} {:>12} {:>10}  note",
+        "node", "gives", "receives", "seen", "copied", "keys", "bytes", "segments"
+    );
+    for (id, n) in &m.nodes {
+        let p = n.progress.clone().unwrap_or_default();
+        let note = match (&p.error, n.registered, &n.progress) {
+            (Some(e), _, _) => format!("retrying: {e}"),
+            (None, false, _) => "not registered (down?)".to_string(),
+            (None, true, None) => "has not reported yet".to_string(),
+            _ => String::new(),
+        };
+        println!(
+            "{id:<12} {:>5} {:>8} {:>5} {:>6} {:>12} {:>12} {:>10}  {note}",
+            n.gives,
+            n.receives,
+            yes(p.seen),
+            yes(p.copied || n.gives == 0 && p.seen),
+            format!("{}/{}", p.keys_copied, p.keys_total),
+            p.bytes_copied,
+            format!("{}/{}", p.segments_done, p.segments),
+        );
+    }
+    match (m.may_commit, m.eta_secs) {
+        (true, _) => println!("every node has seen and copied: the move can commit"),
+        (false, Some(eta)) => println!("about {eta:.0} s of copying left"),
+        (false, None) => println!("waiting for nodes to see the next ring and copy"),
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -251,7 +251,9 @@ mod tests {
     fn a_move_is_newer_than_its_start_and_older_than_its_end() {
         let p = "/c/";
         let version = |epoch, ids: &[&str]| -> RingVersion {
-            serde_json::from_slice::<RingDoc>(&doc(epoch, ids)).unwrap().current
+            serde_json::from_slice::<RingDoc>(&doc(epoch, ids))
+                .unwrap()
+                .current
         };
         let put = |v: &mut ClusterView, d: &RingDoc| {
             v.apply(p, "/c/ring", Some(&serde_json::to_vec(d).unwrap()))
@@ -279,7 +281,11 @@ mod tests {
         put(&mut v, &moving);
         let t = v.moving.clone().expect("the move is seen");
         assert_eq!((t.from().epoch(), t.to().epoch()), (1, 2));
-        assert_eq!(v.epoch(), 1, "sessions stay on the current ring during a move");
+        assert_eq!(
+            v.epoch(),
+            1,
+            "sessions stay on the current ring during a move"
+        );
         // A late copy of the document before the move does not undo it.
         put(&mut v, &start);
         assert!(v.moving.is_some());

@@ -15,9 +15,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chat_cluster::ClusterView;
-use chat_proto::cluster::{forward_entry, ForwardEntry, ForwardStatus};
+use chat_proto::cluster::{forward_entry, ForwardEntry, ForwardStatus, HashRange, RawWrite};
 use chat_proto::store::{inbox_entry, DeviceState, InboxEntry, SentRecord, UserState};
 use chat_proto::v1::{Failed, Message, Receipt, ReceiptKind, Sent};
+use chat_ring::transition::{Segment, Transition};
 use chat_ring::Ring;
 use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions};
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::auth::Identity;
 use crate::error::ChatError;
 use crate::hub::Hub;
+use crate::rebalance::{Done, MirrorItem, MoveEvent, Page, ReleaseOnDrop, PAGE_BYTES, PAGE_KEYS};
 use crate::store::keys::*;
 use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX};
 
@@ -82,6 +84,35 @@ pub enum Command {
         reason: String,
         reply: oneshot::Sender<Result<(), ChatError>>,
     },
+    /// Rebalancing, new owner: writes an old owner streams here, applied in stream order.
+    Mirror {
+        from: String,
+        req: chat_proto::cluster::Mirror,
+        reply: oneshot::Sender<Result<(), ChatError>>,
+    },
+    /// Rebalancing, old owner: read the next page of a segment it gives away and put it on the
+    /// stream to the new owner, ordered with the dual writes of the batches around it.
+    CopyPage {
+        transition: Arc<Transition>,
+        cf: &'static str,
+        start: u64,
+        end: u64,
+        dest: String,
+        after: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<Page, ChatError>>,
+    },
+    /// Rebalancing: delete the data of these key-hash ranges (given away and sealed, or
+    /// received in an aborted move).
+    DropRanges {
+        ranges: Vec<(u64, u64)>,
+        reply: oneshot::Sender<Result<(), ChatError>>,
+    },
+    /// Nothing to do but start a batch: lets the committer notice a change of the move in flight
+    /// while no other command comes.
+    Observe,
+    /// Rebalancing, old owner: every segment of the move to `epoch` is copied. Seals at once if
+    /// the move has committed meanwhile, else when it does.
+    CopyFinished { epoch: u64 },
 }
 
 /// Outbox entries written by one batch, handed to the forwarder once on disk.
@@ -102,10 +133,6 @@ impl Routing {
             self_id: self_id.to_string(),
             view,
         }
-    }
-
-    fn ring(&self) -> Option<Arc<Ring>> {
-        self.view.borrow().ring.clone()
     }
 }
 
@@ -136,6 +163,24 @@ pub struct Committer {
     outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
     /// The last outbox seq handed out.
     outbox_seq: u64,
+    /// Rebalancing (see `crate::rebalance`): where moving writes and copy pages go, and where
+    /// the driver learns what the committer adopted.
+    mirror_tx: Option<mpsc::UnboundedSender<MirrorItem>>,
+    events_tx: Option<mpsc::UnboundedSender<MoveEvent>>,
+    /// The move in flight as this committer applies it (taken from the view at batch start).
+    move_state: Option<Arc<Transition>>,
+    /// New owner, after a commit: the segments received, and the old owners whose seal has not
+    /// arrived. Commands touching these segments wait in `deferred` until every seal is in.
+    sealing: Option<(Arc<Transition>, Vec<Segment>, HashSet<String>)>,
+    deferred: VecDeque<Command>,
+    /// Old owner: whether this process copied every segment of `move_state`.
+    copy_done: bool,
+    /// Old owner, after a commit: the move whose copy must still finish before the seal (a
+    /// commit on progress reported before a restart, or a restart after the commit).
+    finishing: Option<Arc<Transition>>,
+    /// Old owner, at startup: the unfinished move found in the store's marker, decided on once
+    /// the ring is known.
+    marker: Option<Arc<Transition>>,
 }
 
 #[derive(Clone)]
@@ -170,6 +215,12 @@ struct Batch {
     forwarded: HashSet<Vec<u8>>,
     /// A command failed after adding writes to the batch: nothing of the batch may commit.
     abort: Option<String>,
+    /// Raw writes applied (mirror, range drops): the caches no longer match storage.
+    clear_caches: bool,
+    /// Recipients of the entries this batch put in the outbox.
+    outboxed_to: HashSet<String>,
+    /// Recipients of outbox entries this batch removes (given up).
+    unoutboxed_to: Vec<String>,
 }
 
 enum Reply {
@@ -191,6 +242,9 @@ pub struct CommitterOptions {
     pub routing: Routing,
     /// Where new outbox entries go once committed (`None`: nobody forwards, e.g. standalone).
     pub outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
+    /// Rebalancing streams and events (`None`: standalone).
+    pub mirror_tx: Option<mpsc::UnboundedSender<MirrorItem>>,
+    pub events_tx: Option<mpsc::UnboundedSender<MoveEvent>>,
 }
 
 impl Committer {
@@ -211,6 +265,10 @@ impl Committer {
 
     fn new(store: Arc<Store>, hub: Arc<Hub>, opts: CommitterOptions) -> Result<Self, ChatError> {
         let outbox_seq = store.last_outbox_seq()?;
+        let marker = store
+            .move_marker()
+            .and_then(|b| crate::rebalance::decode_marker(&b))
+            .map(Arc::new);
         Ok(Committer {
             store,
             hub,
@@ -223,6 +281,14 @@ impl Committer {
             routing: opts.routing,
             outbox_tx: opts.outbox_tx,
             outbox_seq,
+            mirror_tx: opts.mirror_tx,
+            events_tx: opts.events_tx,
+            move_state: None,
+            sealing: None,
+            deferred: VecDeque::new(),
+            copy_done: false,
+            finishing: None,
+            marker,
         })
     }
 
@@ -237,15 +303,29 @@ impl Committer {
                 }
             }
             self.commit(cmds.drain(..));
+            // Commands that waited for a new owner's seals go first once every seal is in.
+            if self.sealing.is_none() && !self.deferred.is_empty() {
+                let mut waited = std::mem::take(&mut self.deferred);
+                while !waited.is_empty() {
+                    let n = waited.len().min(self.max_batch);
+                    let part: Vec<Command> = waited.drain(..n).collect();
+                    self.commit(part.into_iter());
+                }
+            }
         }
         tracing::info!("committer drained and stopped");
     }
 
     fn commit(&mut self, cmds: impl Iterator<Item = Command>) {
+        let (ring, moving) = {
+            let v = self.routing.view.borrow();
+            (v.ring.clone(), v.moving.clone())
+        };
         let mut b = Batch {
-            ring: self.routing.ring(),
+            ring,
             ..Batch::default()
         };
+        self.observe_move(moving, &b);
         let outbox_seq_before = self.outbox_seq;
         for cmd in cmds {
             self.apply(cmd, &mut b);
@@ -258,6 +338,7 @@ impl Committer {
                 state.encode_to_vec(),
             );
         }
+        let mirrored = self.moving_writes(&b.wb);
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
         let (commands, bytes) = (b.replies.len(), b.wb.size_in_bytes());
@@ -283,25 +364,52 @@ impl Committer {
                         u.committed_next = u.state.next_seq;
                     }
                 }
-                for r in b.replies {
-                    match r {
-                        Reply::Sent(tx, s) => drop(tx.send(Ok(s))),
-                        Reply::Attached(tx, a) => drop(tx.send(Ok(a))),
-                        Reply::Applied(tx, st) => drop(tx.send(Ok(st))),
-                        Reply::Done(tx) => drop(tx.send(Ok(()))),
-                    }
+                if b.clear_caches {
+                    self.forget_cached();
                 }
+                // Dual write: while a move is in flight, the replies of a batch with moving
+                // writes go out once every new owner has stored them too.
                 for (key, state) in b.devices {
                     self.devices.insert(key, state);
                 }
-                for (user, seq, ts, entry) in b.appended {
-                    self.remember(&user, seq, ts, entry.clone());
-                    self.hub.publish(&user, seq, entry);
+                for (user, seq, ts, entry) in &b.appended {
+                    self.remember(user, *seq, *ts, entry.clone());
                 }
-                if !b.outboxed.is_empty() {
-                    if let Some(tx) = &self.outbox_tx {
-                        let _ = tx.send(b.outboxed);
+                self.store
+                    .outbox_added(b.outboxed.iter().map(|(_, e)| e.to.as_str()));
+                self.store
+                    .outbox_removed(b.unoutboxed_to.iter().map(String::as_str));
+                // What others may see of the batch: replies (✓, STORED), live deliveries, and
+                // outbox entries to forward.
+                let (hub, outbox_tx) = (self.hub.clone(), self.outbox_tx.clone());
+                let (replies, appended, outboxed) = (b.replies, b.appended, b.outboxed);
+                let publish = move || {
+                    send_replies(replies);
+                    for (user, seq, _, entry) in appended {
+                        hub.publish(&user, seq, entry);
                     }
+                    if let (false, Some(tx)) = (outboxed.is_empty(), outbox_tx) {
+                        let _ = tx.send(outboxed);
+                    }
+                };
+                match (&self.mirror_tx, &self.move_state) {
+                    // Dual write: while a move is in flight, nothing of a batch with moving
+                    // writes is visible until every new owner has stored them too. Were this
+                    // node to fail first, nobody has seen what the new owner lacks.
+                    (Some(tx), Some(t)) if !mirrored.is_empty() => {
+                        let releases = ReleaseOnDrop::new(mirrored.len(), Box::new(publish));
+                        for ((dest, writes), release) in mirrored.into_iter().zip(releases) {
+                            let _ = tx.send(MirrorItem {
+                                dest,
+                                transition: t.clone(),
+                                reset: Vec::new(),
+                                writes,
+                                seal: false,
+                                done: Done::Release(release),
+                            });
+                        }
+                    }
+                    _ => publish(),
                 }
             }
             Err(e) => {
@@ -357,7 +465,18 @@ impl Committer {
     }
 
     fn apply(&mut self, cmd: Command, b: &mut Batch) {
+        if self.waits_for_seal(&cmd) {
+            tracing::debug!(
+                waiting = self.deferred.len() + 1,
+                "command waits for a seal"
+            );
+            self.deferred.push_back(cmd);
+            return;
+        }
         match cmd {
+            Command::Send { from, reply, .. } if !self.owns(&from.user, b) => {
+                drop(reply.send(Err(moved(&from.user))))
+            }
             Command::Send {
                 from,
                 client_msg_id,
@@ -368,6 +487,9 @@ impl Committer {
                 Ok(sent) => b.replies.push(Reply::Sent(reply, sent)),
                 Err(e) => drop(reply.send(Err(e))),
             },
+            Command::Attach { who, reply, .. } if !self.owns(&who.user, b) => {
+                drop(reply.send(Err(moved(&who.user))))
+            }
             Command::Attach {
                 who,
                 max_devices,
@@ -376,6 +498,8 @@ impl Committer {
                 Ok(a) => b.replies.push(Reply::Attached(reply, a)),
                 Err(e) => drop(reply.send(Err(e))),
             },
+            // A session of a user that just moved away: its acks are made again at the new home.
+            Command::Ack { who, .. } if !self.owns(&who.user, b) => {}
             Command::Ack { who, up_to, read } => {
                 if let Err(e) = self.ack(&who, up_to, read, b) {
                     tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
@@ -408,7 +532,430 @@ impl Committer {
                     drop(reply.send(Err(e)));
                 }
             },
+            Command::Mirror { from, req, reply } => match self.apply_mirror(&from, req, b) {
+                Ok(()) => b.replies.push(Reply::Done(reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Command::CopyPage {
+                transition,
+                cf,
+                start,
+                end,
+                dest,
+                after,
+                reply,
+            } => {
+                let page = self.copy_page(&transition, cf, start, end, dest, after);
+                drop(reply.send(page));
+            }
+            Command::DropRanges { ranges, reply } => {
+                for (start, end) in ranges {
+                    self.store.delete_hash_range(&mut b.wb, start, end);
+                }
+                // The move this node gave segments away in is done with.
+                if self.move_state.is_none() && self.finishing.is_none() {
+                    self.store.clear_move_marker();
+                }
+                b.clear_caches = true;
+                b.replies.push(Reply::Done(reply));
+            }
+            Command::Observe => {}
+            Command::CopyFinished { epoch } => {
+                if self
+                    .move_state
+                    .as_ref()
+                    .is_some_and(|t| t.to().epoch() == epoch)
+                {
+                    self.copy_done = true;
+                }
+                if let Some(t) = self.finishing.take() {
+                    if t.to().epoch() == epoch {
+                        self.seal(t);
+                    } else {
+                        self.finishing = Some(t);
+                    }
+                }
+            }
         }
+    }
+
+    /// Compares the move in the view with the one this committer applies, and adopts or ends it.
+    /// Runs at the start of every batch, so every write of the batch follows one decision.
+    fn observe_move(&mut self, moving: Option<Arc<Transition>>, b: &Batch) {
+        if let (Some(m), Some(ring)) = (&self.marker, &b.ring) {
+            let m = m.clone();
+            self.marker = None;
+            let in_flight = moving
+                .as_ref()
+                .is_some_and(|t| t.to().epoch() == m.to().epoch());
+            let committed =
+                ring.epoch() >= m.to().epoch() && ring.member_list() == m.to().member_list();
+            if committed && !in_flight {
+                // Restarted after the commit, before the seal: copy again from scratch, then seal.
+                tracing::info!(
+                    epoch = m.to().epoch(),
+                    "finishing a committed move after a restart"
+                );
+                self.push_resets(&m);
+                self.finishing = Some(m.clone());
+                if let Some(ev) = &self.events_tx {
+                    let _ = ev.send(MoveEvent::Finish(m));
+                }
+            } else if !in_flight && ring.epoch() >= m.to().epoch() {
+                tracing::info!(
+                    epoch = m.to().epoch(),
+                    "the unfinished move was aborted meanwhile"
+                );
+                self.store.clear_move_marker();
+            }
+            // In flight: adopted again below, from scratch.
+        }
+        let same = match (&self.move_state, &moving) {
+            (Some(a), Some(m)) => a.to().epoch() == m.to().epoch(),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = self.move_state.take() {
+            self.end_move(old, b);
+        }
+        if let Some(t) = moving {
+            self.adopt_move(t);
+        }
+    }
+
+    fn adopt_move(&mut self, t: Arc<Transition>) {
+        let me = self.routing.self_id.clone();
+        tracing::info!(
+            epoch = t.to().epoch(),
+            "adopting the move: moving writes are mirrored from now on"
+        );
+        // Remember the move across a restart until it is sealed (old owners only).
+        if t.copies_of(&me).next().is_some() {
+            if let Err(e) = self
+                .store
+                .set_move_marker(&crate::rebalance::encode_marker(&t))
+            {
+                tracing::error!(error = %e, "cannot record the move in flight");
+            }
+        }
+        self.copy_done = false;
+        self.push_resets(&t);
+        self.move_state = Some(t.clone());
+        if let Some(ev) = &self.events_tx {
+            let _ = ev.send(MoveEvent::Adopted(t));
+        }
+    }
+
+    /// The copy starts from scratch (after a restart too): clear what the new owners may hold
+    /// from an earlier attempt, before any dual write or page.
+    fn push_resets(&self, t: &Arc<Transition>) {
+        let me = &self.routing.self_id;
+        if let Some(tx) = &self.mirror_tx {
+            let mut by_dest: std::collections::BTreeMap<&str, Vec<HashRange>> = Default::default();
+            for s in t.copies_of(me) {
+                by_dest.entry(&s.to).or_default().push(HashRange {
+                    start: s.start,
+                    end: s.end,
+                });
+            }
+            for (dest, reset) in by_dest {
+                let _ = tx.send(MirrorItem {
+                    dest: dest.to_string(),
+                    transition: t.clone(),
+                    reset,
+                    writes: Vec::new(),
+                    seal: false,
+                    done: Done::Nothing,
+                });
+            }
+        }
+    }
+
+    fn end_move(&mut self, t: Arc<Transition>, b: &Batch) {
+        let me = self.routing.self_id.clone();
+        let committed = b.ring.as_ref().is_some_and(|r| {
+            r.epoch() >= t.to().epoch() && r.member_list() == t.to().member_list()
+        });
+        tracing::info!(epoch = t.to().epoch(), committed, "the move ended");
+        if !committed {
+            if t.copies_of(&me).next().is_some() {
+                self.store.clear_move_marker();
+            }
+            if let Some(ev) = &self.events_tx {
+                let _ = ev.send(MoveEvent::Aborted(t));
+            }
+            return;
+        }
+        // Old owner: seal every stream once its copy is complete; this node writes nothing in
+        // the moved ranges any more, so a copy that must still finish reads a settled state.
+        if t.copies_of(&me).next().is_some() {
+            if self.copy_done {
+                self.seal(t.clone());
+            } else {
+                tracing::info!(
+                    epoch = t.to().epoch(),
+                    "committed before this node's copy finished; sealing after it"
+                );
+                self.finishing = Some(t.clone());
+            }
+        }
+        // New owner: serve the received segments only once every old owner has sealed them.
+        let received: Vec<Segment> = t.receives(&me).cloned().collect();
+        if !received.is_empty() {
+            let givers = received.iter().map(|s| s.from.clone()).collect();
+            self.sealing = Some((t, received, givers));
+        }
+    }
+
+    /// Seals every stream of `t` this node gives to; the driver drops the ranges once each seal
+    /// is acknowledged.
+    fn seal(&mut self, t: Arc<Transition>) {
+        let me = &self.routing.self_id;
+        let dests: HashSet<String> = t.copies_of(me).map(|s| s.to.clone()).collect();
+        let Some(tx) = &self.mirror_tx else { return };
+        let mut acks = Vec::new();
+        for dest in dests {
+            let (done, ack) = oneshot::channel();
+            acks.push(ack);
+            let _ = tx.send(MirrorItem {
+                dest,
+                transition: t.clone(),
+                reset: Vec::new(),
+                writes: Vec::new(),
+                seal: true,
+                done: Done::Notify(done),
+            });
+        }
+        if let Some(ev) = &self.events_tx {
+            let _ = ev.send(MoveEvent::Sealing(t, acks));
+        }
+    }
+
+    /// Whether `cmd` touches a segment whose old owner has not sealed it yet.
+    fn waits_for_seal(&self, cmd: &Command) -> bool {
+        let control = matches!(
+            cmd,
+            Command::Mirror { .. }
+                | Command::CopyPage { .. }
+                | Command::DropRanges { .. }
+                | Command::Observe
+                | Command::CopyFinished { .. }
+        );
+        // Once the last seal is in, commands already waiting go first: a command in the same
+        // batch after the seal waits behind them.
+        if !control && !self.deferred.is_empty() {
+            return true;
+        }
+        let Some((_, segments, _)) = &self.sealing else {
+            return false;
+        };
+        let hit = |user: &str| {
+            let h = chat_ring::key_hash(user);
+            segments.iter().any(|s| s.contains(h))
+        };
+        match cmd {
+            Command::Send { from, to, .. } => hit(&from.user) || hit(to),
+            Command::Attach { who, .. } | Command::Ack { who, .. } => hit(&who.user),
+            Command::Apply { entries, .. } => entries.iter().any(|e| hit(&e.to)),
+            Command::GiveUp { entries, .. } => entries.iter().any(|(_, e)| match &e.item {
+                Some(forward_entry::Item::Message(m)) => hit(&m.from),
+                _ => false,
+            }),
+            Command::Mirror { .. }
+            | Command::CopyPage { .. }
+            | Command::DropRanges { .. }
+            | Command::Observe
+            | Command::CopyFinished { .. } => false,
+        }
+    }
+
+    /// The writes of `wb` that belong to segments this node gives away, per new owner.
+    fn moving_writes(&self, wb: &WriteBatch) -> std::collections::BTreeMap<String, Vec<RawWrite>> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(t) = &self.move_state else {
+            return out;
+        };
+        let me = &self.routing.self_id;
+        if t.copies_of(me).next().is_none() {
+            return out;
+        }
+        struct Collect<'a> {
+            store: &'a Store,
+            t: &'a Transition,
+            me: &'a str,
+            out: &'a mut std::collections::BTreeMap<String, Vec<RawWrite>>,
+        }
+        impl Collect<'_> {
+            fn add(&mut self, cf_id: u32, key: &[u8], value: Option<&[u8]>) {
+                let Some(cf) = self.store.cf_name(cf_id).filter(|c| *c != CF_OUTBOX) else {
+                    return;
+                };
+                let Some(h) = key.get(..8) else { return };
+                let h = u64::from_be_bytes(h.try_into().expect("8 bytes"));
+                if let Some(s) = self.t.segment_of(h).filter(|s| s.from == self.me) {
+                    self.out.entry(s.to.clone()).or_default().push(RawWrite {
+                        cf: cf.to_string(),
+                        key: key.to_vec(),
+                        value: value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        delete: value.is_none(),
+                    });
+                }
+            }
+        }
+        impl rocksdb::WriteBatchIteratorCf for Collect<'_> {
+            fn put_cf(&mut self, cf_id: u32, key: &[u8], value: &[u8]) {
+                self.add(cf_id, key, Some(value));
+            }
+            fn delete_cf(&mut self, cf_id: u32, key: &[u8]) {
+                self.add(cf_id, key, None);
+            }
+            fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
+        }
+        wb.iterate_cf(&mut Collect {
+            store: &self.store,
+            t,
+            me,
+            out: &mut out,
+        });
+        out
+    }
+
+    /// New owner: applies one request of an old owner's stream.
+    fn apply_mirror(
+        &mut self,
+        from: &str,
+        req: chat_proto::cluster::Mirror,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        let me = self.routing.self_id.clone();
+        let t = match (&self.move_state, &self.sealing) {
+            (Some(t), _) if t.to().epoch() == req.epoch => t.clone(),
+            (_, Some((t, _, _))) if t.to().epoch() == req.epoch => t.clone(),
+            _ => {
+                return Err(ChatError::Unavailable(format!(
+                    "no move to epoch {} here (yet)",
+                    req.epoch
+                )))
+            }
+        };
+        let ours = |h: u64| {
+            t.segment_of(h)
+                .is_some_and(|s| s.from == from && s.to == me)
+        };
+        for r in &req.reset {
+            if !ours(r.start) || !ours(r.end) {
+                return Err(ChatError::InvalidArgument("reset outside the move".into()));
+            }
+        }
+        let mut writes = Vec::with_capacity(req.writes.len());
+        for w in &req.writes {
+            let cf = match w.cf.as_str() {
+                CF_INBOX => CF_INBOX,
+                CF_META => CF_META,
+                CF_DEDUP => CF_DEDUP,
+                other => {
+                    return Err(ChatError::InvalidArgument(format!(
+                        "cf {other:?} does not move"
+                    )))
+                }
+            };
+            let h = w
+                .key
+                .get(..8)
+                .map(|h| u64::from_be_bytes(h.try_into().expect("8 bytes")));
+            if !h.is_some_and(ours) {
+                return Err(ChatError::InvalidArgument("write outside the move".into()));
+            }
+            writes.push((cf, w));
+        }
+        for r in &req.reset {
+            self.store.delete_hash_range(&mut b.wb, r.start, r.end);
+        }
+        for (cf, w) in writes {
+            if w.delete {
+                b.wb.delete_cf(self.store.cf(cf), &w.key);
+            } else {
+                b.wb.put_cf(self.store.cf(cf), &w.key, &w.value);
+            }
+        }
+        b.clear_caches = true;
+        if req.seal {
+            if let Some((_, _, givers)) = &mut self.sealing {
+                givers.remove(from);
+                if givers.is_empty() {
+                    tracing::info!(
+                        epoch = req.epoch,
+                        "every old owner sealed: serving the received segments"
+                    );
+                    self.sealing = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Old owner: reads a copy page and puts it on the stream (before the current batch's own
+    /// moving writes, which it does not include: the page is read from what is on disk).
+    fn copy_page(
+        &self,
+        t: &Arc<Transition>,
+        cf: &'static str,
+        start: u64,
+        end: u64,
+        dest: String,
+        after: Option<Vec<u8>>,
+    ) -> Result<Page, ChatError> {
+        let epoch = Some(t.to().epoch());
+        if self.move_state.as_ref().map(|m| m.to().epoch()) != epoch
+            && self.finishing.as_ref().map(|m| m.to().epoch()) != epoch
+        {
+            return Err(ChatError::Unavailable("the move is not in flight".into()));
+        }
+        let Some(tx) = &self.mirror_tx else {
+            return Err(ChatError::Unavailable("no mirror stream".into()));
+        };
+        let (kvs, done) =
+            self.store
+                .hash_range_page(cf, start, end, after.as_deref(), PAGE_KEYS, PAGE_BYTES)?;
+        let keys = kvs.len() as u64;
+        let bytes = kvs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let last_key = if done {
+            None
+        } else {
+            kvs.last().map(|(k, _)| k.clone())
+        };
+        let writes = kvs
+            .into_iter()
+            .map(|(key, value)| RawWrite {
+                cf: cf.to_string(),
+                key,
+                value,
+                delete: false,
+            })
+            .collect();
+        let (ack_tx, acked) = oneshot::channel();
+        if keys == 0 {
+            // Nothing to send: done at once (most segments are empty in most column families).
+            let _ = ack_tx.send(());
+        } else {
+            let _ = tx.send(MirrorItem {
+                dest,
+                transition: t.clone(),
+                reset: Vec::new(),
+                writes,
+                seal: false,
+                done: Done::Notify(ack_tx),
+            });
+        }
+        Ok(Page {
+            keys,
+            bytes,
+            last_key,
+            acked,
+        })
     }
 
     /// Whether this node owns `user` under the batch's ring. Without a ring (a cluster that was
@@ -429,10 +976,14 @@ impl Committer {
         entry: InboxEntry,
         b: &mut Batch,
     ) -> Result<(), ChatError> {
-        if self.owns(user, b) {
-            self.append(user, ts, entry, b)?;
+        // Owned here and nothing older for the user waits in the outbox (after a move brought
+        // the user here, earlier entries may still be on their way): append directly.
+        if self.owns(user, b) && !b.outboxed_to.contains(user) && !self.store.outbox_pending(user) {
+            let seq = self.append(user, ts, entry, b)?;
+            tracing::trace!(to = user, id, seq, "appended here");
             return Ok(());
         }
+        tracing::trace!(to = user, id, "to the outbox");
         let item = match entry.entry {
             Some(inbox_entry::Entry::Message(m)) => forward_entry::Item::Message(m),
             Some(inbox_entry::Entry::Receipt(r)) => forward_entry::Item::Receipt(r),
@@ -455,6 +1006,7 @@ impl Committer {
             outbox_key(self.outbox_seq),
             fe.encode_to_vec(),
         );
+        b.outboxed_to.insert(user.to_string());
         b.outboxed.push((self.outbox_seq, Arc::new(fe)));
         Ok(())
     }
@@ -482,6 +1034,7 @@ impl Committer {
             return Ok(ForwardStatus::Stored);
         }
         let seq = self.append(&e.to, e.created_ms, InboxEntry { entry: Some(entry) }, b)?;
+        tracing::trace!(to = %e.to, id = %e.id, seq, "forwarded entry appended");
         let mut v = Vec::with_capacity(16);
         v.extend_from_slice(&chat_proto::now_ms().to_be_bytes());
         v.extend_from_slice(&seq.to_be_bytes());
@@ -500,6 +1053,7 @@ impl Committer {
         let now = chat_proto::now_ms();
         for (seq, e) in entries {
             b.wb.delete_cf(self.store.cf(CF_OUTBOX), outbox_key(*seq));
+            b.unoutboxed_to.push(e.to.clone());
             let Some(forward_entry::Item::Message(m)) = &e.item else {
                 // A receipt that cannot be delivered is dropped: the message it is about stays
                 // delivered or read either way.
@@ -827,6 +1381,22 @@ impl Committer {
     }
 }
 
+/// The answer to a command of a user this node no longer owns (the ring moved under a session).
+fn moved(user: &str) -> ChatError {
+    ChatError::Unavailable(format!("{user} has moved to another node; reconnect"))
+}
+
+fn send_replies(replies: Vec<Reply>) {
+    for r in replies {
+        match r {
+            Reply::Sent(tx, s) => drop(tx.send(Ok(s))),
+            Reply::Attached(tx, a) => drop(tx.send(Ok(a))),
+            Reply::Applied(tx, st) => drop(tx.send(Ok(st))),
+            Reply::Done(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Batches are built by hand here, so what shares a batch is decided by the test, not by
@@ -855,6 +1425,8 @@ mod tests {
             retention_ms: RETENTION_MS,
             routing: Routing::standalone("n1"),
             outbox_tx: None,
+            mirror_tx: None,
+            events_tx: None,
         };
         let c = Committer::new(store, hub.clone(), opts).unwrap();
         (c, hub, dir)
@@ -1124,7 +1696,7 @@ mod tests {
 
     /// The first user `<stem>-<i>` that `node` owns in `c`'s ring.
     fn user_on(c: &Committer, node: &str, stem: &str) -> String {
-        let ring = c.routing.ring().unwrap();
+        let ring = c.routing.view.borrow().ring.clone().unwrap();
         (0..)
             .map(|i| format!("{stem}-{i}"))
             .find(|u| ring.owner(u) == node)

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod peer;
+pub mod rebalance;
 pub mod server;
 pub mod session;
 pub mod store;

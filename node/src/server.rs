@@ -35,6 +35,9 @@ struct ClusterParts {
     forwarder: Forwarder,
     outbox_rx: mpsc::UnboundedReceiver<crate::commit::Outboxed>,
     registration: Registration,
+    mirror_rx: mpsc::UnboundedReceiver<crate::rebalance::MirrorItem>,
+    events_rx: mpsc::UnboundedReceiver<crate::rebalance::MoveEvent>,
+    etcd: EtcdConfig,
 }
 
 /// A node with its storage open and its listeners bound, ready to serve.
@@ -79,6 +82,14 @@ impl Node {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
+        // Rebalancing: the committer's ordered streams to new owners, and its events.
+        let (mirror_tx, mirror_rx, events_tx, events_rx) = if cfg.node.standalone {
+            (None, None, None, None)
+        } else {
+            let (mtx, mrx) = mpsc::unbounded_channel();
+            let (etx, erx) = mpsc::unbounded_channel();
+            (Some(mtx), Some(mrx), Some(etx), Some(erx))
+        };
         let (committer_handle, committer) = Committer::start(
             store.clone(),
             hub.clone(),
@@ -89,6 +100,8 @@ impl Node {
                 retention_ms: cfg.retention().as_millis() as i64,
                 routing: routing.clone(),
                 outbox_tx,
+                mirror_tx,
+                events_tx,
             },
         )?;
         let listener = TcpListener::bind(cfg.client.listen).await?;
@@ -111,7 +124,7 @@ impl Node {
                     version: env!("CARGO_PKG_VERSION").into(),
                 };
                 let registration = chat_cluster::register(
-                    etcd,
+                    etcd.clone(),
                     info,
                     Duration::from_secs(cfg.cluster.lease_ttl_secs),
                 );
@@ -131,6 +144,9 @@ impl Node {
                     forwarder,
                     outbox_rx,
                     registration,
+                    mirror_rx: mirror_rx.expect("cluster mode"),
+                    events_rx: events_rx.expect("cluster mode"),
+                    etcd,
                 })
             }
             _ => None,
@@ -192,6 +208,7 @@ impl Node {
             let _ = admin_stop.recv().await;
         }));
         let mut peer_parts = None;
+        let mut rebalance_tasks = None;
         if let Some(c) = cluster {
             let (committer_h, routing) = (shared.committer.clone(), shared.routing.clone());
             c.peers.set_handler(Arc::new(move |req| {
@@ -200,7 +217,23 @@ impl Node {
             let server = tokio::spawn(c.peers.clone().serve());
             let forwarder = tokio::spawn(c.forwarder.run(c.outbox_rx, notify_shutdown.subscribe()));
             let maintain = tokio::spawn(c.peers.clone().maintain());
+            let id = shared.cfg.node.id.clone();
+            let view = shared.routing.view.clone();
+            let mirror = tokio::spawn(crate::rebalance::run_mirror(
+                c.mirror_rx,
+                c.peers.clone(),
+                id.clone(),
+                view.clone(),
+            ));
+            let driver = tokio::spawn(crate::rebalance::run_driver(
+                c.events_rx,
+                shared.committer.clone(),
+                c.etcd,
+                id,
+                view,
+            ));
             peer_parts = Some((c.peers, server, forwarder, c.registration, maintain));
+            rebalance_tasks = Some((mirror, driver));
         }
         // Every session holds a clone; when all are dropped, recv() returns None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -222,6 +255,11 @@ impl Node {
             registration.deregister().await;
             maintain.abort();
             peer_tasks = Some((peers, server, forwarder));
+        }
+        // The driver holds a committer handle; the committer cannot stop while it runs.
+        if let Some((mirror, driver)) = rebalance_tasks {
+            driver.abort();
+            mirror.abort();
         }
         drop(notify_shutdown);
         drop(done_tx);

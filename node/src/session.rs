@@ -155,6 +155,8 @@ pub async fn serve(
 /// The state of an authenticated connection.
 struct Live {
     who: Identity,
+    /// The cluster view, to notice when this user moves to another node.
+    view: tokio::sync::watch::Receiver<chat_cluster::ClusterView>,
     sub: Subscription,
     /// Highest seq sent on this connection (starts at the device's cursor).
     last_sent: u64,
@@ -238,6 +240,7 @@ impl Session {
             "attached"
         );
         let mut live = Live {
+            view: self.ctx.routing.view.clone(),
             who,
             sub,
             last_sent: attached.cursor,
@@ -347,6 +350,14 @@ impl Session {
                     Err(End::Close(CloseCode::Away, "node shutting down"))
                 }
                 _ = live.sub.signals.notify.notified() => self.on_signal(live),
+                changed = live.view.changed() => match changed {
+                    Ok(()) => self.on_view_change(live).await,
+                    // The watcher is gone (node stopping): nothing more will change.
+                    Err(_) => {
+                        live.view = tokio::sync::watch::channel(Default::default()).1;
+                        Ok(())
+                    }
+                },
                 Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
                     self.on_sent(&cmid, res).await
                 }
@@ -402,6 +413,23 @@ impl Session {
             if self.on_sent(&cmid, res).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The ring changed: a user this node no longer owns (a committed move) is sent to its new
+    /// home, where it resumes from its cursor.
+    async fn on_view_change(&mut self, live: &mut Live) -> Result<(), End> {
+        match self.ctx.route(&live.who.user) {
+            Route::Elsewhere { url, epoch } => {
+                tracing::info!(%url, epoch, "user moved: redirecting the session");
+                metrics::counter!(admin::REDIRECTS).increment(1);
+                let frame = ServerFrame {
+                    frame: Some(server_frame::Frame::Redirect(Redirect { url, epoch })),
+                };
+                let _ = self.send(&frame).await;
+                Err(End::Close(CloseCode::Normal, "moved to another node"))
+            }
+            Route::Here | Route::Unavailable(_) => Ok(()),
         }
     }
 

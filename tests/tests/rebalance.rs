@@ -82,37 +82,37 @@ async fn two_operators_starting_moves_at_once_one_is_refused() {
     assert_eq!(ok.len(), 1, "exactly one move starts: {results:?}");
     let refused = results.iter().find(|r| !r.0).unwrap();
     assert!(refused.1.contains("in flight"), "{}", refused.1);
-    // The status shows the one move, to epoch 2, not committable: no node has copied yet.
-    let s = status(&c);
-    assert_eq!(s["current_epoch"], 1);
-    assert_eq!(s["moving"]["epoch"], 2);
-    assert_eq!(s["moving"]["may_commit"], false);
-    let nodes = s["moving"]["nodes"].as_object().unwrap();
-    assert_eq!(nodes.len(), 3);
-    // A third try is refused too, while the move is in flight.
-    let (ok, out) = chatctl_try(&[
-        "rebalance",
-        "start",
-        "--remove",
-        "n3",
-        "--etcd",
-        &etcd,
-        "--prefix",
-        &prefix,
+    // The nodes carry the one move out by themselves: epoch 2, two members.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&c);
+        if s["moving"].is_null() && s["current_epoch"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move never committed: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ring = chatctl(&[
+        "ring", "show", "--json", "--etcd", &etcd, "--prefix", &prefix,
     ]);
-    assert!(!ok && out.contains("in flight"), "{out}");
+    let ring: serde_json::Value = serde_json::from_str(&ring).unwrap();
+    assert_eq!(
+        ring["ring"]["current"]["members"].as_array().unwrap().len(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
-    let c = TestCluster::start(&[]);
+    let mut c = TestCluster::start(&[]);
+    let (etcd, prefix) = (c.etcd.url.clone(), c.prefix.clone());
     let args = |cmd: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         v.extend([
             "--etcd".into(),
-            c.etcd.url.clone(),
+            etcd.clone(),
             "--prefix".into(),
-            c.prefix.clone(),
+            prefix.clone(),
         ]);
         v
     };
@@ -125,6 +125,8 @@ async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     assert!(!ok && out.contains("not registered"), "{out}");
     assert!(status(&c)["moving"].is_null());
 
+    // n3 is down: the move to remove it cannot copy, so it stalls, visibly.
+    c.node_mut("n3").kill9();
     let (ok, out) = run(&["rebalance", "start", "--remove", "n3"]);
     assert!(ok, "{out}");
     let s = status(&c);
@@ -135,15 +137,31 @@ async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     );
     assert_eq!(s["moving"]["nodes"]["n3"]["receives"], 0);
     assert!(s["moving"]["nodes"]["n3"]["gives"].as_u64().unwrap() > 0);
-    // Nobody has copied: a commit is refused.
+    // The live nodes report that they have seen it; n3 never copies, so a commit is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&c);
+        let seen = |n: &str| s["moving"]["nodes"][n]["progress"]["seen"] == true;
+        if seen("n1") && seen("n2") {
+            assert!(s["moving"]["nodes"]["n3"]["progress"].is_null(), "{s}");
+            assert_eq!(s["moving"]["may_commit"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never saw the move: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, out) = run(&["rebalance", "commit"]);
     assert!(!ok && out.contains("may not commit"), "{out}");
 
     let (ok, out) = run(&["rebalance", "abort"]);
     assert!(ok && out.contains("epoch 2"), "{out}");
     assert!(status(&c)["moving"].is_null());
-    // Every node takes the old members under the spent epoch, and keeps serving: a message
-    // from a user on n3 reaches a user on n1.
+    let (ok, out) = run(&["rebalance", "abort"]);
+    assert!(!ok && out.contains("no move"), "{out}");
+    // n3 comes back; every node holds the old members under the spent epoch and serves: a
+    // message from a user on n3 reaches a user on n1.
+    c.node_mut("n3").restart();
+    c.node("n3").wait_ready();
     wait_epoch(&c, 2);
     let (a, b) = (
         c.users_on("n3", "a", 1).remove(0),
@@ -158,12 +176,499 @@ async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     .await;
     let got = receive_messages(&mut cb, 1).await;
     assert_eq!(got[0].1.body, "still here");
-
-    // The next move gets a new epoch; nothing to abort once it is aborted.
+    // The next move gets a new epoch.
     let (ok, out) = run(&["rebalance", "start", "--remove", "n2"]);
     assert!(ok && out.contains("epoch 3"), "{out}");
-    assert!(run(&["rebalance", "abort"]).0);
-    let (ok, out) = run(&["rebalance", "abort"]);
-    assert!(!ok && out.contains("no move"), "{out}");
-    wait_epoch(&c, 3);
+}
+
+/// What one recipient saw: every Deliver of a message, in arrival order.
+#[derive(Default, Debug)]
+struct Seen {
+    deliveries: Vec<(u64, String, String)>, // (seq, msg_id, body)
+    reconnects: usize,
+    homes: Vec<String>,
+}
+
+/// Sends messages to `to`, one at a time, each until ✓, until `stop` is set (at most 20,000);
+/// reconnects through the router when the session moves or the node refuses. `count` follows
+/// the number acknowledged. Returns the msg ids in send order.
+async fn send_steadily(
+    router: String,
+    user: String,
+    to: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    let n = 20_000;
+    use chat_client::Client;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut client: Option<Client> = None;
+    let mut ids = Vec::new();
+    let mut k = 0;
+    while k < n && !stop.load(std::sync::atomic::Ordering::Acquire) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} stuck at {k}"
+        );
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Client::connect(&router, &token(&user, "phone")).await {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let cmid = k.to_string();
+        if c.send_message(&cmid, &to, &format!("{user}:{k}"))
+            .await
+            .is_err()
+        {
+            client = None;
+            continue;
+        }
+        let got = loop {
+            match c.recv_timeout(Duration::from_secs(10)).await {
+                Ok(f) => match f.frame {
+                    Some(server_frame::Frame::Sent(s)) if s.client_msg_id == cmid => {
+                        break Some(s.msg_id)
+                    }
+                    Some(server_frame::Frame::Error(_))
+                    | Some(server_frame::Frame::Redirect(_)) => break None,
+                    _ => {}
+                },
+                Err(_) => break None,
+            }
+        };
+        match got {
+            Some(id) => {
+                ids.push(id);
+                k += 1;
+                count.store(k, std::sync::atomic::Ordering::Release);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            None => {
+                client = None;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    ids
+}
+
+/// Receives until `stop` is set and nothing arrived for a while; acknowledges everything.
+async fn receive_steadily(
+    router: String,
+    user: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Seen {
+    use chat_client::Client;
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut client: Option<Client> = None;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} receiver ran out of time"
+        );
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Client::connect(&router, &token(&user, "phone")).await {
+                Ok(c) => {
+                    seen.homes.push(c.welcome.node.clone());
+                    client.insert(c)
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match c.recv_timeout(Duration::from_millis(1500)).await {
+            Ok(f) => {
+                if let Some((seq, m)) = as_message(&f) {
+                    seen.deliveries
+                        .push((seq, m.msg_id.clone(), m.body.clone()));
+                    if c.ack(seq).await.is_err() {
+                        client = None;
+                        seen.reconnects += 1;
+                    }
+                } else if matches!(f.frame, Some(server_frame::Frame::Redirect(_))) {
+                    client = None;
+                    seen.reconnects += 1;
+                }
+            }
+            Err(e) => {
+                let quiet =
+                    e.to_string().contains("timed out") || e.to_string().contains("timeout");
+                if quiet {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        return seen;
+                    }
+                } else {
+                    client = None;
+                    seen.reconnects += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Runs 1:1 traffic between 12 pairs through the router while `start_move` starts a move, waits
+/// for it to commit, keeps the traffic going a little longer, and checks that every
+/// acknowledged message arrived once, in order, and that moved users resumed at their new home.
+async fn move_under_load(
+    c: &mut TestCluster,
+    start_move: impl FnOnce(&mut TestCluster),
+    after: &chat_ring::Ring,
+) {
+    let router = c.start_router();
+    // Pairs whose users are spread over the three nodes.
+    let pairs: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("s{i}"), format!("r{i}")))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for (_, r) in &pairs {
+        receivers.push(tokio::spawn(receive_steadily(
+            router.ws_url(),
+            r.clone(),
+            stop.clone(),
+        )));
+    }
+    let stop_sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts: Vec<_> = pairs
+        .iter()
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+        .collect();
+    let mut senders = Vec::new();
+    for ((s, r), count) in pairs.iter().zip(&counts) {
+        senders.push(tokio::spawn(send_steadily(
+            router.ws_url(),
+            s.clone(),
+            r.clone(),
+            stop_sending.clone(),
+            count.clone(),
+        )));
+    }
+    // Every sender is under way before the move starts, and still sending after it ends.
+    let sent_by_each = |at_least: &[usize]| {
+        counts
+            .iter()
+            .zip(at_least)
+            .all(|(c, n)| c.load(std::sync::atomic::Ordering::Acquire) >= *n)
+    };
+    let wait_sent = |at_least: Vec<usize>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sent_by_each(&at_least) {
+            assert!(Instant::now() < deadline, "senders stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_sent(vec![10; pairs.len()]);
+    start_move(c);
+    // The move commits by itself once every node has seen it and copied.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(c);
+        if s["moving"].is_null() && s["current_epoch"] == after.epoch() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not commit: {s}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let more: Vec<usize> = counts
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Acquire) + 20)
+        .collect();
+    wait_sent(more);
+    stop_sending.store(true, std::sync::atomic::Ordering::Release);
+    let mut sent = Vec::new();
+    for t in senders {
+        sent.push(t.await.expect("sender"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut seen = Vec::new();
+    for t in receivers {
+        seen.push(t.await.expect("receiver"));
+    }
+    let mut moved = 0;
+    for (i, ((s, r), seen)) in pairs.iter().zip(&seen).enumerate() {
+        // Every acknowledged message arrived, in send order, each stored once (one seq).
+        let mut by_id: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (seq, id, _) in &seen.deliveries {
+            if let Some(prev) = by_id.insert(id, *seq) {
+                assert_eq!(prev, *seq, "{r}: message {id} stored twice");
+            }
+        }
+        let mut firsts: Vec<&(u64, String, String)> = Vec::new();
+        let mut last = 0;
+        for d in &seen.deliveries {
+            if d.0 > last {
+                firsts.push(d);
+                last = d.0;
+            }
+        }
+        let got: Vec<&str> = firsts.iter().map(|d| d.1.as_str()).collect();
+        let want: Vec<&str> = sent[i].iter().map(String::as_str).collect();
+        if got != want {
+            let at = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(want.len()));
+            let missing = want.iter().filter(|w| !got.contains(w)).count();
+            let extra = got.iter().filter(|g| !want.contains(g)).count();
+            panic!(
+                "{s} ({} -> {}) -> {r} ({} -> {}): delivered {} (by seq) vs {} acknowledged; first difference at {at} \
+                 (got {:?}, want {:?}); {missing} missing, {extra} never acknowledged; \
+                 deliveries around it: {:?}\n{}",
+                c.ring.owner(s),
+                after.owner(s),
+                c.ring.owner(r),
+                after.owner(r),
+                got.len(),
+                want.len(),
+                got.get(at),
+                want.get(at),
+                &seen.deliveries[at.saturating_sub(2)..(at + 3).min(seen.deliveries.len())],
+                c.logs()
+            );
+        }
+        // A device that remembers the last seq it processed never sees a message twice; count
+        // what the node re-sent below that (acks lost in the hand-over).
+        let resent = seen.deliveries.len() - firsts.len();
+        if resent > 0 {
+            eprintln!("{r}: {resent} deliveries re-sent after a reconnect");
+        }
+        if c.ring.owner(r) != after.owner(r) {
+            moved += 1;
+            assert_eq!(
+                seen.homes.last().map(String::as_str),
+                Some(after.owner(r)),
+                "{r} resumed at its new home"
+            );
+        }
+    }
+    assert!(moved > 0, "some recipients moved");
+    // The protocol ran as designed: the new owners were sealed, the old ones copied and then
+    // dropped what they gave away.
+    let t = chat_ring::transition::Transition::new(c.ring.clone(), after.clone()).unwrap();
+    let nodes: Vec<String> = t.nodes().into_iter().map(String::from).collect();
+    for n in &nodes {
+        let (gives, gets) = (t.copies_of(n).count(), t.receives(n).count());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = c.node(n).log_text();
+            let done = (gives == 0
+                || log.contains("copy done") && log.contains("dropped moved ranges"))
+                && (gets == 0 || log.contains("every old owner sealed"));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} did not finish its share:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // What each node did, for the test output.
+    for n in &c.nodes {
+        for line in n
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("move") && !l.contains("user moved") && !l.contains("DEBUG"))
+        {
+            eprintln!(
+                "{}: {}",
+                n.id,
+                line.get(line.len().saturating_sub(140)..).unwrap_or(line)
+            );
+        }
+    }
+    let total: usize = sent.iter().map(Vec::len).sum();
+    eprintln!("{total} messages sent and delivered across the move");
+    // The old owners dropped what they gave away: n4's users' keys are gone from them.
+    eprintln!("{moved} of {} recipients moved", pairs.len());
+}
+
+fn ring_of(epoch: u64, ids: &[&str]) -> chat_ring::Ring {
+    let members: Vec<chat_ring::Member> = ids
+        .iter()
+        .map(|id| chat_ring::Member {
+            id: id.to_string(),
+            weight: 1,
+        })
+        .collect();
+    chat_ring::Ring::new(epoch, &members, chat_ring::DEFAULT_VNODES_PER_WEIGHT).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_under_load_loses_and_duplicates_nothing() {
+    let mut c = TestCluster::start(&[]);
+    let certs = c.certs.display().to_string();
+    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
+    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
+    move_under_load(
+        &mut c,
+        |c| {
+            // Traffic is flowing: bring up n4 and move a quarter of the users to it.
+            let n4 =
+                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
+            n4.wait_ready();
+            c.nodes.push(n4);
+            let out = chatctl(&[
+                "rebalance",
+                "start",
+                "--add",
+                "n4",
+                "--etcd",
+                &c.etcd.url,
+                "--prefix",
+                &c.prefix,
+            ]);
+            assert!(out.contains("epoch 2"), "{out}");
+        },
+        &after,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
+    let mut c = TestCluster::start(&[]);
+    let after = ring_of(2, &["n1", "n2"]);
+    move_under_load(
+        &mut c,
+        |c| {
+            let out = chatctl(&[
+                "rebalance",
+                "start",
+                "--remove",
+                "n3",
+                "--etcd",
+                &c.etcd.url,
+                "--prefix",
+                &c.prefix,
+            ]);
+            assert!(out.contains("epoch 2"), "{out}");
+        },
+        &after,
+    )
+    .await;
+    // n3 forwards what its outbox still holds, then stops; it holds no user data afterwards.
+    let admin = c.node("n3").admin_url.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&format!("{admin}/metrics"))
+        .is_some_and(|(_, b)| b.contains("chat_outbox_depth 0"))
+    {
+        assert!(Instant::now() < deadline, "n3's outbox never emptied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n3 = c.node_mut("n3");
+    assert!(n3.terminate(), "n3 stops cleanly");
+    let store = chat_node::store::Store::open(
+        &n3.data_dir,
+        &chat_node::store::StoreOptions {
+            retention: Duration::from_secs(3600),
+            block_cache_mib: 8,
+        },
+    )
+    .unwrap();
+    for cf in ["inbox", "meta", "dedup", "outbox"] {
+        assert_eq!(store.count_keys(cf).unwrap(), 0, "n3 still holds {cf} keys");
+    }
+}
+
+/// Waits until the move in flight has been seen by `node`.
+fn wait_seen(c: &TestCluster, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(c);
+        if s["moving"]["nodes"][node]["progress"]["seen"] == true || s["moving"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node} never saw the move: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
+    let mut c = TestCluster::start(&[]);
+    let certs = c.certs.display().to_string();
+    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
+    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
+    move_under_load(
+        &mut c,
+        |c| {
+            let n4 =
+                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
+            n4.wait_ready();
+            c.nodes.push(n4);
+            chatctl(&[
+                "rebalance",
+                "start",
+                "--add",
+                "n4",
+                "--etcd",
+                &c.etcd.url,
+                "--prefix",
+                &c.prefix,
+            ]);
+            wait_seen(c, "n4");
+            c.node_mut("n4").kill9();
+            // While n4 is down the old owners cannot copy to it: the move does not commit.
+            let s = status(c);
+            assert!(
+                s["moving"]["may_commit"] != true || s["moving"].is_null(),
+                "{s}"
+            );
+            c.node_mut("n4").restart();
+            c.node("n4").wait_ready();
+        },
+        &after,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_owner_killed_during_the_move_finishes_it_after_a_restart() {
+    let mut c = TestCluster::start(&[]);
+    let certs = c.certs.display().to_string();
+    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
+    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
+    move_under_load(
+        &mut c,
+        |c| {
+            let n4 =
+                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
+            n4.wait_ready();
+            c.nodes.push(n4);
+            chatctl(&[
+                "rebalance",
+                "start",
+                "--add",
+                "n4",
+                "--etcd",
+                &c.etcd.url,
+                "--prefix",
+                &c.prefix,
+            ]);
+            wait_seen(c, "n1");
+            // n1 gives segments to n4; it dies mid-move and comes back with its data.
+            c.node_mut("n1").kill9();
+            c.node_mut("n1").restart();
+            c.node("n1").wait_ready();
+        },
+        &after,
+    )
+    .await;
 }

@@ -53,6 +53,8 @@ async fn expired_entries_are_dropped_by_compaction() {
             retention_ms: retention.as_millis() as i64,
             routing: Routing::standalone("n1"),
             outbox_tx: None,
+            mirror_tx: None,
+            events_tx: None,
         },
     )
     .unwrap();

@@ -78,6 +78,8 @@ pub struct Forwarder {
     /// Entries in the outbox on disk.
     depth: u64,
     epoch: u64,
+    /// The ring of `epoch`: every queue is built for it.
+    ring: Option<Arc<chat_ring::Ring>>,
 }
 
 impl Forwarder {
@@ -101,6 +103,7 @@ impl Forwarder {
             loaded_upto: 0,
             depth: 0,
             epoch: 0,
+            ring: None,
         }
     }
 
@@ -110,7 +113,11 @@ impl Forwarder {
         mut shutdown: broadcast::Receiver<()>,
     ) {
         let mut view = self.routing.view.clone();
-        self.epoch = view.borrow_and_update().epoch();
+        {
+            let v = view.borrow_and_update();
+            self.epoch = v.epoch();
+            self.ring = v.ring.clone();
+        }
         self.loaded_upto = self.store.last_outbox_seq().unwrap_or(0);
         let (count, max_seen) = self.reload(None);
         self.depth = count as u64;
@@ -128,6 +135,10 @@ impl Forwarder {
         let mut peers_seen = registered(&view.borrow());
         loop {
             if rebuild && tasks.is_empty() {
+                tracing::debug!(
+                    epoch = self.epoch,
+                    "rebuilding forward queues under a new ring"
+                );
                 rebuild = false;
                 for d in self.dests.values_mut() {
                     d.queue.clear();
@@ -178,13 +189,14 @@ impl Forwarder {
                     if changed.is_err() {
                         break;
                     }
-                    let (epoch, now_registered) = {
+                    let (epoch, ring, now_registered) = {
                         let v = view.borrow_and_update();
-                        (v.epoch(), registered(&v))
+                        (v.epoch(), v.ring.clone(), registered(&v))
                     };
                     if epoch != self.epoch {
                         // Destinations follow the ring: rebuild the queues under the new one.
                         self.epoch = epoch;
+                        self.ring = ring;
                         rebuild = true;
                     }
                     if now_registered != peers_seen {
@@ -204,8 +216,11 @@ impl Forwarder {
         tasks.abort_all();
     }
 
+    /// The owner under the ring the queues are built for (not the live view: an entry routed
+    /// by a newer ring than the queues could overtake older ones still queued for the old owner;
+    /// the switch to a new ring happens in one place, the rebuild).
     fn owner(&self, user: &str) -> Option<String> {
-        self.routing.view.borrow().owner(user).map(str::to_string)
+        self.ring.as_ref().map(|r| r.owner(user).to_string())
     }
 
     /// Queues an entry for its destination. Entries coming back from a request (`retry`) always
@@ -308,6 +323,7 @@ impl Forwarder {
                 continue;
             }
             d.busy = true;
+            tracing::trace!(%dest, first = items[0].0, last = items[items.len() - 1].0, n = items.len(), "forward request");
             for (seq, _) in &items {
                 self.inflight.insert(*seq);
             }
@@ -354,18 +370,23 @@ impl Forwarder {
         }
         let d = self.dests.entry(dest.clone()).or_default();
         d.busy = false;
+        tracing::trace!(%dest, first = items.first().map(|i| i.0), n = items.len(), ok = result.is_ok(), "forward answered");
         match result {
             Ok(statuses) => {
                 metrics::histogram!(admin::FORWARD_SECONDS).record(started.elapsed().as_secs_f64());
-                let mut done_seqs = Vec::new();
+                let (mut done_seqs, mut done_to) = (Vec::new(), Vec::new());
                 let (mut not_owner, mut invalid) = (0, 0);
                 for ((seq, entry), st) in items.into_iter().zip(statuses) {
                     match st {
-                        ForwardStatus::Stored => done_seqs.push(seq),
+                        ForwardStatus::Stored => {
+                            done_seqs.push(seq);
+                            done_to.push(entry.to.clone());
+                        }
                         ForwardStatus::Invalid => {
                             tracing::error!(seq, to = %entry.to, "peer refused an outbox entry as invalid; dropping it");
                             invalid += 1;
                             done_seqs.push(seq);
+                            done_to.push(entry.to.clone());
                         }
                         // A status this version does not know (a newer peer): keep the entry.
                         ForwardStatus::Unspecified => {
@@ -390,6 +411,8 @@ impl Forwarder {
                 if let Err(e) = self.store.delete_outbox(&done_seqs) {
                     tracing::error!(error = %e, "outbox delete failed; entries will be sent again");
                 }
+                self.store
+                    .outbox_removed(done_to.iter().map(String::as_str));
                 self.depth = self.depth.saturating_sub(done_seqs.len() as u64);
                 let d = self.dests.entry(dest.clone()).or_default();
                 if not_owner > 0 {

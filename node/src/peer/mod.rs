@@ -6,7 +6,8 @@ pub mod tls;
 pub mod transport;
 
 use chat_proto::cluster::{
-    peer_request, peer_response, ForwardAck, PeerError, PeerPong, PeerRequest, PeerResponse,
+    peer_request, peer_response, ForwardAck, MirrorAck, PeerError, PeerPong, PeerRequest,
+    PeerResponse,
 };
 use tokio::sync::oneshot;
 
@@ -67,6 +68,25 @@ pub async fn handle(
                         })),
                     }
                 }
+                Ok(Err(e)) => error_response(epoch, e.to_string()),
+                Err(_) => error_response(epoch, "node shutting down".into()),
+            }
+        }
+        Some(peer_request::Request::Mirror(m)) => {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Command::Mirror {
+                from: req.from_node,
+                req: m,
+                reply,
+            };
+            if let Err(e) = committer.submit(cmd).await {
+                return error_response(epoch, e.to_string());
+            }
+            match rx.await {
+                Ok(Ok(())) => PeerResponse {
+                    epoch,
+                    response: Some(peer_response::Response::Mirror(MirrorAck {})),
+                },
                 Ok(Err(e)) => error_response(epoch, e.to_string()),
                 Err(_) => error_response(epoch, "node shutting down".into()),
             }

@@ -21,6 +21,10 @@ pub const CF_INBOX: &str = "inbox";
 pub const CF_META: &str = "meta";
 pub const CF_DEDUP: &str = "dedup";
 pub const CF_OUTBOX: &str = "outbox";
+const MOVE_MARKER: &str = "move-in-flight.json";
+
+/// A raw key and value, as copied between nodes.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Storage tuning that comes from the node's config.
 #[derive(Debug, Clone)]
@@ -40,6 +44,24 @@ pub struct StoredEntry {
 pub struct Store {
     db: DB,
     retention_ms: i64,
+    /// Column family ids (as a `WriteBatch` reports them) and names.
+    cf_ids: Vec<(u32, &'static str)>,
+    /// Recipients with entries waiting in the outbox, and how many. A message for a user this
+    /// node owns goes through the outbox too while older ones for that user wait there (after
+    /// the ring moved the user here), so it cannot overtake them.
+    pending: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    dir: std::path::PathBuf,
+}
+
+/// Learns each column family's id by iterating a probe batch (the crate exposes no id getter).
+struct CfProbe(Vec<u32>);
+
+impl rocksdb::WriteBatchIteratorCf for CfProbe {
+    fn put_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+        self.0.push(cf_id);
+    }
+    fn delete_cf(&mut self, _cf_id: u32, _key: &[u8]) {}
+    fn merge_cf(&mut self, _cf_id: u32, _key: &[u8], _value: &[u8]) {}
 }
 
 /// Drops values whose timestamp header is older than the retention. Runs inside compactions, so
@@ -97,11 +119,96 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_OUTBOX, cf_opts(false, false)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        Ok(Arc::new(Store { db, retention_ms }))
+        let names = [CF_INBOX, CF_META, CF_DEDUP, CF_OUTBOX];
+        let mut probe = rocksdb::WriteBatch::default();
+        for n in names {
+            probe.put_cf(db.cf_handle(n).expect("opened"), b"", b"");
+        }
+        let mut ids = CfProbe(Vec::new());
+        probe.iterate_cf(&mut ids);
+        let cf_ids = ids.0.into_iter().zip(names).collect();
+        let store = Store {
+            db,
+            retention_ms,
+            cf_ids,
+            pending: Default::default(),
+            dir: path.to_path_buf(),
+        };
+        let mut from = 0;
+        loop {
+            let page = store.outbox_from(from, 10_000)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last + 1;
+            store.outbox_added(page.iter().map(|(_, e)| e.to.as_str()));
+        }
+        Ok(Arc::new(store))
     }
 
     pub(crate) fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// The name of the column family with this id in a `WriteBatch`.
+    pub(crate) fn cf_name(&self, id: u32) -> Option<&'static str> {
+        self.cf_ids.iter().find(|(i, _)| *i == id).map(|(_, n)| *n)
+    }
+
+    /// Deletes every key whose owner hash lies in `start..=end` from the column families that
+    /// move with their owners, in `wb`.
+    pub(crate) fn delete_hash_range(&self, wb: &mut rocksdb::WriteBatch, start: u64, end: u64) {
+        let from = start.to_be_bytes().to_vec();
+        // Keys are the 8-byte hash and more: everything with hash <= end sorts below end + 1, or
+        // below nine 0xFF bytes for the last hash.
+        let to = match end.checked_add(1) {
+            Some(e) => e.to_be_bytes().to_vec(),
+            None => vec![0xFF; 9],
+        };
+        for cf in [CF_INBOX, CF_META, CF_DEDUP] {
+            wb.delete_range_cf(self.cf(cf), &from, &to);
+        }
+    }
+
+    /// Up to `max_keys` / `max_bytes` of `cf`'s keys whose owner hash lies in `start..=end`,
+    /// after `after` (from the start of the range without it), and whether the range ended.
+    pub(crate) fn hash_range_page(
+        &self,
+        cf: &str,
+        start: u64,
+        end: u64,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<KeyValue>, bool), ChatError> {
+        let first = match after {
+            Some(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                k
+            }
+            None => start.to_be_bytes().to_vec(),
+        };
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(&first);
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let hash = k.get(..8).map_or(u64::MAX, |h| {
+                u64::from_be_bytes(h.try_into().expect("8 bytes"))
+            });
+            if hash > end {
+                return Ok((out, true));
+            }
+            if out.len() >= max_keys || bytes >= max_bytes {
+                return Ok((out, false));
+            }
+            bytes += k.len() + v.len();
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok((out, true))
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -159,6 +266,54 @@ impl Store {
         };
         it.status()?;
         Ok(last)
+    }
+
+    /// The move this node gives segments away in and has not finished (sealed) yet, kept in a
+    /// small file beside the database so that a restart finishes it (see `crate::rebalance`).
+    pub fn move_marker(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(MOVE_MARKER)).ok()
+    }
+
+    pub fn set_move_marker(&self, bytes: &[u8]) -> Result<(), ChatError> {
+        let io = |e: std::io::Error| ChatError::Internal(format!("move marker: {e}"));
+        let tmp = self.dir.join(format!("{MOVE_MARKER}.tmp"));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, self.dir.join(MOVE_MARKER)).map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+
+    pub fn clear_move_marker(&self) {
+        let _ = std::fs::remove_file(self.dir.join(MOVE_MARKER));
+    }
+
+    /// Counts outbox entries for these recipients (on their commit).
+    pub fn outbox_added<'a>(&self, to: impl IntoIterator<Item = &'a str>) {
+        let mut p = self.pending.lock().expect("not poisoned");
+        for t in to {
+            *p.entry(t.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Uncounts outbox entries for these recipients (on their removal).
+    pub fn outbox_removed<'a>(&self, to: impl IntoIterator<Item = &'a str>) {
+        let mut p = self.pending.lock().expect("not poisoned");
+        for t in to {
+            if let Some(n) = p.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(t);
+                }
+            }
+        }
+    }
+
+    /// Whether entries for `to` wait in the outbox.
+    pub fn outbox_pending(&self, to: &str) -> bool {
+        self.pending.lock().expect("not poisoned").contains_key(to)
     }
 
     /// Removes outbox entries the receiving node has stored. Not synced: if the removal is lost

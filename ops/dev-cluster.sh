@@ -5,6 +5,9 @@
 #   ops/dev-cluster.sh up       install what is missing, build, start, print how to connect
 #   ops/dev-cluster.sh status   what runs, the registered nodes and the ring
 #   ops/dev-cluster.sh down     stop everything it started (SIGTERM, by pid)
+#   ops/dev-cluster.sh start-node N   start one more node (n4..n9), registered but owning nothing
+#                                      until `ops/add-node.sh nN` moves its share to it
+#   ops/dev-cluster.sh stop-node N    stop one node cleanly (SIGTERM)
 #
 # Env: CHAT_DEV_DIR (default .dev/cluster), CARGO_TARGET_DIR, CHAT_DEV_PROFILE (debug or release;
 # release for benchmarks), CHAT_DEV_BASE_PORT (default 7000:
@@ -48,6 +51,38 @@ wait_for() {
   done
 }
 
+# Every node this folder has a pid file for (n1..n3 and any started with start-node).
+all_nodes() {
+  local extra=()
+  for f in "$DIR"/pids/n*; do [ -e "$f" ] && extra+=("$(basename "$f")"); done
+  printf '%s\n' "${NODES[@]}" "${extra[@]}" | sort -u
+}
+
+start_node() { # name
+  local n=$1
+  [ -f "$DIR/certs/$n.pem" ] || "$BIN/chatctl" certs issue "$n" --dir "$DIR/certs" >/dev/null
+  CHAT_NODE_AUTH__JWT_SECRET_FILE="$DIR/secret" \
+  CHAT_NODE_CLUSTER__PREFIX="$PREFIX" \
+  CHAT_NODE_CLUSTER__CA_FILE="$DIR/certs/ca.pem" \
+  start "$n" "$BIN/chat-node" --node-id "$n" --data-dir "$DIR/$n" \
+    --listen "127.0.0.1:$(ws_port "$n")" --quic-listen "127.0.0.1:$(quic_port "$n")" \
+    --admin-listen "127.0.0.1:$(admin_port "$n")" --etcd "$ETCD"
+}
+
+stop() { # name: SIGTERM, wait, SIGKILL after 20 s
+  local name=$1 f="$DIR/pids/$1"
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    local end=$((SECONDS + 20))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then echo "$name did not stop; sending SIGKILL"; kill -KILL "$pid"; fi
+    echo "$name stopped"
+  fi
+  rm -f "$f"
+}
+
 alive() {
   local f="$DIR/pids/$1"
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
@@ -89,14 +124,7 @@ up() {
     --initial-cluster "dev=$ETCD_PEER"
   wait_for 30 "$ctl" nodes --etcd "$ETCD" --prefix "$PREFIX" || {
     echo "etcd did not start; see $DIR/logs/etcd.log" >&2; exit 1; }
-  for n in "${NODES[@]}"; do
-    CHAT_NODE_AUTH__JWT_SECRET_FILE="$DIR/secret" \
-    CHAT_NODE_CLUSTER__PREFIX="$PREFIX" \
-    CHAT_NODE_CLUSTER__CA_FILE="$DIR/certs/ca.pem" \
-    start "$n" "$BIN/chat-node" --node-id "$n" --data-dir "$DIR/$n" \
-      --listen "127.0.0.1:$(ws_port "$n")" --quic-listen "127.0.0.1:$(quic_port "$n")" \
-      --admin-listen "127.0.0.1:$(admin_port "$n")" --etcd "$ETCD"
-  done
+  for n in "${NODES[@]}"; do start_node "$n"; done
   if ! "$ctl" ring show --etcd "$ETCD" --prefix "$PREFIX" >/dev/null 2>&1; then
     "$ctl" cluster init --etcd "$ETCD" --prefix "$PREFIX" --wait-nodes "${#NODES[@]}"
   fi
@@ -125,7 +153,7 @@ EOT
 }
 
 status() {
-  for name in etcd "${NODES[@]}" router; do
+  for name in etcd $(all_nodes) router; do
     if alive "$name"; then echo "$name: running (pid $(cat "$DIR/pids/$name"))"; else echo "$name: stopped"; fi
   done
   if alive etcd; then
@@ -138,24 +166,25 @@ status() {
 
 down() {
   # Router and nodes first (they deregister from etcd while it still runs), etcd last.
-  for name in router "${NODES[@]}" etcd; do
-    local f="$DIR/pids/$name"
-    [ -f "$f" ] || continue
-    local pid; pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid"
-      local end=$((SECONDS + 20))
-      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then echo "$name did not stop; sending SIGKILL"; kill -KILL "$pid"; fi
-      echo "$name stopped"
-    fi
-    rm -f "$f"
-  done
+  for name in router $(all_nodes) etcd; do stop "$name"; done
+}
+
+node_arg() {
+  case "${1:-}" in
+    n[1-9]) ;;
+    *) echo "usage: $0 start-node|stop-node n1..n9" >&2; exit 2 ;;
+  esac
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  start-node)
+    node_arg "${2:-}"
+    start_node "$2"
+    wait_for 60 ready "$(admin_port "$2")" || { echo "$2 is not ready; see $DIR/logs/$2.log" >&2; exit 1; }
+    echo "$2 is registered; move its share to it with: ops/add-node.sh $2" ;;
+  stop-node) node_arg "${2:-}"; stop "$2" ;;
+  *) echo "usage: $0 up|down|status|start-node N|stop-node N" >&2; exit 2 ;;
 esac

@@ -172,6 +172,15 @@ enum RebalanceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the move in flight until it ends (progress bar in a terminal); exit 0 if it
+    /// committed, 1 if it was aborted.
+    Wait {
+        #[command(flatten)]
+        etcd: Etcd,
+        /// Give up waiting after this many seconds (the move goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
     /// Commit the move now if every node has seen it and copied its share (nodes commit it by
     /// themselves as soon as it may; this is for operators and scripts).
     Commit {
@@ -345,6 +354,11 @@ async fn run_rebalance(cmd: RebalanceCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 rebalance::print(&s);
+            }
+        }
+        RebalanceCmd::Wait { etcd, timeout_secs } => {
+            if !rebalance::wait(&etcd.config(), Duration::from_secs(timeout_secs)).await? {
+                std::process::exit(1);
             }
         }
         RebalanceCmd::Commit { etcd } => match rebalance::commit(&etcd.config()).await? {

@@ -168,6 +168,99 @@ pub fn print(s: &Status) {
     }
 }
 
+/// Follows the move in flight until it ends: a progress bar in a terminal (segments copied over
+/// all old owners), one line per change otherwise. Returns whether it committed.
+pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Result<bool> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let first = status(cfg).await?;
+    let Some(m) = &first.moving else {
+        println!("no move in flight (ring epoch {})", first.current_epoch);
+        return Ok(true);
+    };
+    let (epoch, change) = (m.epoch, m.change.clone());
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} segments  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_line = String::new();
+    loop {
+        let s = status(cfg).await?;
+        let Some(m) = &s.moving else {
+            bar.finish_and_clear();
+            // Ended: committed if the ring now has the next epoch's members (an abort keeps the
+            // old ones under the same epoch).
+            let mut c = client(cfg).await?;
+            let doc = chat_cluster::read_ring(&mut c, &cfg.prefix).await?;
+            let committed =
+                doc.is_some_and(|d| d.current.epoch == epoch && committed_change(&d, &change));
+            println!(
+                "move to epoch {epoch} ({change}) {}",
+                if committed {
+                    "committed"
+                } else {
+                    "was aborted"
+                }
+            );
+            return Ok(committed);
+        };
+        let (done, total) = m.nodes.values().fold((0, 0), |(d, t), n| {
+            let p = n.progress.clone().unwrap_or_default();
+            (d + p.segments_done, t + n.gives as u64)
+        });
+        let waiting: Vec<String> = m
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| match &n.progress {
+                None => Some(format!("{id}: not seen")),
+                Some(p) if n.gives > 0 && !p.copied => Some(format!(
+                    "{id}: {} keys{}",
+                    p.keys_copied,
+                    p.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect();
+        let msg = if waiting.is_empty() {
+            "committing".to_string()
+        } else {
+            waiting.join(", ")
+        };
+        bar.set_length(total.max(1));
+        bar.set_position(done);
+        bar.set_message(msg.clone());
+        if bar.is_hidden() && msg != last_line {
+            println!("{done}/{total} segments copied; {msg}");
+            last_line = msg;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bar.abandon();
+            anyhow::bail!(
+                "the move did not end within {timeout:?}; see `chatctl rebalance status`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether the current ring has the change applied ("add n4": n4 is a member; "remove n2": it
+/// is not).
+fn committed_change(doc: &RingDoc, change: &str) -> bool {
+    let member = |id: &str| doc.current.members.iter().any(|m| m.id == id);
+    let mut words = change.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("add"), Some(n)) => member(n),
+        (Some("remove"), Some(n)) => !member(n),
+        _ => false,
+    }
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"

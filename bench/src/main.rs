@@ -7,9 +7,14 @@
 //! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
 //! `--rates` runs several steps in one go, each with fresh users.
 //!
+//! Scenario `rebalance` (module `rebalance`): steady 1:1 traffic while a node is added or removed,
+//! with latency and errors before, during and after the move.
+//!
 //! Cost accounting: with `--etcd` (or `--admin`), every step also reads each node's
 //! `process_cpu_seconds_total` and memory from its `/metrics` before and after, and this process's
 //! own CPU and memory, so a reader can tell whether the load generator was the bottleneck.
+
+mod rebalance;
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +78,25 @@ enum Scenario {
         /// Connections being set up at once.
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
+    },
+    /// Steady 1:1 traffic while the ring moves: a node added (it must be running) or removed;
+    /// latency, errors and throughput before, during and after, and what the move copied.
+    /// Needs --etcd.
+    Rebalance {
+        /// Add this node (running and registered).
+        #[arg(long, conflicts_with = "remove", required_unless_present = "remove")]
+        add: Option<String>,
+        /// Remove this node.
+        #[arg(long)]
+        remove: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Aggregate rate, messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of traffic before the move and after it.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
     },
     /// Messages stored for offline users, then the users connect: time to drain them.
     OfflineDrain {
@@ -288,6 +312,35 @@ async fn main() -> anyhow::Result<()> {
                 sources.max(1),
                 concurrency.max(1),
             )
+            .await
+        }
+        Scenario::Rebalance {
+            add,
+            remove,
+            pairs,
+            rate,
+            settle,
+        } => {
+            let Some(etcd) = &args.etcd else {
+                anyhow::bail!("rebalance needs --etcd (or CHAT_ETCD)");
+            };
+            let change = match (add, remove) {
+                (Some(node), _) => chat_cluster::rebalance::Change::Add { node, weight: 1 },
+                (None, Some(node)) => chat_cluster::rebalance::Change::Remove { node },
+                (None, None) => anyhow::bail!("say --add NODE or --remove NODE"),
+            };
+            rebalance::run(rebalance::Options {
+                url: args.url.clone(),
+                secret: args.secret.clone(),
+                etcd: chat_cluster::EtcdConfig {
+                    endpoints: etcd.split(',').map(str::to_string).collect(),
+                    prefix: args.prefix.clone(),
+                },
+                change,
+                pairs: pairs.max(1),
+                rate: rate.max(1),
+                settle,
+            })
             .await
         }
         Scenario::OfflineDrain {

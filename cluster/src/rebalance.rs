@@ -4,8 +4,8 @@
 //!
 //! Epochs only grow and are never reused: the next ring has epoch current + 1; a commit makes it
 //! current; an abort keeps the members of the current ring but gives it the next ring's epoch,
-//! so the epoch of an aborted move is spent and a later move gets a new one. Progress keys of a
-//! move are deleted in the same transaction that ends it.
+//! so the epoch of an aborted move is spent and a later move gets a new one. An abort deletes
+//! the move's progress keys; a commit keeps them as the record of what the move copied.
 
 use std::collections::BTreeMap;
 
@@ -192,8 +192,9 @@ pub async fn commit(client: &mut Client, prefix: &str) -> Result<Option<RingDoc>
         current: next.ring.clone(),
         next: None,
     };
-    let cleanup = Some(rebalance_prefix(prefix, next.ring.epoch));
-    if swap(client, prefix, revision, &new, cleanup).await? {
+    // The progress keys stay, as the record of what the move did (late reports cannot change
+    // them: a report is written only while its move is in flight).
+    if swap(client, prefix, revision, &new, None).await? {
         Ok(Some(new))
     } else {
         // Committed (or aborted) by someone else meanwhile.

@@ -1,0 +1,322 @@
+//! Scenario `rebalance`: steady 1:1 traffic while the ring moves (a node added or removed), with
+//! latency, errors and throughput before, during and after the move, and what the move copied.
+//!
+//! Each sender sends message k at start + offset + k / (rate / pairs) and waits for its ✓ before
+//! the next, reconnecting through the router (and resending the same client_msg_id) when its
+//! session is redirected or refused. Latency counts from the scheduled time, so time spent
+//! reconnecting during the move shows up as latency, not as a lower offered load.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chat_client::v1::{deliver, server_frame, Deliver};
+use chat_client::Client;
+use chat_cluster::rebalance::{self, Change};
+use chat_cluster::EtcdConfig;
+use hdrhistogram::Histogram;
+
+/// One message as the generator saw it: scheduled at `at` (since start), ✓ after `sent_us`.
+struct Sample {
+    at: Duration,
+    sent_us: u64,
+}
+
+#[derive(Default)]
+struct SenderLog {
+    samples: Vec<Sample>,
+    retries: u64,
+}
+
+#[derive(Default)]
+struct ReceiverLog {
+    /// (scheduled time since start, e2e µs) of each first delivery.
+    delivered: Vec<(Duration, u64)>,
+    duplicates: u64,
+    reconnects: u64,
+}
+
+pub struct Options {
+    pub url: String,
+    pub secret: String,
+    pub etcd: EtcdConfig,
+    pub change: Change,
+    pub pairs: usize,
+    pub rate: u64,
+    /// Seconds of traffic before the move starts and after it ends.
+    pub settle: u64,
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let per_sender = o.rate as f64 / o.pairs as f64;
+    anyhow::ensure!(per_sender > 0.0, "rate must be at least 1");
+    let start = Instant::now() + Duration::from_millis(500);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..o.pairs {
+        let (s, r) = (format!("rb{run_id}-s{i}"), format!("rb{run_id}-r{i}"));
+        let token = |u: &str| chat_node::auth::issue_token(o.secret.as_bytes(), u, "bench", 3600);
+        receivers.push(tokio::spawn(receive(
+            o.url.clone(),
+            token(&r),
+            start,
+            stop.clone(),
+        )));
+        let offset = Duration::from_secs_f64(i as f64 / o.rate as f64);
+        senders.push(tokio::spawn(send(
+            o.url.clone(),
+            token(&s),
+            r,
+            (start, offset),
+            per_sender,
+            stop.clone(),
+        )));
+    }
+    eprintln!(
+        "rebalance: {} pairs at {} msg/s; {} after {} s",
+        o.pairs, o.rate, o.change, o.settle
+    );
+    tokio::time::sleep_until((start + Duration::from_secs(o.settle)).into()).await;
+
+    // The move, driven like `chatctl rebalance start` + `wait`.
+    let mut c = chat_cluster::connect(&o.etcd).await.context("etcd")?;
+    let move_start = start.elapsed();
+    let doc = rebalance::begin(&mut c, &o.etcd.prefix, &o.change).await?;
+    let t = doc.transition()?.expect("a move was just started");
+    let epoch = t.to().epoch();
+    let mut last: BTreeMap<String, rebalance::Progress> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let p = rebalance::read_progress(&mut c, &o.etcd.prefix, epoch).await?;
+        if !p.is_empty() {
+            last = p;
+        }
+        let ring = chat_cluster::read_ring(&mut c, &o.etcd.prefix).await?;
+        if ring.is_some_and(|d| d.next.is_none()) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the move did not end within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let move_end = start.elapsed();
+    // The nodes' final reports (kept after a commit).
+    let p = rebalance::read_progress(&mut c, &o.etcd.prefix, epoch).await?;
+    if !p.is_empty() {
+        last = p;
+    }
+    tokio::time::sleep(Duration::from_secs(o.settle)).await;
+    stop.store(true, Ordering::Release);
+    let traffic_end = start.elapsed();
+
+    let mut sent = Vec::new();
+    for s in senders {
+        sent.push(s.await?);
+    }
+    let mut got = Vec::new();
+    for r in receivers {
+        got.push(r.await?);
+    }
+    let committed = {
+        let d = chat_cluster::read_ring(&mut c, &o.etcd.prefix).await?;
+        d.is_some_and(|d| d.current.epoch == epoch && d.current.members == t.to().member_list())
+    };
+
+    let phases = [
+        ("before", Duration::ZERO, move_start),
+        ("during", move_start, move_end),
+        ("after", move_end, traffic_end),
+    ];
+    println!(
+        "move to epoch {epoch} ({}): {} in {:.2} s; {:.1}% of users moved in {} segments",
+        o.change,
+        if committed { "committed" } else { "aborted" },
+        (move_end - move_start).as_secs_f64(),
+        t.moved_share() * 100.0,
+        t.segments().len()
+    );
+    let (keys, bytes) = last
+        .values()
+        .fold((0, 0), |(k, b), p| (k + p.keys_copied, b + p.bytes_copied));
+    let secs = (move_end - move_start).as_secs_f64().max(1e-3);
+    println!(
+        "copied {keys} keys, {:.2} MB ({:.0} keys/s, {:.2} MB/s over the move)",
+        bytes as f64 / 1e6,
+        keys as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+    println!("| phase | seconds | ✓ msgs/s | delivered msgs/s | ✓ p50 / p99 / max (ms) | e2e p50 / p99 / max (ms) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, from, to) in phases {
+        let secs = to.saturating_sub(from).as_secs_f64().max(1e-3);
+        let mut sent_h = hist();
+        for s in sent.iter().flat_map(|l| &l.samples) {
+            if s.at >= from && s.at < to {
+                let _ = sent_h.record(s.sent_us.max(1));
+            }
+        }
+        let mut e2e_h = hist();
+        for (at, us) in got.iter().flat_map(|l| &l.delivered) {
+            if *at >= from && *at < to {
+                let _ = e2e_h.record((*us).max(1));
+            }
+        }
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {name} | {secs:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |",
+            sent_h.len() as f64 / secs,
+            e2e_h.len() as f64 / secs,
+            ms(&sent_h, 0.5),
+            ms(&sent_h, 0.99),
+            sent_h.max() as f64 / 1000.0,
+            ms(&e2e_h, 0.5),
+            ms(&e2e_h, 0.99),
+            e2e_h.max() as f64 / 1000.0,
+        );
+    }
+    let acked: usize = sent.iter().map(|l| l.samples.len()).sum();
+    let delivered: usize = got.iter().map(|l| l.delivered.len()).sum();
+    let retries: u64 = sent.iter().map(|l| l.retries).sum();
+    let dups: u64 = got.iter().map(|l| l.duplicates).sum();
+    let reconnects: u64 = got.iter().map(|l| l.reconnects).sum();
+    println!(
+        "acknowledged {acked}, delivered {delivered}, lost {}, re-sent after a redirect or refusal {retries}, recipients reconnected {reconnects}, deliveries repeated after a reconnect {dups}",
+        acked.saturating_sub(delivered)
+    );
+    Ok(())
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// `(start, offset)`: message k is scheduled at start + offset + k / per_sender.
+async fn send(
+    url: String,
+    token: String,
+    to: String,
+    (start, offset): (Instant, Duration),
+    per_sender: f64,
+    stop: Arc<AtomicBool>,
+) -> SenderLog {
+    let mut log = SenderLog::default();
+    let mut client: Option<Client> = None;
+    let mut k: u64 = 0;
+    while !stop.load(Ordering::Acquire) {
+        let at = start + offset + Duration::from_secs_f64(k as f64 / per_sender);
+        tokio::time::sleep_until(at.into()).await;
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Client::connect(&url, &token).await {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let cmid = k.to_string();
+        // The body carries the scheduled time (ns since the start), for e2e latency.
+        let body = format!("{:020}", at.duration_since(start).as_nanos());
+        if c.send_message(&cmid, &to, &body).await.is_err() {
+            client = None;
+            log.retries += 1;
+            continue;
+        }
+        let ok = loop {
+            match c.recv_timeout(Duration::from_secs(30)).await {
+                Ok(f) => match f.frame {
+                    Some(server_frame::Frame::Sent(s)) if s.client_msg_id == cmid => break true,
+                    Some(server_frame::Frame::Error(_))
+                    | Some(server_frame::Frame::Redirect(_)) => break false,
+                    _ => {}
+                },
+                Err(_) => break false,
+            }
+        };
+        if ok {
+            log.samples.push(Sample {
+                at: at.duration_since(start),
+                sent_us: at.elapsed().as_micros() as u64,
+            });
+            k += 1;
+        } else {
+            client = None;
+            log.retries += 1;
+        }
+    }
+    log
+}
+
+async fn receive(url: String, token: String, start: Instant, stop: Arc<AtomicBool>) -> ReceiverLog {
+    let mut log = ReceiverLog::default();
+    let mut client: Option<Client> = None;
+    let mut last_seq = 0u64;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let c = match &mut client {
+            Some(c) => c,
+            None => match Client::connect(&url, &token).await {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        match c.recv_timeout(Duration::from_millis(500)).await {
+            Ok(f) => {
+                quiet_since = None;
+                match f.frame {
+                    Some(server_frame::Frame::Deliver(Deliver {
+                        seq,
+                        entry: Some(deliver::Entry::Message(m)),
+                    })) => {
+                        if seq <= last_seq {
+                            log.duplicates += 1;
+                        } else {
+                            last_seq = seq;
+                            let sched_ns: u64 =
+                                m.body.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
+                            let sched = Duration::from_nanos(sched_ns);
+                            let e2e = start.elapsed().saturating_sub(sched);
+                            log.delivered.push((sched, e2e.as_micros() as u64));
+                        }
+                        if c.ack(seq).await.is_err() {
+                            client = None;
+                            log.reconnects += 1;
+                        }
+                    }
+                    Some(server_frame::Frame::Redirect(_)) => {
+                        client = None;
+                        log.reconnects += 1;
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if e.to_string().contains("time") => {
+                if stop.load(Ordering::Acquire) {
+                    let q = *quiet_since.get_or_insert_with(Instant::now);
+                    if q.elapsed() > Duration::from_secs(2) {
+                        return log;
+                    }
+                }
+            }
+            Err(_) => {
+                client = None;
+                log.reconnects += 1;
+            }
+        }
+    }
+}

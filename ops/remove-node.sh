@@ -4,7 +4,8 @@
 # Starts the move (refused while another is in flight) and follows it until it commits: NODE
 # dual-writes and copies its users to their new owners, the nodes commit, its sessions are
 # redirected, and it drops what it gave away. Then waits until NODE's outbox is empty (messages
-# its users sent are all handed on) and stops it with SIGTERM:
+# its users sent are all handed on) and its share of the move is finished (its streams sealed,
+# `chat_rebalance_pending 0`), and stops it with SIGTERM:
 #   - with CHAT_NODE_STOP_CMD set, by running it with NODE as its argument;
 #   - else, for the local dev cluster, by its pid file under CHAT_DEV_DIR (default .dev/cluster);
 #   - else it says when the node may be stopped.
@@ -37,7 +38,9 @@ http_get() {
 if [ -n "$ADMIN" ]; then
   echo "waiting for $NODE to hand on what its outbox holds..."
   end=$((SECONDS + ${CHAT_MOVE_TIMEOUT:-3600}))
-  until http_get "$ADMIN" /metrics 2>/dev/null | tr -d '\r' | grep -q '^chat_outbox_depth 0$'; do
+  # Outbox handed on, and its share of the move finished (sealed, ranges dropped).
+  until m=$(http_get "$ADMIN" /metrics 2>/dev/null | tr -d '\r') &&
+        grep -q '^chat_outbox_depth 0$' <<<"$m" && grep -q '^chat_rebalance_pending 0$' <<<"$m"; do
     if [ $SECONDS -ge $end ]; then echo "$NODE's outbox did not empty; not stopping it" >&2; exit 1; fi
     sleep 0.5
   done

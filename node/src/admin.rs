@@ -18,6 +18,8 @@ pub const MESSAGES_IN: &str = "chat_messages_in_total";
 pub const MESSAGES_OUT: &str = "chat_messages_out_total";
 pub const REDIRECTS: &str = "chat_redirects_total";
 pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
+/// 1 while this node has a share of a move left to finish (its marker file exists).
+pub const REBALANCE_PENDING: &str = "chat_rebalance_pending";
 pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
 pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
 pub const FORWARDED: &str = "chat_forwarded_entries_total";

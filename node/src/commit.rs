@@ -110,9 +110,9 @@ pub enum Command {
     /// Nothing to do but start a batch: lets the committer notice a change of the move in flight
     /// while no other command comes.
     Observe,
-    /// Rebalancing, old owner: every segment of the move to `epoch` is copied. Seals at once if
-    /// the move has committed meanwhile, else when it does.
-    CopyFinished { epoch: u64 },
+    /// Rebalancing, old owner: the move to `epoch` committed, its copy is complete and the outbox
+    /// holds nothing more from its moved users: seal the streams.
+    Seal { epoch: u64 },
 }
 
 /// Outbox entries written by one batch, handed to the forwarder once on disk.
@@ -173,8 +173,10 @@ pub struct Committer {
     /// arrived. Commands touching these segments wait in `deferred` until every seal is in.
     sealing: Option<(Arc<Transition>, Vec<Segment>, HashSet<String>)>,
     deferred: VecDeque<Command>,
-    /// Old owner: whether this process copied every segment of `move_state`.
-    copy_done: bool,
+    /// Users touched by the commands in `deferred`: later commands for them wait behind.
+    deferred_users: HashSet<String>,
+    /// Committed batches waiting to become visible, in commit order.
+    published: Arc<PublishQueue>,
     /// Old owner, after a commit: the move whose copy must still finish before the seal (a
     /// commit on progress reported before a restart, or a restart after the commit).
     finishing: Option<Arc<Transition>>,
@@ -219,6 +221,8 @@ struct Batch {
     clear_caches: bool,
     /// Recipients of the entries this batch put in the outbox.
     outboxed_to: HashSet<String>,
+    /// The move marker is to be removed once the batch is on disk.
+    clear_marker: bool,
     /// Recipients of outbox entries this batch removes (given up).
     unoutboxed_to: Vec<String>,
 }
@@ -286,7 +290,8 @@ impl Committer {
             move_state: None,
             sealing: None,
             deferred: VecDeque::new(),
-            copy_done: false,
+            deferred_users: HashSet::new(),
+            published: Arc::new(PublishQueue::default()),
             finishing: None,
             marker,
         })
@@ -306,6 +311,7 @@ impl Committer {
             // Commands that waited for a new owner's seals go first once every seal is in.
             if self.sealing.is_none() && !self.deferred.is_empty() {
                 let mut waited = std::mem::take(&mut self.deferred);
+                self.deferred_users.clear();
                 while !waited.is_empty() {
                     let n = waited.len().min(self.max_batch);
                     let part: Vec<Command> = waited.drain(..n).collect();
@@ -367,6 +373,9 @@ impl Committer {
                 if b.clear_caches {
                     self.forget_cached();
                 }
+                if b.clear_marker {
+                    self.store.clear_move_marker();
+                }
                 // Dual write: while a move is in flight, the replies of a batch with moving
                 // writes go out once every new owner has stored them too.
                 for (key, state) in b.devices {
@@ -395,9 +404,13 @@ impl Committer {
                 match (&self.mirror_tx, &self.move_state) {
                     // Dual write: while a move is in flight, nothing of a batch with moving
                     // writes is visible until every new owner has stored them too. Were this
-                    // node to fail first, nobody has seen what the new owner lacks.
+                    // node to fail first, nobody has seen what the new owner lacks. Batches
+                    // become visible in commit order, so later ones wait behind it.
                     (Some(tx), Some(t)) if !mirrored.is_empty() => {
-                        let releases = ReleaseOnDrop::new(mirrored.len(), Box::new(publish));
+                        let id = self.published.push(Box::new(publish), false);
+                        let q = self.published.clone();
+                        let releases =
+                            ReleaseOnDrop::new(mirrored.len(), Box::new(move || q.ready(id)));
                         for ((dest, writes), release) in mirrored.into_iter().zip(releases) {
                             let _ = tx.send(MirrorItem {
                                 dest,
@@ -409,7 +422,9 @@ impl Committer {
                             });
                         }
                     }
-                    _ => publish(),
+                    _ => {
+                        self.published.push(Box::new(publish), true);
+                    }
                 }
             }
             Err(e) => {
@@ -466,6 +481,9 @@ impl Committer {
 
     fn apply(&mut self, cmd: Command, b: &mut Batch) {
         if self.waits_for_seal(&cmd) {
+            for u in Self::touched(&cmd) {
+                self.deferred_users.insert(u.to_string());
+            }
             tracing::debug!(
                 waiting = self.deferred.len() + 1,
                 "command waits for a seal"
@@ -549,25 +567,28 @@ impl Committer {
                 drop(reply.send(page));
             }
             Command::DropRanges { ranges, reply } => {
+                // A later move may already bring some of these ranges back here: keep those.
+                let me = &self.routing.self_id;
+                let keep: Vec<(u64, u64)> = self
+                    .move_state
+                    .iter()
+                    .chain(self.sealing.iter().map(|(t, _, _)| t))
+                    .flat_map(|t| t.receives(me).map(|s| (s.start, s.end)).collect::<Vec<_>>())
+                    .collect();
                 for (start, end) in ranges {
-                    self.store.delete_hash_range(&mut b.wb, start, end);
+                    for (a, z) in subtract((start, end), &keep) {
+                        self.store.delete_hash_range(&mut b.wb, a, z);
+                    }
                 }
                 // The move this node gave segments away in is done with.
-                if self.move_state.is_none() && self.finishing.is_none() {
-                    self.store.clear_move_marker();
+                if self.move_state.is_none() && self.finishing.is_none() && self.sealing.is_none() {
+                    b.clear_marker = true;
                 }
                 b.clear_caches = true;
                 b.replies.push(Reply::Done(reply));
             }
             Command::Observe => {}
-            Command::CopyFinished { epoch } => {
-                if self
-                    .move_state
-                    .as_ref()
-                    .is_some_and(|t| t.to().epoch() == epoch)
-                {
-                    self.copy_done = true;
-                }
+            Command::Seal { epoch } => {
                 if let Some(t) = self.finishing.take() {
                     if t.to().epoch() == epoch {
                         self.seal(t);
@@ -590,7 +611,18 @@ impl Committer {
                 .is_some_and(|t| t.to().epoch() == m.to().epoch());
             let committed =
                 ring.epoch() >= m.to().epoch() && ring.member_list() == m.to().member_list();
-            if committed && !in_flight {
+            let me = self.routing.self_id.clone();
+            if committed && !in_flight && m.receives(&me).next().is_some() {
+                // New owner restarted after the commit, before every seal: keep waiting for them.
+                let received: Vec<Segment> = m.receives(&me).cloned().collect();
+                let givers = received.iter().map(|s| s.from.clone()).collect();
+                tracing::info!(
+                    epoch = m.to().epoch(),
+                    "waiting again for the old owners' seals after a restart"
+                );
+                self.sealing = Some((m.clone(), received, givers));
+            }
+            if committed && !in_flight && m.copies_of(&me).next().is_some() {
                 // Restarted after the commit, before the seal: copy again from scratch, then seal.
                 tracing::info!(
                     epoch = m.to().epoch(),
@@ -601,7 +633,7 @@ impl Committer {
                 if let Some(ev) = &self.events_tx {
                     let _ = ev.send(MoveEvent::Finish(m));
                 }
-            } else if !in_flight && ring.epoch() >= m.to().epoch() {
+            } else if !committed && !in_flight && ring.epoch() >= m.to().epoch() {
                 tracing::info!(
                     epoch = m.to().epoch(),
                     "the unfinished move was aborted meanwhile"
@@ -632,8 +664,8 @@ impl Committer {
             epoch = t.to().epoch(),
             "adopting the move: moving writes are mirrored from now on"
         );
-        // Remember the move across a restart until it is sealed (old owners only).
-        if t.copies_of(&me).next().is_some() {
+        // Remember the move across a restart until it is sealed (old and new owners).
+        if t.copies_of(&me).next().is_some() || t.receives(&me).next().is_some() {
             if let Err(e) = self
                 .store
                 .set_move_marker(&crate::rebalance::encode_marker(&t))
@@ -641,7 +673,6 @@ impl Committer {
                 tracing::error!(error = %e, "cannot record the move in flight");
             }
         }
-        self.copy_done = false;
         self.push_resets(&t);
         self.move_state = Some(t.clone());
         if let Some(ev) = &self.events_tx {
@@ -681,26 +712,18 @@ impl Committer {
         });
         tracing::info!(epoch = t.to().epoch(), committed, "the move ended");
         if !committed {
-            if t.copies_of(&me).next().is_some() {
-                self.store.clear_move_marker();
-            }
+            self.store.clear_move_marker();
             if let Some(ev) = &self.events_tx {
                 let _ = ev.send(MoveEvent::Aborted(t));
             }
             return;
         }
-        // Old owner: seal every stream once its copy is complete; this node writes nothing in
-        // the moved ranges any more, so a copy that must still finish reads a settled state.
+        // Old owner: the driver asks for the seal once the copy is complete (this node writes
+        // nothing in the moved ranges any more, so a copy still running reads a settled state)
+        // and the outbox holds nothing more from the moved users (their older messages must not
+        // be overtaken by newer ones sent from their new home).
         if t.copies_of(&me).next().is_some() {
-            if self.copy_done {
-                self.seal(t.clone());
-            } else {
-                tracing::info!(
-                    epoch = t.to().epoch(),
-                    "committed before this node's copy finished; sealing after it"
-                );
-                self.finishing = Some(t.clone());
-            }
+            self.finishing = Some(t.clone());
         }
         // New owner: serve the received segments only once every old owner has sealed them.
         let received: Vec<Segment> = t.receives(&me).cloned().collect();
@@ -734,42 +757,41 @@ impl Committer {
         }
     }
 
-    /// Whether `cmd` touches a segment whose old owner has not sealed it yet.
-    fn waits_for_seal(&self, cmd: &Command) -> bool {
-        let control = matches!(
-            cmd,
+    /// The users a client or forwarded command touches.
+    fn touched(cmd: &Command) -> Vec<&str> {
+        match cmd {
+            Command::Send { from, to, .. } => vec![from.user.as_str(), to.as_str()],
+            Command::Attach { who, .. } | Command::Ack { who, .. } => vec![who.user.as_str()],
+            Command::Apply { entries, .. } => entries.iter().map(|e| e.to.as_str()).collect(),
+            Command::GiveUp { entries, .. } => entries
+                .iter()
+                .filter_map(|(_, e)| match &e.item {
+                    Some(forward_entry::Item::Message(m)) => Some(m.from.as_str()),
+                    _ => None,
+                })
+                .collect(),
             Command::Mirror { .. }
-                | Command::CopyPage { .. }
-                | Command::DropRanges { .. }
-                | Command::Observe
-                | Command::CopyFinished { .. }
-        );
-        // Once the last seal is in, commands already waiting go first: a command in the same
-        // batch after the seal waits behind them.
-        if !control && !self.deferred.is_empty() {
+            | Command::CopyPage { .. }
+            | Command::DropRanges { .. }
+            | Command::Observe
+            | Command::Seal { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether `cmd` must wait: it touches a segment whose old owner has not sealed it yet, or a
+    /// user with a command already waiting (per-user order).
+    fn waits_for_seal(&self, cmd: &Command) -> bool {
+        let users = Self::touched(cmd);
+        if users.iter().any(|u| self.deferred_users.contains(*u)) {
             return true;
         }
         let Some((_, segments, _)) = &self.sealing else {
             return false;
         };
-        let hit = |user: &str| {
-            let h = chat_ring::key_hash(user);
+        users.iter().any(|u| {
+            let h = chat_ring::key_hash(u);
             segments.iter().any(|s| s.contains(h))
-        };
-        match cmd {
-            Command::Send { from, to, .. } => hit(&from.user) || hit(to),
-            Command::Attach { who, .. } | Command::Ack { who, .. } => hit(&who.user),
-            Command::Apply { entries, .. } => entries.iter().any(|e| hit(&e.to)),
-            Command::GiveUp { entries, .. } => entries.iter().any(|(_, e)| match &e.item {
-                Some(forward_entry::Item::Message(m)) => hit(&m.from),
-                _ => false,
-            }),
-            Command::Mirror { .. }
-            | Command::CopyPage { .. }
-            | Command::DropRanges { .. }
-            | Command::Observe
-            | Command::CopyFinished { .. } => false,
-        }
+        })
     }
 
     /// The writes of `wb` that belong to segments this node gives away, per new owner.
@@ -831,14 +853,26 @@ impl Committer {
         b: &mut Batch,
     ) -> Result<(), ChatError> {
         let me = self.routing.self_id.clone();
+        let sealing_this = self
+            .sealing
+            .as_ref()
+            .is_some_and(|(t, _, _)| t.to().epoch() == req.epoch);
         let t = match (&self.move_state, &self.sealing) {
-            (Some(t), _) if t.to().epoch() == req.epoch => t.clone(),
-            (_, Some((t, _, _))) if t.to().epoch() == req.epoch => t.clone(),
+            // A seal counts only once this node has seen the commit: before that, the old owner
+            // retries it (else it would be acknowledged and forgotten).
+            (Some(t), _) if t.to().epoch() == req.epoch && !req.seal => t.clone(),
+            (_, Some((t, _, _))) if sealing_this => t.clone(),
             _ => {
+                let ring_epoch = b.ring.as_ref().map_or(0, |r| r.epoch());
+                if req.epoch <= ring_epoch && self.move_state.is_none() && self.sealing.is_none() {
+                    // A move that ended here (sealed, or aborted): this is a retry of what was
+                    // applied already. Acknowledged, so the old owner's stream moves on.
+                    return Ok(());
+                }
                 return Err(ChatError::Unavailable(format!(
                     "no move to epoch {} here (yet)",
                     req.epoch
-                )))
+                )));
             }
         };
         let ours = |h: u64| {
@@ -891,6 +925,9 @@ impl Committer {
                         "every old owner sealed: serving the received segments"
                     );
                     self.sealing = None;
+                    if self.finishing.is_none() {
+                        b.clear_marker = true;
+                    }
                 }
             }
         }
@@ -1381,6 +1418,87 @@ impl Committer {
     }
 }
 
+/// A committed batch's publication: ready to run or not, and what to run.
+type Slot = (bool, Option<Box<dyn FnOnce() + Send>>);
+
+/// What committed batches make visible (replies, live deliveries, outbox hand-off), run in commit
+/// order: a batch whose dual writes are not acknowledged yet holds back the batches after it, so
+/// nothing a client sent later becomes visible first.
+#[derive(Default)]
+struct PublishQueue {
+    /// Id of the front slot, and the slots: ready or not, and what to run.
+    slots: std::sync::Mutex<(u64, VecDeque<Slot>)>,
+    /// Held while running slots, so two threads never run them out of order.
+    runner: std::sync::Mutex<()>,
+}
+
+impl PublishQueue {
+    /// Adds a batch; runs it (and whatever became runnable) at once if nothing waits before it.
+    fn push(&self, f: Box<dyn FnOnce() + Send>, ready: bool) -> u64 {
+        let id = {
+            let mut g = self.slots.lock().expect("not poisoned");
+            g.1.push_back((ready, Some(f)));
+            g.0 + g.1.len() as u64 - 1
+        };
+        self.run_ready();
+        id
+    }
+
+    fn ready(&self, id: u64) {
+        {
+            let mut g = self.slots.lock().expect("not poisoned");
+            let first = g.0;
+            if let Some(slot) = id.checked_sub(first).and_then(|i| g.1.get_mut(i as usize)) {
+                slot.0 = true;
+            }
+        }
+        self.run_ready();
+    }
+
+    fn run_ready(&self) {
+        let _one_at_a_time = self.runner.lock().expect("not poisoned");
+        loop {
+            let f = {
+                let mut g = self.slots.lock().expect("not poisoned");
+                match g.1.front() {
+                    Some((true, _)) => {
+                        g.0 += 1;
+                        g.1.pop_front().and_then(|(_, f)| f)
+                    }
+                    _ => return,
+                }
+            };
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+}
+
+/// `range` without the parts covered by `keep` (all inclusive ranges of key hashes).
+fn subtract(range: (u64, u64), keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = vec![range];
+    for &(ks, ke) in keep {
+        out = out
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if ke < s || ks > e {
+                    return vec![(s, e)];
+                }
+                let mut parts = Vec::new();
+                if ks > s {
+                    parts.push((s, ks - 1));
+                }
+                if ke < e {
+                    parts.push((ke + 1, e));
+                }
+                parts
+            })
+            .collect();
+    }
+    out
+}
+
 /// The answer to a command of a user this node no longer owns (the ring moved under a session).
 fn moved(user: &str) -> ChatError {
     ChatError::Unavailable(format!("{user} has moved to another node; reconnect"))
@@ -1486,6 +1604,19 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn subtracting_ranges_keeps_what_is_outside() {
+        assert_eq!(subtract((10, 20), &[]), vec![(10, 20)]);
+        assert_eq!(subtract((10, 20), &[(0, 9), (21, 30)]), vec![(10, 20)]);
+        assert_eq!(subtract((10, 20), &[(12, 14)]), vec![(10, 11), (15, 20)]);
+        assert_eq!(subtract((10, 20), &[(5, 12), (18, 25)]), vec![(13, 17)]);
+        assert_eq!(subtract((10, 20), &[(10, 20)]), vec![]);
+        assert_eq!(
+            subtract((0, u64::MAX), &[(0, 0), (u64::MAX, u64::MAX)]),
+            vec![(1, u64::MAX - 1)]
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub const PAGE_KEYS: usize = 2_000;
 pub const PAGE_BYTES: usize = 1 << 20;
 /// Most writes in one mirror request.
 const REQUEST_WRITES: usize = 10_000;
+const REQUEST_BYTES: usize = 8 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One item of the ordered stream to a new owner.
@@ -175,14 +176,23 @@ pub async fn run_mirror(
                 writes: Vec::new(),
                 seal: false,
             };
-            let mut n = 0;
+            let (mut n, mut bytes) = (0, 0usize);
             for (i, item) in q.iter().enumerate() {
                 if item.epoch() != epoch || (i > 0 && !item.reset.is_empty()) {
                     break;
                 }
-                if i > 0 && req.writes.len() + item.writes.len() > REQUEST_WRITES {
+                let item_bytes: usize = item
+                    .writes
+                    .iter()
+                    .map(|w| w.key.len() + w.value.len())
+                    .sum();
+                if i > 0
+                    && (req.writes.len() + item.writes.len() > REQUEST_WRITES
+                        || bytes + item_bytes > REQUEST_BYTES)
+                {
                     break;
                 }
+                bytes += item_bytes;
                 req.writes.extend(item.writes.iter().cloned());
                 n += 1;
                 if item.seal {
@@ -402,14 +412,7 @@ async fn share_of_move(
     }
     p.copied = true;
     p.keys_total = p.keys_copied;
-    if committer
-        .submit(Command::CopyFinished { epoch })
-        .await
-        .is_err()
-    {
-        return;
-    }
-    report(&etcd, epoch, &me, &mut p).await;
+    let mut reported = report(&etcd, epoch, &me, &mut p).await;
     tracing::info!(
         epoch,
         keys = p.keys_copied,
@@ -420,6 +423,9 @@ async fn share_of_move(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while in_flight(&t, &view) {
         tick.tick().await;
+        if !reported {
+            reported = report(&etcd, epoch, &me, &mut p).await;
+        }
         if let Ok(mut c) = chat_cluster::connect(&etcd).await {
             match rebalance::commit(&mut c, &etcd.prefix).await {
                 Ok(Some(_)) => tracing::info!(epoch, "move committed"),
@@ -428,9 +434,16 @@ async fn share_of_move(
             }
         }
     }
+    if stopped(&view) || segments.is_empty() {
+        return;
+    }
+    // Committed, and the copy is complete: seal the streams. (Messages the moved users sent
+    // before the commit may still wait in this node's outbox; see docs/rebalancing.md, limits.)
+    let _ = committer.submit(Command::Seal { epoch }).await;
 }
 
-async fn report(etcd: &EtcdConfig, epoch: u64, me: &str, p: &mut Progress) {
+/// Reports progress, retrying for a few seconds; whether it was written.
+async fn report(etcd: &EtcdConfig, epoch: u64, me: &str, p: &mut Progress) -> bool {
     p.updated_ms = chat_proto::now_ms();
     for attempt in 0..20 {
         let res = async {
@@ -439,13 +452,14 @@ async fn report(etcd: &EtcdConfig, epoch: u64, me: &str, p: &mut Progress) {
         }
         .await;
         match res {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "reporting move progress failed");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
     }
+    false
 }
 
 /// A copy page read by the committer and put on the stream.

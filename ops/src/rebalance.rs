@@ -100,12 +100,12 @@ pub async fn status(cfg: &EtcdConfig) -> anyhow::Result<Status> {
         .iter()
         .map(|(n, p)| (n.clone(), p.state()))
         .collect();
-    let (copied, total): (u64, u64) = progress
-        .values()
-        .fold((0, 0), |(c, t), p| (c + p.keys_copied, t + p.keys_total));
+    // Time left, from the share of segments copied so far and the time it took.
+    let done: u64 = progress.values().map(|p| p.segments_done).sum();
+    let total: u64 = nodes.values().map(|n| n.gives as u64).sum();
     let elapsed = (now_ms() - next.started_ms).max(1) as f64 / 1000.0;
-    let eta_secs = (copied > 0 && total >= copied)
-        .then(|| (total - copied) as f64 / (copied as f64 / elapsed));
+    let eta_secs =
+        (done > 0 && total > done).then(|| elapsed * (total - done) as f64 / done as f64);
     Ok(Status {
         current_epoch: doc.current.epoch,
         moving: Some(Move {

@@ -36,7 +36,7 @@ impl Segment {
 
     /// The share of the circle this segment covers (0..=1).
     pub fn share(&self) -> f64 {
-        (self.end - self.start) as f64 / u64::MAX as f64
+        ((self.end - self.start) as f64 + 1.0) / 2f64.powi(64)
     }
 }
 

@@ -141,6 +141,8 @@ impl Store {
             from = last + 1;
             store.outbox_added(page.iter().map(|(_, e)| e.to.as_str()));
         }
+        let pending = store.move_marker().is_some();
+        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(if pending { 1.0 } else { 0.0 });
         Ok(Arc::new(store))
     }
 
@@ -283,11 +285,14 @@ impl Store {
         std::fs::rename(&tmp, self.dir.join(MOVE_MARKER)).map_err(io)?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io)
+            .map_err(io)?;
+        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(1.0);
+        Ok(())
     }
 
     pub fn clear_move_marker(&self) {
         let _ = std::fs::remove_file(self.dir.join(MOVE_MARKER));
+        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(0.0);
     }
 
     /// Counts outbox entries for these recipients (on their commit).

@@ -96,3 +96,43 @@ async fn idle_and_offline_drain_scenarios_run_and_report() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_reports_the_move_and_its_phases() {
+    let mut cluster = TestCluster::start(&[]);
+    let router = cluster.start_router();
+    let certs = cluster.certs.display().to_string();
+    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
+    let n4 = TestNode::start_member(
+        "n4",
+        &cluster.etcd.url,
+        &cluster.prefix,
+        &cluster.certs,
+        cluster.dir.path(),
+        &[],
+    );
+    n4.wait_ready();
+    cluster.nodes.push(n4);
+    let out = bench(&[
+        "--url",
+        &router.ws_url(),
+        "--etcd",
+        &cluster.etcd.url,
+        "--prefix",
+        &cluster.prefix,
+        "rebalance",
+        "--add",
+        "n4",
+        "--pairs",
+        "3",
+        "--rate",
+        "30",
+        "--settle",
+        "1",
+    ]);
+    assert!(out.contains("(add n4 (weight 1)): committed"), "{out}");
+    for phase in ["| before |", "| during |", "| after |"] {
+        assert!(out.contains(phase), "{out}");
+    }
+    assert!(out.contains(", lost 0,"), "{out}");
+}

@@ -267,13 +267,19 @@ async fn receive(url: String, token: String, start: Instant, stop: Arc<AtomicBoo
     loop {
         let c = match &mut client {
             Some(c) => c,
-            None => match Client::connect(&url, &token).await {
-                Ok(c) => client.insert(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+            None => {
+                let opts = chat_client::ConnectOptions {
+                    resume_after: last_seq,
+                    ..Default::default()
+                };
+                match Client::connect_with(&url, &token, &opts).await {
+                    Ok(c) => client.insert(c),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         match c.recv_timeout(Duration::from_millis(500)).await {
             Ok(f) => {

@@ -132,6 +132,8 @@ pub struct ConnectOptions {
     /// Local address to connect from (a load generator spreads connections over several
     /// 127.0.0.x so that one source address does not run out of ports).
     pub local_ip: Option<std::net::IpAddr>,
+    /// The highest seq this device has processed (`Hello.resume_after`).
+    pub resume_after: u64,
 }
 
 impl Default for ConnectOptions {
@@ -141,6 +143,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(10),
             agent: format!("chat-client/{}", env!("CARGO_PKG_VERSION")),
             local_ip: None,
+            resume_after: 0,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Client {
             c.send(client_frame::Frame::Hello(Hello {
                 token: token.to_string(),
                 agent: opts.agent.clone(),
+                resume_after: opts.resume_after,
             }))
             .await?;
             match c.recv_timeout(opts.timeout).await?.frame {

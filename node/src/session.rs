@@ -187,8 +187,8 @@ impl Live {
 
 impl Session {
     async fn run(&mut self, mut shutdown: broadcast::Receiver<()>) -> End {
-        let who = match self.hello(&mut shutdown).await {
-            Ok(who) => who,
+        let (who, resume_after) = match self.hello(&mut shutdown).await {
+            Ok(hello) => hello,
             Err(end) => return end,
         };
         let span = tracing::Span::current();
@@ -243,7 +243,9 @@ impl Session {
             view: self.ctx.routing.view.clone(),
             who,
             sub,
-            last_sent: attached.cursor,
+            // What the device says it has processed is not sent again (but not acknowledged
+            // for it either: its next cumulative ack covers it).
+            last_sent: attached.cursor.max(resume_after.min(attached.inbox_seq)),
             catching_up: true,
             max_seen: 0,
             page: None,
@@ -273,7 +275,11 @@ impl Session {
     }
 
     /// Waits for a valid Hello. Other frames are answered with UNAUTHENTICATED.
-    async fn hello(&mut self, shutdown: &mut broadcast::Receiver<()>) -> Result<Identity, End> {
+    /// The identity of a good hello, and the seq the device says it has processed.
+    async fn hello(
+        &mut self,
+        shutdown: &mut broadcast::Receiver<()>,
+    ) -> Result<(Identity, u64), End> {
         let deadline = Instant::now() + Duration::from_millis(self.ctx.cfg.client.hello_timeout_ms);
         let mut attempts = 0;
         loop {
@@ -305,7 +311,7 @@ impl Session {
             };
             match frame.frame {
                 Some(client_frame::Frame::Hello(h)) => match self.ctx.verifier.verify(&h.token) {
-                    Ok(who) => return Ok(who),
+                    Ok(who) => return Ok((who, h.resume_after)),
                     Err(e) => {
                         tracing::debug!(error = %e, "hello refused");
                         self.reply_error(&e, "").await.map_err(|_| End::Gone)?;

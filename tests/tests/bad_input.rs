@@ -212,6 +212,7 @@ async fn bad_tokens_and_frames_before_hello_are_refused() {
     assert_eq!(error_code(&f), Some(ErrorCode::Unauthenticated));
     let hello = chat_proto::v1::ClientFrame {
         frame: Some(client_frame::Frame::Hello(Hello {
+            resume_after: 0,
             token: token("alice", "phone"),
             agent: "raw".into(),
         })),
@@ -237,6 +238,7 @@ async fn a_frame_over_the_hard_cap_closes_only_that_connection() {
     let (mut ws, _) = tokio_tungstenite::connect_async(&node.url).await.unwrap();
     let hello = chat_proto::v1::ClientFrame {
         frame: Some(client_frame::Frame::Hello(Hello {
+            resume_after: 0,
             token: token("alice", "phone"),
             agent: "raw".into(),
         })),

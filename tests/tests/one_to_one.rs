@@ -273,3 +273,47 @@ async fn a_device_with_a_tiny_live_queue_still_gets_everything_once_in_order() {
         .iter()
         .all(|f| as_message(f).is_none()));
 }
+
+/// A device that says which seq it processed last (`Hello.resume_after`) is not sent that part of
+/// its backlog again, even though it never acknowledged it; without it, everything after the
+/// durable cursor comes again.
+#[tokio::test]
+async fn resume_after_skips_what_the_device_already_processed() {
+    let node = TestNode::start(&[]);
+    let mut alice = node.connect("alice", "phone").await;
+    for i in 1..=5 {
+        alice
+            .send_message(&format!("c{i}"), "bob", &format!("m{i}"))
+            .await
+            .unwrap();
+        recv_until(&mut alice, "sent", |f| {
+            matches!(f.frame, Some(server_frame::Frame::Sent(_)))
+        })
+        .await;
+    }
+    let opts = |resume_after: u64| chat_client::ConnectOptions {
+        resume_after,
+        ..Default::default()
+    };
+    let seqs = |frames: Vec<chat_proto::v1::ServerFrame>| -> Vec<u64> {
+        frames
+            .iter()
+            .filter_map(|f| as_message(f).map(|(seq, _)| seq))
+            .collect()
+    };
+    // Processed up to 3 (no ack sent): only 4 and 5 come.
+    let mut bob = node.connect_with("bob", "phone", &opts(3)).await;
+    assert_eq!(bob.welcome.cursor, 0, "nothing acknowledged");
+    assert_eq!(seqs(until_pong(&mut bob, 1).await), vec![4, 5]);
+    drop(bob);
+    // Without the hint, everything after the cursor; a hint beyond the inbox is capped.
+    let mut bob = node.connect_with("bob", "phone", &opts(0)).await;
+    assert_eq!(seqs(backlog(&mut bob, 2).await), vec![1, 2, 3, 4, 5]);
+    drop(bob);
+    let mut bob = node.connect_with("bob", "phone", &opts(99)).await;
+    assert_eq!(seqs(until_pong(&mut bob, 3).await), Vec::<u64>::new());
+    // New messages still arrive after a capped hint.
+    alice.send_message("c6", "bob", "m6").await.unwrap();
+    let got = receive_messages(&mut bob, 1).await;
+    assert_eq!((got[0].0, got[0].1.body.as_str()), (6, "m6"));
+}

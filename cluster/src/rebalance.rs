@@ -45,7 +45,7 @@ pub struct Progress {
     pub segments_done: u64,
     pub keys_copied: u64,
     pub bytes_copied: u64,
-    /// Keys it expects to copy in all (counted when the copy starts), for estimates.
+    /// Keys it copied in all, once its copy is complete (time-left estimates use segments).
     #[serde(default)]
     pub keys_total: u64,
     /// The last copy error, while it is retrying.

@@ -110,8 +110,8 @@ pub enum Command {
     /// Nothing to do but start a batch: lets the committer notice a change of the move in flight
     /// while no other command comes.
     Observe,
-    /// Rebalancing, old owner: the move to `epoch` committed, its copy is complete and the outbox
-    /// holds nothing more from its moved users: seal the streams.
+    /// Rebalancing, old owner: the move to `epoch` committed and its copy is complete: seal the
+    /// streams.
     Seal { epoch: u64 },
 }
 
@@ -719,9 +719,7 @@ impl Committer {
             return;
         }
         // Old owner: the driver asks for the seal once the copy is complete (this node writes
-        // nothing in the moved ranges any more, so a copy still running reads a settled state)
-        // and the outbox holds nothing more from the moved users (their older messages must not
-        // be overtaken by newer ones sent from their new home).
+        // nothing in the moved ranges any more, so a copy still running reads a settled state).
         if t.copies_of(&me).next().is_some() {
             self.finishing = Some(t.clone());
         }

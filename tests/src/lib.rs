@@ -677,6 +677,23 @@ impl TestCluster {
             .collect()
     }
 
+    /// Starts one more member node `id` (certificate, registration): it owns nothing until a
+    /// move of the ring gives it a share.
+    pub fn start_extra_node(&mut self, id: &str) {
+        let certs = self.certs.display().to_string();
+        chatctl(&["certs", "issue", id, "--dir", &certs]);
+        let n = TestNode::start_member(
+            id,
+            &self.etcd.url,
+            &self.prefix,
+            &self.certs,
+            self.dir.path(),
+            &[],
+        );
+        n.wait_ready();
+        self.nodes.push(n);
+    }
+
     pub fn start_router(&self) -> TestRouter {
         TestRouter::start(
             &self.etcd.url,

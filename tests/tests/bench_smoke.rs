@@ -101,18 +101,7 @@ async fn idle_and_offline_drain_scenarios_run_and_report() {
 async fn rebalance_reports_the_move_and_its_phases() {
     let mut cluster = TestCluster::start(&[]);
     let router = cluster.start_router();
-    let certs = cluster.certs.display().to_string();
-    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
-    let n4 = TestNode::start_member(
-        "n4",
-        &cluster.etcd.url,
-        &cluster.prefix,
-        &cluster.certs,
-        cluster.dir.path(),
-        &[],
-    );
-    n4.wait_ready();
-    cluster.nodes.push(n4);
+    cluster.start_extra_node("n4");
     let out = bench(&[
         "--url",
         &router.ws_url(),

@@ -522,28 +522,12 @@ fn ring_of(epoch: u64, ids: &[&str]) -> chat_ring::Ring {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_node_under_load_loses_and_duplicates_nothing() {
     let mut c = TestCluster::start(&[]);
-    let certs = c.certs.display().to_string();
-    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
     let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
     move_under_load(
         &mut c,
         |c| {
             // Traffic is flowing: bring up n4 and move a quarter of the users to it.
-            let n4 =
-                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
-            n4.wait_ready();
-            c.nodes.push(n4);
-            let out = chatctl(&[
-                "rebalance",
-                "start",
-                "--add",
-                "n4",
-                "--etcd",
-                &c.etcd.url,
-                "--prefix",
-                &c.prefix,
-            ]);
-            assert!(out.contains("epoch 2"), "{out}");
+            add_n4(c);
         },
         &after,
     )
@@ -596,6 +580,22 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
     }
 }
 
+/// Starts n4 and the move that adds it.
+fn add_n4(c: &mut TestCluster) {
+    c.start_extra_node("n4");
+    let out = chatctl(&[
+        "rebalance",
+        "start",
+        "--add",
+        "n4",
+        "--etcd",
+        &c.etcd.url,
+        "--prefix",
+        &c.prefix,
+    ]);
+    assert!(out.contains("epoch 2"), "{out}");
+}
+
 /// Waits until the move in flight has been seen by `node`.
 fn wait_seen(c: &TestCluster, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -612,26 +612,11 @@ fn wait_seen(c: &TestCluster, node: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
     let mut c = TestCluster::start(&[]);
-    let certs = c.certs.display().to_string();
-    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
     let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
     move_under_load(
         &mut c,
         |c| {
-            let n4 =
-                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
-            n4.wait_ready();
-            c.nodes.push(n4);
-            chatctl(&[
-                "rebalance",
-                "start",
-                "--add",
-                "n4",
-                "--etcd",
-                &c.etcd.url,
-                "--prefix",
-                &c.prefix,
-            ]);
+            add_n4(c);
             wait_seen(c, "n4");
             c.node_mut("n4").kill9();
             // While n4 is down the old owners cannot copy to it: the move does not commit.
@@ -651,26 +636,11 @@ async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_owner_killed_during_the_move_finishes_it_after_a_restart() {
     let mut c = TestCluster::start(&[]);
-    let certs = c.certs.display().to_string();
-    chatctl(&["certs", "issue", "n4", "--dir", &certs]);
     let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
     move_under_load(
         &mut c,
         |c| {
-            let n4 =
-                TestNode::start_member("n4", &c.etcd.url, &c.prefix, &c.certs, c.dir.path(), &[]);
-            n4.wait_ready();
-            c.nodes.push(n4);
-            chatctl(&[
-                "rebalance",
-                "start",
-                "--add",
-                "n4",
-                "--etcd",
-                &c.etcd.url,
-                "--prefix",
-                &c.prefix,
-            ]);
+            add_n4(c);
             wait_seen(c, "n1");
             // n1 gives segments to n4; it dies mid-move and comes back with its data.
             c.node_mut("n1").kill9();

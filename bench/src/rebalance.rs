@@ -130,7 +130,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     }
     let committed = {
         let d = chat_cluster::read_ring(&mut c, &o.etcd.prefix).await?;
-        d.is_some_and(|d| d.current.epoch == epoch && d.current.members == t.to().member_list())
+        d.and_then(|d| d.current.build().ok())
+            .is_some_and(|r| t.committed_in(&r))
     };
 
     let phases = [
@@ -311,7 +312,7 @@ async fn receive(url: String, token: String, start: Instant, stop: Arc<AtomicBoo
                     _ => {}
                 }
             }
-            Err(e) if e.to_string().contains("time") => {
+            Err(chat_client::ClientError::Timeout) => {
                 if stop.load(Ordering::Acquire) {
                     let q = *quiet_since.get_or_insert_with(Instant::now);
                     if q.elapsed() > Duration::from_secs(2) {

@@ -29,7 +29,7 @@ use crate::error::ChatError;
 use crate::hub::Hub;
 use crate::rebalance::{Done, MirrorItem, MoveEvent, Page, ReleaseOnDrop, PAGE_BYTES, PAGE_KEYS};
 use crate::store::keys::*;
-use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX};
+use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX, MOVING_CFS};
 
 /// Most message ids in one stored receipt; a longer run is split into several receipts.
 const MAX_RECEIPT_IDS: usize = 512;
@@ -412,14 +412,8 @@ impl Committer {
                         let releases =
                             ReleaseOnDrop::new(mirrored.len(), Box::new(move || q.ready(id)));
                         for ((dest, writes), release) in mirrored.into_iter().zip(releases) {
-                            let _ = tx.send(MirrorItem {
-                                dest,
-                                transition: t.clone(),
-                                reset: Vec::new(),
-                                writes,
-                                seal: false,
-                                done: Done::Release(release),
-                            });
+                            let done = Done::Release(release);
+                            let _ = tx.send(MirrorItem::writes(dest, t, writes, done));
                         }
                     }
                     _ => {
@@ -609,8 +603,7 @@ impl Committer {
             let in_flight = moving
                 .as_ref()
                 .is_some_and(|t| t.to().epoch() == m.to().epoch());
-            let committed =
-                ring.epoch() >= m.to().epoch() && ring.member_list() == m.to().member_list();
+            let committed = m.committed_in(ring);
             let me = self.routing.self_id.clone();
             if committed && !in_flight && m.receives(&me).next().is_some() {
                 // New owner restarted after the commit, before every seal: keep waiting for them.
@@ -693,23 +686,14 @@ impl Committer {
                 });
             }
             for (dest, reset) in by_dest {
-                let _ = tx.send(MirrorItem {
-                    dest: dest.to_string(),
-                    transition: t.clone(),
-                    reset,
-                    writes: Vec::new(),
-                    seal: false,
-                    done: Done::Nothing,
-                });
+                let _ = tx.send(MirrorItem::reset(dest.to_string(), t, reset));
             }
         }
     }
 
     fn end_move(&mut self, t: Arc<Transition>, b: &Batch) {
         let me = self.routing.self_id.clone();
-        let committed = b.ring.as_ref().is_some_and(|r| {
-            r.epoch() >= t.to().epoch() && r.member_list() == t.to().member_list()
-        });
+        let committed = b.ring.as_ref().is_some_and(|r| t.committed_in(r));
         tracing::info!(epoch = t.to().epoch(), committed, "the move ended");
         if !committed {
             self.store.clear_move_marker();
@@ -741,14 +725,7 @@ impl Committer {
         for dest in dests {
             let (done, ack) = oneshot::channel();
             acks.push(ack);
-            let _ = tx.send(MirrorItem {
-                dest,
-                transition: t.clone(),
-                reset: Vec::new(),
-                writes: Vec::new(),
-                seal: true,
-                done: Done::Notify(done),
-            });
+            let _ = tx.send(MirrorItem::seal(dest, &t, Done::Notify(done)));
         }
         if let Some(ev) = &self.events_tx {
             let _ = ev.send(MoveEvent::Sealing(t, acks));
@@ -810,7 +787,7 @@ impl Committer {
         }
         impl Collect<'_> {
             fn add(&mut self, cf_id: u32, key: &[u8], value: Option<&[u8]>) {
-                let Some(cf) = self.store.cf_name(cf_id).filter(|c| *c != CF_OUTBOX) else {
+                let Some(cf) = self.store.cf_name(cf_id).filter(|c| MOVING_CFS.contains(c)) else {
                     return;
                 };
                 let Some(h) = key.get(..8) else { return };
@@ -884,15 +861,11 @@ impl Committer {
         }
         let mut writes = Vec::with_capacity(req.writes.len());
         for w in &req.writes {
-            let cf = match w.cf.as_str() {
-                CF_INBOX => CF_INBOX,
-                CF_META => CF_META,
-                CF_DEDUP => CF_DEDUP,
-                other => {
-                    return Err(ChatError::InvalidArgument(format!(
-                        "cf {other:?} does not move"
-                    )))
-                }
+            let Some(cf) = MOVING_CFS.into_iter().find(|c| *c == w.cf) else {
+                return Err(ChatError::InvalidArgument(format!(
+                    "cf {:?} does not move",
+                    w.cf
+                )));
             };
             let h = w
                 .key
@@ -976,14 +949,7 @@ impl Committer {
             // Nothing to send: done at once (most segments are empty in most column families).
             let _ = ack_tx.send(());
         } else {
-            let _ = tx.send(MirrorItem {
-                dest,
-                transition: t.clone(),
-                reset: Vec::new(),
-                writes,
-                seal: false,
-                done: Done::Notify(ack_tx),
-            });
+            let _ = tx.send(MirrorItem::writes(dest, t, writes, Done::Notify(ack_tx)));
         }
         Ok(Page {
             keys,

@@ -10,7 +10,7 @@
 //!   by page, tries the commit, and drops given-away ranges once sealed (or received ones after
 //!   an abort).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::commit::{Command, CommitterHandle};
 use crate::peer::transport::Peers;
-use crate::store::{CF_DEDUP, CF_INBOX, CF_META};
+use crate::store::MOVING_CFS;
 
-/// The column families whose keys move with their owner (the outbox stays).
-pub const MOVING_CFS: [&str; 3] = [CF_META, CF_INBOX, CF_DEDUP];
 /// Most keys and bytes in one copy page.
 pub const PAGE_KEYS: usize = 2_000;
 pub const PAGE_BYTES: usize = 1 << 20;
@@ -47,6 +45,34 @@ pub struct MirrorItem {
 }
 
 impl MirrorItem {
+    /// Writes for `dest` (a batch's moving writes, or a copy page).
+    pub fn writes(dest: String, t: &Arc<Transition>, writes: Vec<RawWrite>, done: Done) -> Self {
+        MirrorItem {
+            dest,
+            transition: t.clone(),
+            reset: Vec::new(),
+            writes,
+            seal: false,
+            done,
+        }
+    }
+
+    /// The first item of a stream: clear these ranges on `dest`.
+    pub fn reset(dest: String, t: &Arc<Transition>, reset: Vec<HashRange>) -> Self {
+        MirrorItem {
+            reset,
+            ..Self::writes(dest, t, Vec::new(), Done::Nothing)
+        }
+    }
+
+    /// The last item of a stream.
+    pub fn seal(dest: String, t: &Arc<Transition>, done: Done) -> Self {
+        MirrorItem {
+            seal: true,
+            ..Self::writes(dest, t, Vec::new(), done)
+        }
+    }
+
     fn epoch(&self) -> u64 {
         self.transition.to().epoch()
     }
@@ -126,14 +152,14 @@ pub fn decode_marker(bytes: &[u8]) -> Option<Transition> {
 /// Whether `t` was aborted, judged from the ring a node holds: an abort keeps the old members
 /// under the next ring's epoch.
 pub fn aborted(t: &Transition, view: &ClusterView) -> bool {
-    let Some(ring) = &view.ring else {
-        return false;
-    };
-    let moving_same = view
-        .moving
+    !in_flight(t, view) && view.ring.as_ref().is_some_and(|r| t.aborted_in(r))
+}
+
+/// Whether `t` is the move in flight in `view`.
+fn in_flight(t: &Transition, view: &ClusterView) -> bool {
+    view.moving
         .as_ref()
-        .is_some_and(|m| m.to().epoch() == t.to().epoch());
-    !moving_same && ring.epoch() >= t.to().epoch() && ring.member_list() != t.to().member_list()
+        .is_some_and(|m| m.to().epoch() == t.to().epoch())
 }
 
 /// Sends every new owner its stream, in order, one request in flight per destination.
@@ -145,14 +171,14 @@ pub async fn run_mirror(
 ) {
     let mut queues: BTreeMap<String, VecDeque<MirrorItem>> = BTreeMap::new();
     let mut inflight = tokio::task::JoinSet::new();
-    let mut busy: BTreeMap<String, ()> = BTreeMap::new();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
     let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     let mut backoff: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
         // Start a request for every idle destination with queued items.
         let now = tokio::time::Instant::now();
         for (dest, q) in queues.iter_mut() {
-            if busy.contains_key(dest) || q.is_empty() {
+            if busy.contains(dest) || q.is_empty() {
                 continue;
             }
             if retry_at.get(dest).is_some_and(|t| *t > now) {
@@ -200,7 +226,7 @@ pub async fn run_mirror(
                     break;
                 }
             }
-            busy.insert(dest.clone(), ());
+            busy.insert(dest.clone());
             let (peers, dest, from) = (peers.clone(), dest.clone(), self_id.clone());
             inflight.spawn(async move {
                 let request = PeerRequest {
@@ -328,13 +354,6 @@ async fn drop_ranges(committer: &CommitterHandle, ranges: Vec<(u64, u64)>, why: 
     }
 }
 
-fn in_flight(t: &Transition, view: &watch::Receiver<ClusterView>) -> bool {
-    view.borrow()
-        .moving
-        .as_ref()
-        .is_some_and(|m| m.to().epoch() == t.to().epoch())
-}
-
 /// Reports `seen`, copies every segment this node gives away, reports `copied`, then tries the
 /// commit until the move ends.
 async fn share_of_move(
@@ -345,6 +364,10 @@ async fn share_of_move(
     view: watch::Receiver<ClusterView>,
 ) {
     let epoch = t.to().epoch();
+    let mut etcd = Etcd {
+        cfg: etcd,
+        client: None,
+    };
     let segments: Vec<_> = t.copies_of(&me).cloned().collect();
     // Copying goes on after a commit (the seal waits for it); only an abort stops it.
     let stopped = |view: &watch::Receiver<ClusterView>| aborted(&t, &view.borrow());
@@ -353,7 +376,7 @@ async fn share_of_move(
         segments: segments.len() as u64,
         ..Progress::default()
     };
-    report(&etcd, epoch, &me, &mut p).await;
+    report(&mut etcd, epoch, &me, &mut p).await;
     let mut last_report = tokio::time::Instant::now();
     tracing::info!(
         epoch,
@@ -399,7 +422,7 @@ async fn share_of_move(
                 p.keys_copied += page.keys;
                 p.bytes_copied += page.bytes;
                 if last_report.elapsed() > Duration::from_secs(1) {
-                    report(&etcd, epoch, &me, &mut p).await;
+                    report(&mut etcd, epoch, &me, &mut p).await;
                     last_report = tokio::time::Instant::now();
                 }
                 match page.last_key {
@@ -412,7 +435,7 @@ async fn share_of_move(
     }
     p.copied = true;
     p.keys_total = p.keys_copied;
-    let mut reported = report(&etcd, epoch, &me, &mut p).await;
+    let mut reported = report(&mut etcd, epoch, &me, &mut p).await;
     tracing::info!(
         epoch,
         keys = p.keys_copied,
@@ -421,16 +444,21 @@ async fn share_of_move(
     );
     // Any node may commit once every node is done; the compare-and-swap makes it happen once.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    while in_flight(&t, &view) {
+    while in_flight(&t, &view.borrow()) {
         tick.tick().await;
         if !reported {
-            reported = report(&etcd, epoch, &me, &mut p).await;
+            reported = report(&mut etcd, epoch, &me, &mut p).await;
         }
-        if let Ok(mut c) = chat_cluster::connect(&etcd).await {
-            match rebalance::commit(&mut c, &etcd.prefix).await {
-                Ok(Some(_)) => tracing::info!(epoch, "move committed"),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "commit attempt"),
+        let attempt = match etcd.client().await {
+            Ok((c, prefix)) => rebalance::commit(c, prefix).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(Some(_)) => tracing::info!(epoch, "move committed"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "commit attempt");
+                etcd.client = None;
             }
         }
     }
@@ -442,18 +470,37 @@ async fn share_of_move(
     let _ = committer.submit(Command::Seal { epoch }).await;
 }
 
+/// One etcd connection for a move's reports and commit attempts, made again after an error.
+struct Etcd {
+    cfg: EtcdConfig,
+    client: Option<chat_cluster::etcd_client::Client>,
+}
+
+impl Etcd {
+    /// The client and the cluster's prefix.
+    async fn client(
+        &mut self,
+    ) -> Result<(&mut chat_cluster::etcd_client::Client, &str), chat_cluster::ClusterError> {
+        if self.client.is_none() {
+            self.client = Some(chat_cluster::connect(&self.cfg).await?);
+        }
+        let c = self.client.as_mut().expect("just connected");
+        Ok((c, &self.cfg.prefix))
+    }
+}
+
 /// Reports progress, retrying for a few seconds; whether it was written.
-async fn report(etcd: &EtcdConfig, epoch: u64, me: &str, p: &mut Progress) -> bool {
+async fn report(etcd: &mut Etcd, epoch: u64, me: &str, p: &mut Progress) -> bool {
     p.updated_ms = chat_proto::now_ms();
     for attempt in 0..20 {
-        let res = async {
-            let mut c = chat_cluster::connect(etcd).await?;
-            rebalance::report(&mut c, &etcd.prefix, epoch, me, p).await
-        }
-        .await;
+        let res = match etcd.client().await {
+            Ok((c, prefix)) => rebalance::report(c, prefix, epoch, me, p).await,
+            Err(e) => Err(e),
+        };
         match res {
             Ok(_) => return true,
             Err(e) => {
+                etcd.client = None;
                 tracing::warn!(error = %e, attempt, "reporting move progress failed");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -178,6 +178,11 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
         return Ok(true);
     };
     let (epoch, change) = (m.epoch, m.change.clone());
+    let mut c = client(cfg).await?;
+    let moving = chat_cluster::read_ring(&mut c, &cfg.prefix)
+        .await?
+        .and_then(|d| d.transition().ok().flatten())
+        .filter(|t| t.to().epoch() == epoch);
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
@@ -191,12 +196,12 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
         let s = status(cfg).await?;
         let Some(m) = &s.moving else {
             bar.finish_and_clear();
-            // Ended: committed if the ring now has the next epoch's members (an abort keeps the
-            // old ones under the same epoch).
-            let mut c = client(cfg).await?;
-            let doc = chat_cluster::read_ring(&mut c, &cfg.prefix).await?;
-            let committed =
-                doc.is_some_and(|d| d.current.epoch == epoch && committed_change(&d, &change));
+            let ring = chat_cluster::read_ring(&mut c, &cfg.prefix)
+                .await?
+                .and_then(|d| d.current.build().ok());
+            let committed = ring
+                .zip(moving.as_ref())
+                .is_some_and(|(r, t)| t.committed_in(&r));
             println!(
                 "move to epoch {epoch} ({change}) {}",
                 if committed {
@@ -246,18 +251,6 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-}
-
-/// Whether the current ring has the change applied ("add n4": n4 is a member; "remove n2": it
-/// is not).
-fn committed_change(doc: &RingDoc, change: &str) -> bool {
-    let member = |id: &str| doc.current.members.iter().any(|m| m.id == id);
-    let mut words = change.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some("add"), Some(n)) => member(n),
-        (Some("remove"), Some(n)) => !member(n),
-        _ => false,
     }
 }
 

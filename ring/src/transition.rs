@@ -190,6 +190,17 @@ impl Transition {
             .collect()
     }
 
+    /// How the move ended, judged from a later current ring: committed if it holds the next
+    /// ring's members at (or past) its epoch; aborted if it holds other members there (an abort
+    /// keeps the old members under the next ring's epoch). Neither while the epoch is older.
+    pub fn committed_in(&self, ring: &Ring) -> bool {
+        ring.epoch() >= self.to.epoch() && ring.members == self.to.members
+    }
+
+    pub fn aborted_in(&self, ring: &Ring) -> bool {
+        ring.epoch() >= self.to.epoch() && ring.members != self.to.members
+    }
+
     /// Whether the move may commit: every node of either ring has seen the next ring, and every
     /// node with segments to copy has copied them. A node missing from `progress` has done
     /// neither.

@@ -306,17 +306,14 @@ async fn receive_steadily(
                     seen.reconnects += 1;
                 }
             }
-            Err(e) => {
-                let quiet =
-                    e.to_string().contains("timed out") || e.to_string().contains("timeout");
-                if quiet {
-                    if stop.load(std::sync::atomic::Ordering::Acquire) {
-                        return seen;
-                    }
-                } else {
-                    client = None;
-                    seen.reconnects += 1;
+            Err(chat_client::ClientError::Timeout) => {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return seen;
                 }
+            }
+            Err(_) => {
+                client = None;
+                seen.reconnects += 1;
             }
         }
     }

@@ -22,6 +22,9 @@ pub const CF_META: &str = "meta";
 pub const CF_DEDUP: &str = "dedup";
 pub const CF_OUTBOX: &str = "outbox";
 const MOVE_MARKER: &str = "move-in-flight.json";
+/// The column families whose keys begin with their owner's hash and move with it (the outbox
+/// is this node's own queue and stays).
+pub const MOVING_CFS: [&str; 3] = [CF_META, CF_INBOX, CF_DEDUP];
 
 /// A raw key and value, as copied between nodes.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -165,7 +168,7 @@ impl Store {
             Some(e) => e.to_be_bytes().to_vec(),
             None => vec![0xFF; 9],
         };
-        for cf in [CF_INBOX, CF_META, CF_DEDUP] {
+        for cf in MOVING_CFS {
             wb.delete_range_cf(self.cf(cf), &from, &to);
         }
     }

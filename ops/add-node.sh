@@ -8,6 +8,8 @@
 #
 # Env: CHAT_ETCD, CHAT_PREFIX (as chatctl), CARGO_TARGET_DIR, CHAT_DEV_PROFILE (debug|release:
 # which chatctl build to use), CHAT_MOVE_TIMEOUT (seconds to wait, default 3600).
+# etcd outages while the move runs are ridden out: `chatctl rebalance wait` retries its reads
+# until CHAT_MOVE_TIMEOUT (the nodes go on with the move without it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CTL="${CARGO_TARGET_DIR:-$ROOT/target}/${CHAT_DEV_PROFILE:-debug}/chatctl"
@@ -21,4 +23,5 @@ else
   "$CTL" rebalance start --add "$NODE"
 fi
 "$CTL" rebalance wait --timeout-secs "${CHAT_MOVE_TIMEOUT:-3600}"
-"$CTL" ring show
+# Only a summary: an etcd blip here must not turn a finished move into a failure.
+"$CTL" ring show || echo "(could not read the ring now: chatctl ring show)" >&2

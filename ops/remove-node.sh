@@ -13,6 +13,8 @@
 #
 # Env: CHAT_ETCD, CHAT_PREFIX, CARGO_TARGET_DIR, CHAT_DEV_PROFILE, CHAT_DEV_DIR,
 # CHAT_NODE_STOP_CMD, CHAT_MOVE_TIMEOUT (seconds to wait, default 3600).
+# etcd outages while the move runs are ridden out: `chatctl rebalance wait` retries its reads
+# until CHAT_MOVE_TIMEOUT (the nodes go on with the move without it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CTL="${CARGO_TARGET_DIR:-$ROOT/target}/${CHAT_DEV_PROFILE:-debug}/chatctl"
@@ -54,4 +56,5 @@ elif [ -f "$DEV_DIR/pids/$NODE" ]; then
 else
   echo "$NODE owns nothing now and its outbox is empty: stop it (SIGTERM) whenever you like"
 fi
-"$CTL" ring show
+# Only a summary: an etcd blip here must not turn a finished move into a failure.
+"$CTL" ring show || echo "(could not read the ring now: chatctl ring show)" >&2

@@ -85,6 +85,38 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The outcomes `chat_forwarded_entries_total{result}` counts.
+pub const FORWARD_RESULTS: &[&str] = &["stored", "invalid", "not_owner", "failed", "given_up"];
+
+/// Registers every series at zero, so that each documented metric is on `/metrics` from the
+/// start: an alert on `absent(...)` or a rate over a counter that has not moved yet must see 0,
+/// not "no data". `standalone`: no etcd, so the cluster gauges stay out.
+pub fn register_all(standalone: bool) {
+    for c in [
+        MESSAGES_IN,
+        MESSAGES_OUT,
+        REDIRECTS,
+        FORWARD_RECEIVED,
+        PEER_HANDSHAKE_FAILURES,
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    for r in FORWARD_RESULTS {
+        metrics::counter!(FORWARDED, "result" => *r).increment(0);
+    }
+    for g in [CONNECTIONS, OUTBOX_DEPTH, REBALANCE_PENDING, RING_EPOCH] {
+        metrics::gauge!(g).increment(0.0);
+    }
+    if !standalone {
+        metrics::gauge!(ETCD_UP).increment(0.0);
+        metrics::gauge!(REGISTERED).increment(0.0);
+    }
+    for h in [COMMIT_SECONDS, FORWARD_SECONDS] {
+        // Registers the series; a histogram with no sample renders with zero counts.
+        let _ = metrics::histogram!(h);
+    }
+}
+
 /// What `/readyz` looks at.
 pub struct Health {
     /// `None` for a standalone node (nothing to register).

@@ -34,6 +34,8 @@ impl Verifier {
     pub fn new(secret: &[u8], leeway_secs: u64, max_id_bytes: usize) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway_secs;
+        // A token whose `nbf` (not before) is still in the future is refused (RFC 7519 §4.1.5).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Verifier {
             key: DecodingKey::from_secret(secret),
@@ -46,6 +48,9 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => ChatError::TokenExpired,
+                ErrorKind::ImmatureSignature => {
+                    ChatError::TokenInvalid("token not valid yet (nbf is in the future)".into())
+                }
                 _ => ChatError::TokenInvalid(e.to_string()),
             },
         )?;
@@ -133,5 +138,28 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(v.verify(&bad_id), Err(ChatError::TokenInvalid(_))));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let v = Verifier::new(b"s3cret", 5, 64);
+        let sign = |nbf: u64| {
+            let claims = serde_json::json!({
+                "sub": "alice", "dev": "phone", "exp": unix_now() + 3600, "nbf": nbf,
+            });
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        match v.verify(&sign(unix_now() + 600)) {
+            Err(ChatError::TokenInvalid(m)) => assert!(m.contains("not valid yet"), "{m}"),
+            other => panic!("a token valid only in 10 minutes was {other:?}"),
+        }
+        // Within the leeway, and in the past: accepted.
+        assert!(v.verify(&sign(unix_now() + 2)).is_ok());
+        assert!(v.verify(&sign(unix_now() - 60)).is_ok());
     }
 }

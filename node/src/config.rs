@@ -232,7 +232,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 32 * 1024,
-            max_id_bytes: 64,
+            max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES as u32,
             max_devices_per_user: 8,
             max_history_page: 200,
             max_inflight_sends: 256,

@@ -38,6 +38,9 @@ pub enum ChatError {
     Unavailable(String),
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// A write failed because the disk is full: nothing of it was stored.
+    #[error("the node's disk is full: {0}")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,6 +68,7 @@ impl ChatError {
             Overloaded(_) => ErrorCode::Overloaded,
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
+            StorageFull(_) => ErrorCode::StorageFull,
             Storage(_) | Internal(_) => ErrorCode::Internal,
         }
     }
@@ -73,12 +77,16 @@ impl ChatError {
     pub fn to_frame(&self, reference: &str) -> ServerFrame {
         let message = match self {
             ChatError::Storage(_) | ChatError::Internal(_) => "internal error".to_string(),
+            ChatError::StorageFull(_) => {
+                "the node's disk is full: nothing was stored; retry later".to_string()
+            }
             other => other.to_string(),
         };
         let retry_after_ms = match self {
-            ChatError::Overloaded(_) | ChatError::ShuttingDown | ChatError::Unavailable(_) => {
-                RETRY_AFTER_MS
-            }
+            ChatError::Overloaded(_)
+            | ChatError::ShuttingDown
+            | ChatError::Unavailable(_)
+            | ChatError::StorageFull(_) => RETRY_AFTER_MS,
             _ => 0,
         };
         ServerFrame {
@@ -88,6 +96,18 @@ impl ChatError {
                 r#ref: reference.to_string(),
                 retry_after_ms,
             })),
+        }
+    }
+}
+
+impl ChatError {
+    /// The error a failed batch write answers with: STORAGE_FULL when the disk is full (RocksDB
+    /// reports ENOSPC as an I/O error "No space left on device"), else INTERNAL.
+    pub fn from_failed_write(e: &str) -> ChatError {
+        if e.contains("No space left on device") || e.contains("NoSpace") {
+            ChatError::StorageFull(e.to_string())
+        } else {
+            ChatError::Internal(format!("commit failed: {e}"))
         }
     }
 }

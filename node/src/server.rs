@@ -54,6 +54,7 @@ pub struct Node {
 impl Node {
     pub async fn bind(cfg: NodeConfig) -> anyhow::Result<Node> {
         let metrics = admin::metrics_handle();
+        admin::register_all(cfg.node.standalone);
         let store = Store::open(
             &cfg.node.data_dir,
             &StoreOptions {

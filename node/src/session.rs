@@ -100,8 +100,11 @@ type Pending = Pin<Box<dyn std::future::Future<Output = SendResult> + Send>>;
 
 /// Why the connection ended.
 enum End {
-    /// The client left, or the socket failed.
+    /// The socket failed or the client vanished without a close frame.
     Gone,
+    /// The client sent a close frame: it gets the echo the protocol asks for (RFC 6455 §5.5.1),
+    /// which the WebSocket layer queued when it read the client's frame.
+    PeerClosed,
     /// We close it with this code and reason.
     Close(CloseCode, &'static str),
 }
@@ -137,14 +140,22 @@ pub async fn serve(
         metrics::gauge!(admin::CONNECTIONS).increment(1.0);
         let end = s.run(shutdown).await;
         metrics::gauge!(admin::CONNECTIONS).decrement(1.0);
-        if let End::Close(code, reason) = end {
-            let _ = s.flush().await;
-            let timeout = s.write_timeout();
-            let close = s.ws.close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }));
-            let _ = tokio::time::timeout(timeout, close).await;
+        let timeout = s.write_timeout();
+        match end {
+            End::Close(code, reason) => {
+                let _ = s.flush().await;
+                let close = s.ws.close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                let _ = tokio::time::timeout(timeout, close).await;
+            }
+            End::PeerClosed => {
+                // The echo is queued already; only a flush sends it (sending a close frame of
+                // our own would fail: the peer has closed).
+                let _ = tokio::time::timeout(timeout, SinkExt::flush(&mut s.ws)).await;
+            }
+            End::Gone => {}
         }
         tracing::debug!("connection closed");
     }
@@ -155,8 +166,10 @@ pub async fn serve(
 /// The state of an authenticated connection.
 struct Live {
     who: Identity,
-    /// The cluster view, to notice when this user moves to another node.
-    view: tokio::sync::watch::Receiver<chat_cluster::ClusterView>,
+    /// The cluster view, to notice when this user moves to another node. `None` once its
+    /// sender is gone (a standalone node never has one; a stopping node drops it): nothing
+    /// more will change, and a closed channel must not be polled again (it is always ready).
+    view: Option<tokio::sync::watch::Receiver<chat_cluster::ClusterView>>,
     sub: Subscription,
     /// Highest seq sent on this connection (starts at the device's cursor).
     last_sent: u64,
@@ -240,7 +253,7 @@ impl Session {
             "attached"
         );
         let mut live = Live {
-            view: self.ctx.routing.view.clone(),
+            view: Some(self.ctx.routing.view.clone()),
             who,
             sub,
             // What the device says it has processed is not sent again (but not acknowledged
@@ -302,7 +315,7 @@ impl Session {
             let frame = match self.decode(msg) {
                 Ok(Some(f)) => f,
                 Ok(None) => continue,
-                Err(None) => return Err(End::Gone),
+                Err(None) => return Err(End::PeerClosed),
                 Err(Some(e)) => {
                     self.reply_error(&e, "").await.map_err(|_| End::Gone)?;
                     self.flush().await.map_err(|_| End::Gone)?;
@@ -356,11 +369,11 @@ impl Session {
                     Err(End::Close(CloseCode::Away, "node shutting down"))
                 }
                 _ = live.sub.signals.notify.notified() => self.on_signal(live),
-                changed = live.view.changed() => match changed {
+                changed = async { live.view.as_mut().expect("guarded").changed().await },
+                    if live.view.is_some() => match changed {
                     Ok(()) => self.on_view_change(live).await,
-                    // The watcher is gone (node stopping): nothing more will change.
                     Err(_) => {
-                        live.view = tokio::sync::watch::channel(Default::default()).1;
+                        live.view = None;
                         Ok(())
                     }
                 },
@@ -509,7 +522,7 @@ impl Session {
         let frame = match self.decode(msg) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(None) => return Err(End::Gone),
+            Err(None) => return Err(End::PeerClosed),
             Err(Some(e)) => return self.reply_error(&e, "").await.map_err(|_| End::Gone),
         };
         let Some(frame) = frame.frame else {
@@ -704,11 +717,13 @@ impl Session {
     }
 }
 
-/// How a failed read ends the connection: a frame over the hard cap gets 1009 (message too big).
+/// How a failed read ends the connection: a frame over the hard cap gets 1009 (message too
+/// big), a text frame that is not UTF-8 gets 1007 (invalid frame payload data, RFC 6455 §8.1).
 fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     use tokio_tungstenite::tungstenite::Error;
     match e {
         Error::Capacity(_) => End::Close(CloseCode::Size, "frame too large"),
+        Error::Utf8(_) => End::Close(CloseCode::Invalid, "text frame is not valid UTF-8"),
         _ => End::Gone,
     }
 }

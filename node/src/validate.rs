@@ -21,28 +21,15 @@ impl IdKind {
     }
 }
 
-/// Ids are 1..=max bytes of printable ASCII without spaces (letters, digits, and `-_.:@+=/`), so
-/// that they are safe in URLs, logs, JSON and storage keys.
+/// Ids follow the one rule in `chat_proto::ids` (1..=max bytes of `[A-Za-z0-9-_.:@+=/]`).
 pub fn check_id(kind: IdKind, id: &str, max: usize) -> Result<(), ChatError> {
-    let fail = |reason: String| {
-        Err(ChatError::InvalidId {
+    match chat_proto::ids::id_problem(id, max) {
+        None => Ok(()),
+        Some(reason) => Err(ChatError::InvalidId {
             what: kind.name(),
             reason,
-        })
-    };
-    if id.is_empty() {
-        return fail("empty".into());
+        }),
     }
-    if id.len() > max {
-        return fail(format!("{} bytes, the limit is {max}", id.len()));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:@+=/".contains(*c)))
-    {
-        return fail(format!("character {c:?} is not allowed"));
-    }
-    Ok(())
 }
 
 pub fn check_body(body: &str, max: usize) -> Result<(), ChatError> {

@@ -173,7 +173,8 @@ enum RebalanceCmd {
         json: bool,
     },
     /// Follow the move in flight until it ends (progress bar in a terminal); exit 0 if it
-    /// committed, 1 if it was aborted.
+    /// committed, 1 if it was aborted. etcd outages are ridden out (reads are retried until
+    /// the timeout), since the nodes go on with the move without us.
     Wait {
         #[command(flatten)]
         etcd: Etcd,

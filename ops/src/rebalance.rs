@@ -168,18 +168,65 @@ pub fn print(s: &Status) {
     }
 }
 
+/// How long one etcd read of `wait` may take before it counts as failed (a partitioned etcd
+/// does not answer at all).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `read` until it succeeds or `deadline` passes. An etcd outage shorter than the deadline
+/// must not end `wait`: the move goes on without us (nodes commit it themselves), and the scripts
+/// that follow it (`add-node.sh`, `remove-node.sh`) must not fail in the middle. Says once per
+/// outage that it is retrying, and when etcd answers again.
+async fn retrying<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    mut read: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut failing = false;
+    loop {
+        let err = match tokio::time::timeout(READ_TIMEOUT, read()).await {
+            Ok(Ok(v)) => {
+                if failing {
+                    eprintln!("etcd answers again");
+                }
+                return Ok(v);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("no answer within {READ_TIMEOUT:?}"),
+        };
+        if tokio::time::Instant::now() + std::time::Duration::from_secs(1) > deadline {
+            return Err(err.context(format!("{what}: still failing at the deadline")));
+        }
+        if !failing {
+            eprintln!("{what} failed ({err:#}); retrying until the deadline");
+            failing = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The ring document as it stands (retried like every read of `wait`).
+async fn ring_doc(cfg: &EtcdConfig) -> anyhow::Result<Option<RingDoc>> {
+    let mut c = client(cfg).await?;
+    Ok(chat_cluster::read_ring(&mut c, &cfg.prefix).await?)
+}
+
 /// Follows the move in flight until it ends: a progress bar in a terminal (segments copied over
-/// all old owners), one line per change otherwise. Returns whether it committed.
+/// all old owners), one line per change otherwise. Returns whether it committed. Reads that fail
+/// (etcd down or unreachable) are retried until `timeout` has passed.
 pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Result<bool> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let first = status(cfg).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = retrying(deadline, "reading the move's status", || status(cfg)).await?;
     let Some(m) = &first.moving else {
         println!("no move in flight (ring epoch {})", first.current_epoch);
         return Ok(true);
     };
     let (epoch, change) = (m.epoch, m.change.clone());
-    let mut c = client(cfg).await?;
-    let moving = chat_cluster::read_ring(&mut c, &cfg.prefix)
+    let moving = retrying(deadline, "reading the ring", || ring_doc(cfg))
         .await?
         .and_then(|d| d.transition().ok().flatten())
         .filter(|t| t.to().epoch() == epoch);
@@ -190,13 +237,18 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
         )
         .expect("valid template"),
     );
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut last_line = String::new();
     loop {
-        let s = status(cfg).await?;
+        let s = match retrying(deadline, "reading the move's status", || status(cfg)).await {
+            Ok(s) => s,
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        };
         let Some(m) = &s.moving else {
             bar.finish_and_clear();
-            let ring = chat_cluster::read_ring(&mut c, &cfg.prefix)
+            let ring = retrying(deadline, "reading the ring", || ring_doc(cfg))
                 .await?
                 .and_then(|d| d.current.build().ok());
             let committed = ring

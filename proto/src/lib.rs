@@ -20,6 +20,8 @@ pub mod chat {
     }
 }
 
+pub mod ids;
+
 /// Node-to-node frames over QUIC (`chat.cluster.v1`).
 pub use chat::cluster::v1 as cluster;
 
@@ -57,11 +59,15 @@ pub const SERVER_FRAME_KINDS: &[&str] = &[
 ];
 
 /// A frame type: a message with one `frame` oneof.
-pub trait Frame: prost::Message + Serialize + DeserializeOwned + Default {
+pub trait Frame: prost::Message + Serialize + DeserializeOwned + Default + Clone {
     /// JSON names of the oneof's variants.
     const KINDS: &'static [&'static str];
     /// Whether the oneof is set (a protobuf frame of an unknown kind decodes with it unset).
     fn has_frame(&self) -> bool;
+    /// Sets every enum field holding a value this version does not know to 0 (`*_UNSPECIFIED`).
+    /// Protobuf keeps such values (a newer peer's error code or receipt kind), but the JSON form
+    /// names enum values and cannot write them: `encode` clears them before writing JSON.
+    fn clear_unknown_enums(&mut self);
 }
 
 impl Frame for v1::ClientFrame {
@@ -69,12 +75,34 @@ impl Frame for v1::ClientFrame {
     fn has_frame(&self) -> bool {
         self.frame.is_some()
     }
+    fn clear_unknown_enums(&mut self) {
+        // No enum fields.
+    }
 }
 
 impl Frame for v1::ServerFrame {
     const KINDS: &'static [&'static str] = SERVER_FRAME_KINDS;
     fn has_frame(&self) -> bool {
         self.frame.is_some()
+    }
+    fn clear_unknown_enums(&mut self) {
+        use v1::{deliver, server_frame::Frame as F, Deliver, ErrorCode, ReceiptKind};
+        fn known<E: TryFrom<i32>>(v: &mut i32) {
+            if E::try_from(*v).is_err() {
+                *v = 0;
+            }
+        }
+        fn in_deliver(d: &mut Deliver) {
+            if let Some(deliver::Entry::Receipt(r)) = &mut d.entry {
+                known::<ReceiptKind>(&mut r.kind);
+            }
+        }
+        match &mut self.frame {
+            Some(F::Error(e)) => known::<ErrorCode>(&mut e.code),
+            Some(F::Deliver(d)) => in_deliver(d),
+            Some(F::History(h)) => h.entries.iter_mut().for_each(in_deliver),
+            Some(F::Welcome(_) | F::Sent(_) | F::Pong(_) | F::Redirect(_)) | None => {}
+        }
     }
 }
 
@@ -107,11 +135,17 @@ pub fn decode<F: Frame>(encoding: Encoding, data: &[u8]) -> Result<F, DecodeErro
     Ok(frame)
 }
 
-/// Encodes one frame.
+/// Encodes one frame. In JSON, an enum value this version does not know (kept by a protobuf
+/// decode, say an error code from a newer node) is written as 0, `*_UNSPECIFIED`: the JSON form
+/// names enum values, and the generated serializer fails on one it has no name for.
 pub fn encode<F: Frame>(encoding: Encoding, frame: &F) -> Vec<u8> {
     match encoding {
         Encoding::Protobuf => frame.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(frame).expect("generated types serialize"),
+        Encoding::Json => serde_json::to_vec(frame).unwrap_or_else(|_| {
+            let mut known = frame.clone();
+            known.clear_unknown_enums();
+            serde_json::to_vec(&known).expect("generated types serialize known enum values")
+        }),
     }
 }
 
@@ -177,6 +211,46 @@ mod tests {
                 "{k}"
             );
         }
+    }
+
+    /// Found by fuzzing (server_frame_protobuf): a protobuf frame with an enum value this version
+    /// does not know decodes (prost keeps it), and encoding it as JSON panicked in `encode`.
+    #[test]
+    fn unknown_enum_values_are_written_as_unspecified_in_json() {
+        use super::v1::{deliver, server_frame, Deliver, HistoryPage, Receipt, ServerFrame};
+        // Error { code: 99 }
+        let f = decode::<ServerFrame>(Encoding::Protobuf, &[0x32, 0x02, 0x08, 0x63]).unwrap();
+        let json = encode(Encoding::Json, &f);
+        assert_eq!(json, br#"{"error":{}}"#);
+        // Protobuf keeps the value.
+        assert_eq!(encode(Encoding::Protobuf, &f), [0x32, 0x02, 0x08, 0x63]);
+
+        let receipt = |kind| {
+            Some(deliver::Entry::Receipt(Receipt {
+                kind,
+                by: "bob".into(),
+                msg_ids: vec!["m1".into()],
+                ts: 1,
+            }))
+        };
+        let page = |kind| ServerFrame {
+            frame: Some(server_frame::Frame::History(HistoryPage {
+                request_id: "h1".into(),
+                entries: vec![
+                    Deliver {
+                        seq: 2,
+                        entry: receipt(kind),
+                    },
+                    Deliver {
+                        seq: 1,
+                        entry: receipt(2),
+                    },
+                ],
+                more: false,
+            })),
+        };
+        let json = encode(Encoding::Json, &page(7));
+        assert_eq!(decode::<ServerFrame>(Encoding::Json, &json), Ok(page(0)));
     }
 
     #[test]

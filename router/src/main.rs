@@ -40,12 +40,16 @@ struct RouterConfig {
 struct RouterSection {
     /// Address of the HTTP listener (port 0 picks a free port).
     listen: SocketAddr,
+    /// Longest user id answered (400 beyond it): keep it equal to the nodes'
+    /// `limits.max_id_bytes`, so the router never sends a client to a node that would refuse it.
+    max_id_bytes: usize,
 }
 
 impl Default for RouterSection {
     fn default() -> Self {
         RouterSection {
             listen: "127.0.0.1:7000".parse().expect("valid address"),
+            max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES,
         }
     }
 }
@@ -131,6 +135,10 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
         cfg.cluster.prefix = v.clone();
     }
     anyhow::ensure!(
+        (1..=1024).contains(&cfg.router.max_id_bytes),
+        "router.max_id_bytes must be 1 to 1024 (as the nodes' limits.max_id_bytes)"
+    );
+    anyhow::ensure!(
         !cfg.cluster.etcd_endpoints.is_empty(),
         "cluster.etcd_endpoints must list at least one etcd URL"
     );
@@ -147,6 +155,7 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
 
 struct AppState {
     view: watch::Receiver<ClusterView>,
+    max_id_bytes: usize,
     metrics: PrometheusHandle,
 }
 
@@ -174,20 +183,12 @@ fn error_response((status, error): RouteError) -> Response {
     (status, Json(ErrorAnswer { error })).into_response()
 }
 
-/// The same id rule as the node's, minus the configurable length limit.
-fn valid_user(user: &str) -> bool {
-    !user.is_empty()
-        && user.len() <= 1024
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@+=/".contains(&b))
-}
-
 fn route(state: &AppState, user: &str) -> Result<RouteAnswer, RouteError> {
-    if !valid_user(user) {
+    // The nodes' rule (`chat_proto::ids`), so both refuse the same ids.
+    if let Some(why) = chat_proto::ids::id_problem(user, state.max_id_bytes) {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            format!("invalid user id {user:?}"),
+            format!("invalid user id {user:?}: {why}"),
         ));
     }
     let v = state.view.borrow();
@@ -288,7 +289,11 @@ async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         endpoints: cfg.cluster.etcd_endpoints.clone(),
         prefix: cfg.cluster.prefix.clone(),
     });
-    let state = Arc::new(AppState { view, metrics });
+    let state = Arc::new(AppState {
+        view,
+        metrics,
+        max_id_bytes: cfg.router.max_id_bytes,
+    });
     let app = Router::new()
         .route("/v1/route/{user}", get(route_json))
         .route("/v1/connect/{user}", get(connect))

@@ -285,3 +285,136 @@ async fn connections_over_the_limit_get_overloaded_and_others_keep_working() {
     assert!(e.retry_after_ms > 0, "a retry hint");
     still_works(&node, &mut alice, "c1").await;
 }
+
+/// A WebSocket spoken byte by byte, to send what a WebSocket library refuses to (a text frame
+/// that is not UTF-8) and to see exactly what the node answers before the TCP connection ends.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn connect(url: &str) -> TcpStream {
+        let hostport = url.trim_start_matches("ws://").trim_end_matches('/');
+        let mut s = TcpStream::connect(hostport).await.unwrap();
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    }
+
+    /// Writes one final, masked client frame.
+    pub async fn write(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut f = vec![0x80 | opcode];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&f).await.unwrap();
+    }
+
+    /// The next server frame as (opcode, payload); `None` at the end of the TCP stream.
+    pub async fn read(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let b0 = s.read_u8().await.ok()?;
+        let b1 = s.read_u8().await.ok()?;
+        let len = match b1 & 0x7f {
+            126 => s.read_u16().await.ok()? as usize,
+            127 => s.read_u64().await.ok()? as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((b0 & 0x0f, payload))
+    }
+
+    /// Reads until a close frame (its status code) or the end of the stream (`None`).
+    pub async fn close_code(s: &mut TcpStream) -> Option<u16> {
+        while let Some((op, p)) = read(s).await {
+            if op == 8 {
+                return Some(u16::from_be_bytes([p[0], p[1]]));
+            }
+        }
+        None
+    }
+
+    /// Connects and authenticates as alice.
+    pub async fn authenticated(url: &str) -> TcpStream {
+        let mut s = connect(url).await;
+        let hello = chat_proto::v1::ClientFrame {
+            frame: Some(super::client_frame::Frame::Hello(super::Hello {
+                resume_after: 0,
+                token: super::token("alice", "phone"),
+                agent: "raw".into(),
+            })),
+        };
+        write(
+            &mut s,
+            2,
+            &chat_proto::encode(super::Encoding::Protobuf, &hello),
+        )
+        .await;
+        let (op, p) = read(&mut s).await.expect("welcome");
+        assert_eq!(op, 2);
+        let f: chat_proto::v1::ServerFrame =
+            chat_proto::decode(super::Encoding::Protobuf, &p).unwrap();
+        assert!(
+            matches!(
+                f.frame,
+                Some(chat_proto::v1::server_frame::Frame::Welcome(_))
+            ),
+            "{f:?}"
+        );
+        s
+    }
+}
+
+#[tokio::test]
+async fn a_clients_close_frame_is_answered() {
+    let node = TestNode::start(&[]);
+    for authenticate in [false, true] {
+        let mut s = if authenticate {
+            raw::authenticated(&node.url).await
+        } else {
+            raw::connect(&node.url).await
+        };
+        raw::write(&mut s, 8, &1000u16.to_be_bytes()).await;
+        let code = tokio::time::timeout(WAIT, raw::close_code(&mut s))
+            .await
+            .expect("the node ends the connection");
+        // RFC 6455 §5.5.1: the endpoint that receives a close frame sends one back.
+        assert_eq!(code, Some(1000), "authenticated: {authenticate}");
+    }
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_gets_close_1007() {
+    let node = TestNode::start(&[]);
+    for authenticate in [false, true] {
+        let mut s = if authenticate {
+            raw::authenticated(&node.url).await
+        } else {
+            raw::connect(&node.url).await
+        };
+        raw::write(&mut s, 1, b"{\"ping\":\xff\xfe}").await;
+        let code = tokio::time::timeout(WAIT, raw::close_code(&mut s))
+            .await
+            .expect("the node ends the connection");
+        assert_eq!(code, Some(1007), "authenticated: {authenticate}");
+    }
+    let mut again = node.connect("alice", "phone").await;
+    still_works(&node, &mut again, "after").await;
+}

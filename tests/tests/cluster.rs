@@ -119,6 +119,21 @@ async fn wrong_node_redirects_and_router_answers_as_the_ring_says() {
     assert_eq!(loc.as_deref(), Some(cluster.node("n2").url.as_str()));
     let (st, body) = http_get(&format!("{}/v1/route/bad%20id", router.url)).unwrap();
     assert_eq!(st, 400, "{body}");
+    // The router and the nodes refuse the same ids: 64 bytes is the longest both accept.
+    let longest = "u".repeat(64);
+    let (st, body) = http_get(&format!("{}/v1/route/{longest}", router.url)).unwrap();
+    assert_eq!(st, 200, "{body}");
+    let too_long = "u".repeat(65);
+    let (st, body) = http_get(&format!("{}/v1/route/{too_long}", router.url)).unwrap();
+    assert_eq!(st, 400, "{body}");
+    let (st, _) = http_location(&format!("{}/v1/connect/{too_long}", router.url)).unwrap();
+    assert_eq!(st, 400);
+    let refused = Client::connect(
+        &cluster.node(cluster.ring.owner(&too_long)).url,
+        &token(&too_long, "phone"),
+    )
+    .await;
+    assert!(refused.is_err(), "a node accepted a 65-byte user id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

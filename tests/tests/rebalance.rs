@@ -648,3 +648,79 @@ async fn an_old_owner_killed_during_the_move_finishes_it_after_a_restart() {
     )
     .await;
 }
+
+/// `chatctl rebalance wait` (and so `ops/add-node.sh`) must ride out an etcd outage: the move
+/// goes on without it, and a script that gave up would report a failure for a move that commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_wait_rides_out_an_etcd_outage() {
+    let mut c = TestCluster::start_with(
+        &[("n1", 1), ("n2", 1)],
+        chat_ring::DEFAULT_VNODES_PER_WEIGHT,
+        &[],
+    );
+    c.start_extra_node("n3");
+    // Paused, n3 stays registered (until its lease runs out) but cannot take part: the move
+    // cannot commit before etcd goes away.
+    let n3 = c.node("n3").pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &n3])
+        .status()
+        .unwrap()
+        .success());
+    let (etcd, prefix) = (c.etcd.url.clone(), c.prefix.clone());
+    chatctl(&[
+        "rebalance",
+        "start",
+        "--add",
+        "n3",
+        "--etcd",
+        &etcd,
+        "--prefix",
+        &prefix,
+    ]);
+    let out_path = c.dir.path().join("wait.out");
+    let err_path = c.dir.path().join("wait.err");
+    let mut wait = Command::new(bin("chatctl"))
+        .args(["rebalance", "wait", "--timeout-secs", "120"])
+        .args(["--etcd", &etcd, "--prefix", &prefix])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("chatctl rebalance wait");
+    c.etcd.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&err_path)
+        .unwrap_or_default()
+        .contains("retrying until the deadline")
+    {
+        assert!(
+            wait.try_wait().unwrap().is_none(),
+            "wait exited during the outage: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "wait never noticed the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.etcd.restart();
+    assert!(Command::new("kill")
+        .args(["-CONT", &n3])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = wait.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = wait.kill();
+            panic!("wait did not end; logs:\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "wait failed:\n{out}{err}");
+    assert!(out.contains("committed"), "{out}{err}");
+    assert!(err.contains("etcd answers again"), "{err}");
+}

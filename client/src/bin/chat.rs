@@ -182,7 +182,10 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_frame(json: bool, f: &ServerFrame, label: &str) {
     if json {
-        println!("{}", serde_json::to_string(f).expect("serializable"));
+        // The codec, not serde directly: it writes an enum value from a newer node (an error
+        // code this build does not know) as 0 instead of failing.
+        let bytes = chat_proto::encode(chat_proto::Encoding::Json, f);
+        println!("{}", String::from_utf8_lossy(&bytes));
         return;
     }
     match &f.frame {
@@ -201,7 +204,13 @@ fn print_frame(json: bool, f: &ServerFrame, label: &str) {
 
 fn print_deliver(json: bool, d: &Deliver) {
     if json {
-        println!("{}", serde_json::to_string(d).expect("serializable"));
+        // Through the codec (see `print_frame`), then just the deliver object.
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(d.clone())),
+        };
+        let bytes = chat_proto::encode(chat_proto::Encoding::Json, &frame);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        println!("{}", v.get("deliver").unwrap_or(&v));
         return;
     }
     match &d.entry {

@@ -308,18 +308,22 @@ impl Committer {
                 }
             }
             self.commit(cmds.drain(..));
-            // Commands that waited for a new owner's seals go first once every seal is in.
-            if self.sealing.is_none() && !self.deferred.is_empty() {
-                let mut waited = std::mem::take(&mut self.deferred);
-                self.deferred_users.clear();
-                while !waited.is_empty() {
-                    let n = waited.len().min(self.max_batch);
-                    let part: Vec<Command> = waited.drain(..n).collect();
-                    self.commit(part.into_iter());
-                }
-            }
+            self.run_deferred();
         }
         tracing::info!("committer drained and stopped");
+    }
+
+    /// Commands that waited for a new owner's seals go first once every seal is in.
+    fn run_deferred(&mut self) {
+        if self.sealing.is_none() && !self.deferred.is_empty() {
+            let mut waited = std::mem::take(&mut self.deferred);
+            self.deferred_users.clear();
+            while !waited.is_empty() {
+                let n = waited.len().min(self.max_batch);
+                let part: Vec<Command> = waited.drain(..n).collect();
+                self.commit(part.into_iter());
+            }
+        }
     }
 
     fn commit(&mut self, cmds: impl Iterator<Item = Command>) {
@@ -427,7 +431,7 @@ impl Committer {
                 self.forget_cached();
                 self.outbox_seq = outbox_seq_before;
                 for r in b.replies {
-                    let err = || ChatError::Internal(format!("commit failed: {e}"));
+                    let err = || ChatError::from_failed_write(&e);
                     match r {
                         Reply::Sent(tx, _) => drop(tx.send(Err(err()))),
                         Reply::Attached(tx, _) => drop(tx.send(Err(err()))),
@@ -725,10 +729,45 @@ impl Committer {
         for dest in dests {
             let (done, ack) = oneshot::channel();
             acks.push(ack);
-            let _ = tx.send(MirrorItem::seal(dest, &t, Done::Notify(done)));
+            let outbox = self.moved_outbox(&t, &dest);
+            if !outbox.is_empty() {
+                tracing::info!(%dest, entries = outbox.len(), "handing the moved users' outbox entries over with the seal");
+            }
+            let _ = tx.send(MirrorItem::seal(dest, &t, outbox, Done::Notify(done)));
         }
         if let Some(ev) = &self.events_tx {
             let _ = ev.send(MoveEvent::Sealing(t, acks));
+        }
+    }
+
+    /// Old owner, at the seal: the outbox entries made by users that `t` moves from here to
+    /// `dest` (messages they sent, receipts they made), oldest first. The new owner queues them
+    /// ahead of what those users do next, so a sender's older messages, stuck here while their
+    /// recipient's node is unreachable, cannot be overtaken by newer ones sent from its new home.
+    /// They stay in this outbox too (delivered twice at worst; receivers deduplicate by id).
+    fn moved_outbox(&self, t: &Transition, dest: &str) -> Vec<ForwardEntry> {
+        let me = &self.routing.self_id;
+        let moved = |e: &ForwardEntry| {
+            origin(e).is_some_and(|u| {
+                t.segment_of(chat_ring::key_hash(u))
+                    .is_some_and(|s| &s.from == me && s.to == dest)
+            })
+        };
+        let (mut out, mut after) = (Vec::new(), 0);
+        loop {
+            let page = match self.store.outbox_from(after, 4096) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Only their order is at stake: this node still delivers them.
+                    tracing::error!(error = %e, "reading the outbox for the seal failed");
+                    return out;
+                }
+            };
+            let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                return out;
+            };
+            out.extend(page.into_iter().map(|(_, e)| e).filter(|e| moved(e)));
+            after = last + 1;
         }
     }
 
@@ -753,20 +792,23 @@ impl Committer {
         }
     }
 
-    /// Whether `cmd` must wait: it touches a segment whose old owner has not sealed it yet, or a
-    /// user with a command already waiting (per-user order).
+    /// Whether `cmd` must wait: it touches a held user (see `held`).
     fn waits_for_seal(&self, cmd: &Command) -> bool {
-        let users = Self::touched(cmd);
-        if users.iter().any(|u| self.deferred_users.contains(*u)) {
+        Self::touched(cmd).iter().any(|u| self.held(u))
+    }
+
+    /// Whether writes for `user` must wait: the user is in a segment received in a committed
+    /// move whose old owner has not sealed it yet (its stream may still write the user's keys),
+    /// or a command for the user already waits (per-user order).
+    fn held(&self, user: &str) -> bool {
+        if self.deferred_users.contains(user) {
             return true;
         }
         let Some((_, segments, _)) = &self.sealing else {
             return false;
         };
-        users.iter().any(|u| {
-            let h = chat_ring::key_hash(u);
-            segments.iter().any(|s| s.contains(h))
-        })
+        let h = chat_ring::key_hash(user);
+        segments.iter().any(|s| s.contains(h))
     }
 
     /// The writes of `wb` that belong to segments this node gives away, per new owner.
@@ -876,6 +918,16 @@ impl Committer {
             }
             writes.push((cf, w));
         }
+        // Outbox entries handed over with a seal: made by users of these segments.
+        if req
+            .outbox
+            .iter()
+            .any(|e| e.to.is_empty() || !origin(e).is_some_and(|u| ours(chat_ring::key_hash(u))))
+        {
+            return Err(ChatError::InvalidArgument(
+                "outbox entry of a user outside the move".into(),
+            ));
+        }
         for r in &req.reset {
             self.store.delete_hash_range(&mut b.wb, r.start, r.end);
         }
@@ -887,6 +939,18 @@ impl Committer {
             }
         }
         b.clear_caches = true;
+        // Queued ahead of anything the moved users do from now on (their commands are held
+        // until this seal, and later ones get later outbox seqs).
+        for e in req.outbox {
+            self.outbox_seq += 1;
+            b.wb.put_cf(
+                self.store.cf(CF_OUTBOX),
+                outbox_key(self.outbox_seq),
+                e.encode_to_vec(),
+            );
+            b.outboxed_to.insert(e.to.clone());
+            b.outboxed.push((self.outbox_seq, Arc::new(e)));
+        }
         if req.seal {
             if let Some((_, _, givers)) = &mut self.sealing {
                 givers.remove(from);
@@ -978,8 +1042,16 @@ impl Committer {
         b: &mut Batch,
     ) -> Result<(), ChatError> {
         // Owned here and nothing older for the user waits in the outbox (after a move brought
-        // the user here, earlier entries may still be on their way): append directly.
-        if self.owns(user, b) && !b.outboxed_to.contains(user) && !self.store.outbox_pending(user) {
+        // the user here, earlier entries may still be on their way): append directly. Not for a
+        // held user: a command of another user (an ack making receipts) reaches it here, and
+        // the old owner's stream may still write the seqs this node would take. Such an entry
+        // goes through the outbox, durable in this batch; the forwarder hands it back to this
+        // committer (`Command::Apply`), which holds it like any command for that user.
+        if self.owns(user, b)
+            && !self.held(user)
+            && !b.outboxed_to.contains(user)
+            && !self.store.outbox_pending(user)
+        {
             let seq = self.append(user, ts, entry, b)?;
             tracing::trace!(to = user, id, seq, "appended here");
             return Ok(());
@@ -1464,6 +1536,15 @@ fn subtract(range: (u64, u64), keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// The answer to a command of a user this node no longer owns (the ring moved under a session).
+/// The user whose action made an outbox entry: a message's sender, a receipt's reader.
+fn origin(e: &ForwardEntry) -> Option<&str> {
+    match &e.item {
+        Some(forward_entry::Item::Message(m)) => Some(&m.from),
+        Some(forward_entry::Item::Receipt(r)) => Some(&r.by),
+        None => None,
+    }
+}
+
 fn moved(user: &str) -> ChatError {
     ChatError::Unavailable(format!("{user} has moved to another node; reconnect"))
 }
@@ -1934,5 +2015,223 @@ mod tests {
             }
             other => panic!("expected Failed, got {other:?}"),
         }
+    }
+
+    /// An ack on the new owner, in the window between a move's commit and the old owner's seal,
+    /// makes receipts for a user that moved here. The old owner's stream still writes that
+    /// user's inbox: a receipt appended here at the user's stale next seq was overwritten by the
+    /// mirrored entry with the same seq (found by the chaos suite as lost receipts and, once,
+    /// a lost message). Both must survive.
+    /// n3 leaves the ring n1, n2, n3 (epoch 1 → 2); the committer is n2, which receives some of
+    /// n3's users. Returns it with its outbox receiver, the move, a user moving from n3 to n2 and
+    /// one that stays on n2.
+    fn removal_on_n2() -> (
+        Committer,
+        mpsc::UnboundedReceiver<Outboxed>,
+        Arc<Transition>,
+        String,
+        String,
+        tempfile::TempDir,
+    ) {
+        let members = |ids: &[&str]| -> Vec<chat_ring::Member> {
+            ids.iter()
+                .map(|id| chat_ring::Member {
+                    id: id.to_string(),
+                    weight: 1,
+                })
+                .collect()
+        };
+        // n3 is removed: n2 receives some of its users.
+        let from = Ring::new(1, &members(&["n1", "n2", "n3"]), 16).unwrap();
+        let to = Ring::new(2, &members(&["n1", "n2"]), 16).unwrap();
+        let t = Arc::new(Transition::new(from.clone(), to.clone()).unwrap());
+        let (mut c, _hub, dir) = committer();
+        let (_view_tx, view) = watch::channel(ClusterView::fixed(to.clone(), []));
+        c.routing = Routing {
+            self_id: "n2".into(),
+            view,
+        };
+        let (otx, orx) = mpsc::unbounded_channel();
+        c.outbox_tx = Some(otx);
+        let find = |stem: &str, old: &str| {
+            (0..)
+                .map(|i| format!("{stem}-{i}"))
+                .find(|u| from.owner(u) == old && to.owner(u) == "n2")
+                .unwrap()
+        };
+        let mover = find("mover", "n3");
+        let carol = find("carol", "n2");
+        (c, orx, t, mover, carol, dir)
+    }
+
+    #[test]
+    fn a_receipt_for_a_user_held_for_a_seal_survives_the_old_owners_writes() {
+        let (mut c, mut orx, t, mover, carol, _dir) = removal_on_n2();
+        // Carol has a message from the mover (forwarded before the move).
+        let mut m = forwarded(&carol, "m1");
+        if let Some(forward_entry::Item::Message(msg)) = &mut m.item {
+            msg.from = mover.clone();
+        }
+        let (a, mut ra) = apply(vec![m]);
+        c.commit(std::iter::once(a));
+        assert_eq!(ra.try_recv().unwrap().unwrap(), [ForwardStatus::Stored]);
+        let (at, mut rat) = attach(&id(&carol, "p"), 8);
+        c.commit(std::iter::once(at));
+        rat.try_recv().unwrap().unwrap();
+        // The move committed; n3 has not sealed what it gave n2 yet.
+        let received: Vec<Segment> = t.receives("n2").cloned().collect();
+        c.sealing = Some((t.clone(), received, HashSet::from(["n3".to_string()])));
+        assert!(c.held(&mover) && !c.held(&carol));
+        // Carol reads the message: receipts for the held mover.
+        c.commit(std::iter::once(ack(&id(&carol, "p"), 1, true)));
+        // n3's last mirrored writes for the mover (its inbox up to seq 1, its state), and the seal.
+        let theirs = InboxEntry {
+            entry: Some(inbox_entry::Entry::Message(Message {
+                msg_id: "theirs".into(),
+                from: "someone".into(),
+                to: mover.clone(),
+                body: "sent before the move".into(),
+                ..Message::default()
+            })),
+        };
+        let state = UserState {
+            next_seq: 2,
+            ..UserState::default()
+        };
+        let write = |cf: &str, key: Vec<u8>, value: Vec<u8>| RawWrite {
+            cf: cf.into(),
+            key,
+            value,
+            delete: false,
+        };
+        let req = chat_proto::cluster::Mirror {
+            epoch: 2,
+            reset: Vec::new(),
+            writes: vec![
+                write(
+                    CF_INBOX,
+                    inbox_key(&mover, 1),
+                    timed_value(chat_proto::now_ms(), &theirs),
+                ),
+                write(CF_META, user_state_key(&mover), state.encode_to_vec()),
+            ],
+            seal: true,
+            outbox: Vec::new(),
+        };
+        let (reply, mut done) = oneshot::channel();
+        c.commit(std::iter::once(Command::Mirror {
+            from: "n3".into(),
+            req,
+            reply,
+        }));
+        done.try_recv().unwrap().unwrap();
+        assert!(c.sealing.is_none(), "sealed");
+        // The receipts waited in the outbox; the forwarder hands them back to this node.
+        let mut entries = Vec::new();
+        while let Ok(out) = orx.try_recv() {
+            entries.extend(out.iter().map(|(_, e)| (**e).clone()));
+        }
+        assert!(!entries.is_empty(), "the receipts went through the outbox");
+        assert!(entries.iter().all(|e| e.to == mover));
+        let n = entries.len();
+        let (a, mut ra) = apply(entries);
+        c.commit(std::iter::once(a));
+        assert_eq!(
+            ra.try_recv().unwrap().unwrap(),
+            vec![ForwardStatus::Stored; n]
+        );
+        let inbox = c.store.inbox_from(&mover, 1, 10).unwrap();
+        assert_eq!(inbox[0].seq, 1);
+        assert!(
+            matches!(&inbox[0].entry.entry, Some(inbox_entry::Entry::Message(m)) if m.msg_id == "theirs"),
+            "{inbox:?}"
+        );
+        let kinds: Vec<i32> = receipts_of(&c, &mover)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(kinds.contains(&(ReceiptKind::Read as i32)), "{kinds:?}");
+        assert!(inbox[1..].iter().all(|e| e.seq >= 2));
+    }
+
+    /// A sender's message stuck in its old owner's outbox (recipient unreachable) was overtaken
+    /// by the sender's next message from its new home (found by the chaos suite as reordered
+    /// deliveries after a disk-full node and a move). The seal hands the old outbox entries over,
+    /// and the new owner queues them ahead of the sender's next messages.
+    #[test]
+    fn outbox_entries_handed_over_with_the_seal_go_ahead_of_the_movers_next_sends() {
+        let (mut c, mut orx, t, mover, _carol, _dir) = removal_on_n2();
+        let ring = c.routing.view.borrow().ring.clone().unwrap();
+        let far = (0..)
+            .map(|i| format!("far-{i}"))
+            .find(|u| ring.owner(u) == "n1")
+            .unwrap();
+        let received: Vec<Segment> = t.receives("n2").cloned().collect();
+        c.sealing = Some((t.clone(), received, HashSet::from(["n3".to_string()])));
+        // The mover, reconnected here, sends while n3 has not sealed: held.
+        let (s2, mut r2) = send(&id(&mover, "p"), "c2", &far);
+        c.commit(std::iter::once(s2));
+        assert!(r2.try_recv().is_err(), "held until the seal");
+        // n3's seal carries the mover's older message, still in n3's outbox.
+        let mut old = forwarded(&far, "old-msg");
+        if let Some(forward_entry::Item::Message(m)) = &mut old.item {
+            m.from = mover.clone();
+        }
+        let seal = |outbox: Vec<ForwardEntry>| {
+            let (reply, done) = oneshot::channel();
+            let req = chat_proto::cluster::Mirror {
+                epoch: 2,
+                reset: Vec::new(),
+                writes: Vec::new(),
+                seal: true,
+                outbox,
+            };
+            (
+                Command::Mirror {
+                    from: "n3".into(),
+                    req,
+                    reply,
+                },
+                done,
+            )
+        };
+        // An entry of a user outside the move is refused, and nothing of it is kept.
+        let mut stranger = forwarded(&far, "x");
+        if let Some(forward_entry::Item::Message(m)) = &mut stranger.item {
+            m.from = far.clone();
+        }
+        let (bad, mut bad_done) = seal(vec![stranger]);
+        c.commit(std::iter::once(bad));
+        assert!(bad_done.try_recv().unwrap().is_err());
+        assert!(c.sealing.is_some(), "a refused seal does not count");
+        let (good, mut good_done) = seal(vec![old]);
+        c.commit(std::iter::once(good));
+        good_done.try_recv().unwrap().unwrap();
+        assert!(c.sealing.is_none());
+        // The held send runs after the seal; its message is queued behind the old one.
+        c.run_deferred();
+        r2.try_recv().unwrap().unwrap();
+        let out: Vec<String> = c
+            .store
+            .outbox_from(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| match e.item {
+                Some(forward_entry::Item::Message(m)) => m.client_msg_id.clone() + &m.msg_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            out[0], "old-msg",
+            "the handed-over entry goes first: {out:?}"
+        );
+        assert!(out[1].starts_with("c2"), "{out:?}");
+        let mut handed = Vec::new();
+        while let Ok(o) = orx.try_recv() {
+            handed.extend(o.iter().map(|(_, e)| e.id.clone()));
+        }
+        assert_eq!(handed.len(), 2);
+        assert_eq!(handed[0], "old-msg");
     }
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use chat_cluster::rebalance::{self, Progress};
 use chat_cluster::{ClusterView, EtcdConfig};
-use chat_proto::cluster::{peer_request, peer_response, HashRange, Mirror, PeerRequest, RawWrite};
+use chat_proto::cluster::{
+    peer_request, peer_response, ForwardEntry, HashRange, Mirror, PeerRequest, RawWrite,
+};
 use chat_ring::transition::Transition;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -40,6 +42,8 @@ pub struct MirrorItem {
     pub reset: Vec<HashRange>,
     pub writes: Vec<RawWrite>,
     pub seal: bool,
+    /// With a seal: outbox entries made by the moved users (see `Mirror.outbox`).
+    pub outbox: Vec<ForwardEntry>,
     /// Dropped once the new owner acknowledged the item (or the move was aborted).
     pub done: Done,
 }
@@ -53,6 +57,7 @@ impl MirrorItem {
             reset: Vec::new(),
             writes,
             seal: false,
+            outbox: Vec::new(),
             done,
         }
     }
@@ -65,10 +70,11 @@ impl MirrorItem {
         }
     }
 
-    /// The last item of a stream.
-    pub fn seal(dest: String, t: &Arc<Transition>, done: Done) -> Self {
+    /// The last item of a stream, with the moved users' outbox entries.
+    pub fn seal(dest: String, t: &Arc<Transition>, outbox: Vec<ForwardEntry>, done: Done) -> Self {
         MirrorItem {
             seal: true,
+            outbox,
             ..Self::writes(dest, t, Vec::new(), done)
         }
     }
@@ -201,6 +207,7 @@ pub async fn run_mirror(
                 reset: first.reset.clone(),
                 writes: Vec::new(),
                 seal: false,
+                outbox: Vec::new(),
             };
             let (mut n, mut bytes) = (0, 0usize);
             for (i, item) in q.iter().enumerate() {
@@ -223,6 +230,7 @@ pub async fn run_mirror(
                 n += 1;
                 if item.seal {
                     req.seal = true;
+                    req.outbox = item.outbox.clone();
                     break;
                 }
             }

@@ -1,0 +1,6 @@
+//! AFL++ target: `chat_fuzz::server_frame_json` on every input (see fuzz/src/checks.rs).
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        chat_fuzz::server_frame_json(data);
+    });
+}

@@ -5,6 +5,7 @@
 #   libprotobuf-dev   etcd-client's protos import google/protobuf/*.proto (the well-known types)
 #   etcd-server       tests and the dev cluster run a real etcd
 #   build-essential   RocksDB is compiled from source (C++)
+#   nftables          the chaos suite drops packets between nodes, and to etcd, with nft rules
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -17,6 +18,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(build-essential)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 # bindgen needs libclang.so (not libclang-cpp), whatever version Debian ships.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 

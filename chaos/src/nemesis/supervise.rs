@@ -1,0 +1,147 @@
+//! The nemesis's watch and its final heal: processes that exit unasked are findings (logged
+//! with the log tail, then restarted); at the end every fault still in effect is undone.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Nemesis, MAX_CRASH_RESTARTS};
+use crate::cluster::NodeState;
+use crate::history::NodeCrash;
+
+impl Nemesis {
+    /// Watches for processes that exit unasked until [`Nemesis::stop`]: logs each exit with the
+    /// node's log tail, restarts the node. Also keeps every node's free space at
+    /// [`crate::cluster::FREE_SPACE`] outside disk faults.
+    pub async fn supervise(self: Arc<Self>) {
+        let mut round = 0u64;
+        while !self.stop.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            round += 1;
+            if round.is_multiple_of(4) {
+                self.keep_free_space().await;
+            }
+            let exited = self.blocking(|c| c.exited_unasked()).await;
+            for (id, status) in exited {
+                let i = id.clone();
+                let tail = self.blocking(move |c| c.log_tail(&i, 30)).await;
+                eprintln!("chaos: FINDING: {id} exited by itself ({status})");
+                self.log.lock().expect("log lock").crashes.push(NodeCrash {
+                    node: id.clone(),
+                    at: self.now(),
+                    status: status.to_string(),
+                    log_tail: tail,
+                });
+                let n = {
+                    let mut r = self.crash_restarts.lock().expect("restarts lock");
+                    let n = r.entry(id.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                if n <= MAX_CRASH_RESTARTS {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        me.bring_back(&id, "an unasked exit").await;
+                    });
+                } else {
+                    self.finding(format!("{id} exited {n} times; left down"));
+                }
+            }
+            let etcd_gone = !self.etcd_killed.load(Ordering::Acquire)
+                && !self.blocking(|c| c.etcd_running()).await;
+            if etcd_gone && !self.etcd_killed.swap(true, Ordering::AcqRel) {
+                self.finding("etcd exited by itself; restarting it".into());
+                if let Err(e) = self.blocking(|c| c.etcd_start()).await {
+                    self.finding(format!("etcd did not restart: {e}"));
+                }
+                self.etcd_killed.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Deletes the run's nftables table (cleanup; no fault can be healed after this).
+    pub fn remove_net_faults(&self) {
+        match self.net.lock() {
+            Ok(mut n) => n.remove(),
+            Err(poisoned) => poisoned.into_inner().remove(),
+        }
+    }
+
+    /// Holds each node's free space (not while a disk fault has its ballast in place); frees a
+    /// retired node's reserve, which is only memory now.
+    async fn keep_free_space(&self) {
+        let mounts: Vec<(std::path::PathBuf, bool)> = {
+            let c = self.cluster.lock().expect("cluster lock");
+            c.nodes
+                .iter()
+                .map(|n| (n.spec.mount.clone(), n.state == NodeState::Retired))
+                .collect()
+        };
+        let problems = tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            for (mount, retired) in mounts {
+                if retired {
+                    let _ = std::fs::remove_file(mount.join("reserve"));
+                } else if !mount.join("ballast").exists() {
+                    if let Err(e) = crate::cluster::keep_free(&mount) {
+                        problems.push(format!("{}: {e}", mount.display()));
+                    }
+                }
+            }
+            problems
+        })
+        .await
+        .expect("keeper task");
+        for p in problems {
+            eprintln!("chaos: could not hold the free space of {p}");
+        }
+    }
+
+    /// Ends every fault still in effect: rules deleted, ballast freed, paused nodes continued,
+    /// dead nodes and etcd restarted. Returns what could not be healed.
+    pub async fn heal_all(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.net.lock().expect("net lock").heal_all() {
+            problems.push(format!("nft: {e}"));
+        }
+        if !self.blocking(|c| c.etcd_running()).await {
+            if let Err(e) = self.blocking(|c| c.etcd_start()).await {
+                problems.push(format!("etcd: {e}"));
+            }
+        }
+        let nodes: Vec<(String, NodeState, std::path::PathBuf)> = {
+            let c = self.cluster.lock().expect("cluster lock");
+            c.nodes
+                .iter()
+                .map(|n| (n.spec.id.clone(), n.state, n.spec.ballast()))
+                .collect()
+        };
+        for (id, state, ballast) in nodes {
+            let _ = std::fs::remove_file(&ballast);
+            match state {
+                NodeState::Paused => {
+                    let i = id.clone();
+                    if let Err(e) = self
+                        .blocking(move |c| c.signal(&i, libc::SIGCONT, NodeState::Running))
+                        .await
+                    {
+                        problems.push(format!("{id}: SIGCONT: {e}"));
+                    }
+                }
+                NodeState::Down if self.bring_back(&id, "the heal").await != "restarted" => {
+                    problems.push(format!("{id} did not restart"));
+                }
+                _ => {}
+            }
+        }
+        for p in &problems {
+            self.finding(format!("heal: {p}"));
+        }
+        problems
+    }
+}

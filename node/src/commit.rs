@@ -153,6 +153,7 @@ pub struct Committer {
     hub: Arc<Hub>,
     sync: bool,
     max_batch: usize,
+    min_free_bytes: u64,
     retention_ms: i64,
     users: HashMap<String, CachedUser>,
     /// Entries held in all `CachedUser::recent` together.
@@ -241,6 +242,8 @@ enum Reply {
 pub struct CommitterOptions {
     pub sync: bool,
     pub max_batch: usize,
+    /// Refuse batches while the disk has less free space than this (0: never).
+    pub min_free_bytes: u64,
     pub queue_depth: usize,
     pub retention_ms: i64,
     pub routing: Routing,
@@ -278,6 +281,7 @@ impl Committer {
             hub,
             sync: opts.sync,
             max_batch: opts.max_batch,
+            min_free_bytes: opts.min_free_bytes,
             retention_ms: opts.retention_ms,
             users: HashMap::new(),
             recent_len: 0,
@@ -356,6 +360,17 @@ impl Committer {
         let result = match b.abort.take() {
             Some(why) => Err(why),
             None if b.wb.is_empty() => Ok(()),
+            // Refused before RocksDB runs out of space itself (see `storage.min_free_mib`).
+            None if self
+                .store
+                .free_bytes()
+                .is_some_and(|f| f < self.min_free_bytes) =>
+            {
+                Err(format!(
+                    "No space left on device: less than {} MiB free in the data directory",
+                    self.min_free_bytes / (1024 * 1024)
+                ))
+            }
             None => self
                 .store
                 .db()
@@ -661,13 +676,18 @@ impl Committer {
             epoch = t.to().epoch(),
             "adopting the move: moving writes are mirrored from now on"
         );
-        // Remember the move across a restart until it is sealed (old and new owners).
+        // Remember the move across a restart until it is sealed (old and new owners). Taking
+        // part without the marker would leave a restarted node not knowing it must finish its
+        // share (found by the chaos suite: a full disk, then a restart after the commit). So the
+        // move is not adopted: nothing is reported, the move waits, the next batch tries again;
+        // writes until then are covered by the copy, which starts at adoption.
         if t.copies_of(&me).next().is_some() || t.receives(&me).next().is_some() {
             if let Err(e) = self
                 .store
                 .set_move_marker(&crate::rebalance::encode_marker(&t))
             {
-                tracing::error!(error = %e, "cannot record the move in flight");
+                tracing::error!(error = %e, "cannot record the move in flight: not taking part yet");
+                return;
             }
         }
         self.push_resets(&t);
@@ -1584,6 +1604,7 @@ mod tests {
         let opts = CommitterOptions {
             sync: false,
             max_batch: 1024,
+            min_free_bytes: 0,
             queue_depth: 16,
             retention_ms: RETENTION_MS,
             routing: Routing::standalone("n1"),
@@ -2233,5 +2254,53 @@ mod tests {
         }
         assert_eq!(handed.len(), 2);
         assert_eq!(handed[0], "old-msg");
+    }
+
+    /// A node that cannot record the move in flight (its disk is full) does not take part in it
+    /// until it can: restarted after the commit, it would not know it must finish its share.
+    #[test]
+    fn a_move_is_adopted_only_once_its_marker_is_recorded() {
+        let (mut c, _orx, t, _mover, _carol, dir) = removal_on_n2();
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        c.events_tx = Some(etx);
+        let mut v = ClusterView::fixed(t.from().clone(), []);
+        v.moving = Some(t.clone());
+        let (_view_tx, view) = watch::channel(v);
+        c.routing.view = view;
+        // The marker's temp file cannot be created: a directory is in its place.
+        let blocker = dir.path().join("move-in-flight.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        c.commit(std::iter::once(Command::Observe));
+        assert!(c.move_state.is_none(), "adopted without a marker");
+        assert!(erx.try_recv().is_err(), "reported without a marker");
+        std::fs::remove_dir(&blocker).unwrap();
+        c.commit(std::iter::once(Command::Observe));
+        assert!(c.move_state.is_some());
+        assert!(c.store.move_marker().is_some());
+        assert!(matches!(erx.try_recv(), Ok(MoveEvent::Adopted(_))));
+    }
+
+    /// Below `storage.min_free_mib` of free disk a batch is refused with STORAGE_FULL before
+    /// RocksDB is asked to write (it would go read-only on an out-of-space write), and nothing
+    /// of it is stored; once space is back the same retry is accepted.
+    #[test]
+    fn writes_are_refused_with_storage_full_below_the_free_space_floor() {
+        let (mut c, _hub, _dir) = committer();
+        c.min_free_bytes = u64::MAX;
+        let alice = id("alice", "p");
+        let (s1, mut r1) = send(&alice, "c1", "bob");
+        c.commit(std::iter::once(s1));
+        match r1.try_recv().unwrap() {
+            Err(e @ ChatError::StorageFull(_)) => {
+                assert_eq!(e.code(), chat_proto::v1::ErrorCode::StorageFull)
+            }
+            other => panic!("expected STORAGE_FULL, got {other:?}"),
+        }
+        assert!(c.store.inbox_from("bob", 1, 10).unwrap().is_empty());
+        c.min_free_bytes = 0;
+        let (s2, mut r2) = send(&alice, "c1", "bob");
+        c.commit(std::iter::once(s2));
+        r2.try_recv().unwrap().unwrap();
+        assert_eq!(c.store.inbox_from("bob", 1, 10).unwrap().len(), 1);
     }
 }

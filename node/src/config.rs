@@ -191,6 +191,11 @@ pub struct StorageSection {
     pub queue_depth: usize,
     /// RocksDB block cache, in MiB.
     pub block_cache_mib: usize,
+    /// Writes are refused with STORAGE_FULL (nothing stored, no ✓) while the data directory's
+    /// filesystem has less free space than this, in MiB, so that RocksDB itself never runs out:
+    /// a write that fails for lack of space puts it in a read-only state it leaves slowly, if at
+    /// all, without a restart. Writes resume as soon as space returns. 0 turns the check off.
+    pub min_free_mib: u64,
 }
 
 impl Default for StorageSection {
@@ -201,6 +206,7 @@ impl Default for StorageSection {
             max_batch: 1024,
             queue_depth: 16_384,
             block_cache_mib: 128,
+            min_free_mib: 64,
         }
     }
 }

@@ -97,6 +97,7 @@ impl Node {
             CommitterOptions {
                 sync: cfg.storage.sync,
                 max_batch: cfg.storage.max_batch,
+                min_free_bytes: cfg.storage.min_free_mib * 1024 * 1024,
                 queue_depth: cfg.storage.queue_depth,
                 retention_ms: cfg.retention().as_millis() as i64,
                 routing: routing.clone(),

@@ -279,6 +279,19 @@ impl Store {
         std::fs::read(self.dir.join(MOVE_MARKER)).ok()
     }
 
+    /// Free space for this process on the data directory's filesystem (`statvfs`), or `None`
+    /// if it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs to fill.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     pub fn set_move_marker(&self, bytes: &[u8]) -> Result<(), ChatError> {
         let io = |e: std::io::Error| ChatError::Internal(format!("move marker: {e}"));
         let tmp = self.dir.join(format!("{MOVE_MARKER}.tmp"));

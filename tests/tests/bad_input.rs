@@ -351,6 +351,15 @@ mod raw {
         None
     }
 
+    /// Connects, and authenticates as alice if asked to.
+    pub async fn open(url: &str, authenticate: bool) -> TcpStream {
+        if authenticate {
+            authenticated(url).await
+        } else {
+            connect(url).await
+        }
+    }
+
     /// Connects and authenticates as alice.
     pub async fn authenticated(url: &str) -> TcpStream {
         let mut s = connect(url).await;
@@ -386,11 +395,7 @@ mod raw {
 async fn a_clients_close_frame_is_answered() {
     let node = TestNode::start(&[]);
     for authenticate in [false, true] {
-        let mut s = if authenticate {
-            raw::authenticated(&node.url).await
-        } else {
-            raw::connect(&node.url).await
-        };
+        let mut s = raw::open(&node.url, authenticate).await;
         raw::write(&mut s, 8, &1000u16.to_be_bytes()).await;
         let code = tokio::time::timeout(WAIT, raw::close_code(&mut s))
             .await
@@ -404,11 +409,7 @@ async fn a_clients_close_frame_is_answered() {
 async fn a_text_frame_that_is_not_utf8_gets_close_1007() {
     let node = TestNode::start(&[]);
     for authenticate in [false, true] {
-        let mut s = if authenticate {
-            raw::authenticated(&node.url).await
-        } else {
-            raw::connect(&node.url).await
-        };
+        let mut s = raw::open(&node.url, authenticate).await;
         raw::write(&mut s, 1, b"{\"ping\":\xff\xfe}").await;
         let code = tokio::time::timeout(WAIT, raw::close_code(&mut s))
             .await

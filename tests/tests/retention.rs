@@ -49,6 +49,7 @@ async fn expired_entries_are_dropped_by_compaction() {
         CommitterOptions {
             sync: true,
             max_batch: 64,
+            min_free_bytes: 0,
             queue_depth: 64,
             retention_ms: retention.as_millis() as i64,
             routing: Routing::standalone("n1"),

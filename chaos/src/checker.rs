@@ -11,6 +11,8 @@
 //! - `non_monotonic`, `reordered`, `gap`, `seq_conflict`: seqs only grow on a connection; one
 //!   sender device's messages to one recipient arrive in ✓ order; no seq is skipped; one seq is
 //!   one entry on every device of the user.
+//! - `inbox_regressed`: a device is never welcomed with an inbox whose newest seq is below a
+//!   seq it already received (the user's history went backwards, e.g. lost in a move).
 //! - `foreign`: nothing reaches a user it was not addressed to, bodies arrive as sent, and no
 //!   hostile body reaches anyone.
 //! - `receipt_lost`: a DELIVERED (READ) receipt for every ✓'d message some recipient device
@@ -35,8 +37,17 @@ mod tests;
 
 use analysis::Analysis;
 
-/// Examples kept per invariant (the count is always complete).
+/// Examples kept per invariant (the count is always complete); every nemesis finding and node
+/// crash is kept, they are few and each is different.
 const EXAMPLES: usize = 3;
+
+fn examples_kept(invariant: &str) -> usize {
+    if matches!(invariant, "nemesis" | "node_crash") {
+        usize::MAX
+    } else {
+        EXAMPLES
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -58,6 +69,8 @@ pub struct Report {
     pub non_monotonic: usize,
     pub gaps: usize,
     pub seq_conflicts: usize,
+    /// Connections welcomed with an inbox whose newest seq is below one the device had.
+    pub inbox_regressed: usize,
     pub foreign: usize,
     pub receipts_lost: usize,
     pub unresolved_sends: usize,
@@ -128,7 +141,7 @@ impl Report {
             .iter()
             .find(|v| v.invariant == invariant)
             .map_or(0, |v| v.examples.len());
-        if kept < EXAMPLES {
+        if kept < examples_kept(invariant) {
             slice()
         } else {
             Vec::new()
@@ -150,7 +163,7 @@ impl Report {
         {
             Some(v) => {
                 v.count += 1;
-                if v.examples.len() < EXAMPLES {
+                if v.examples.len() < examples_kept(invariant) {
                     v.examples.push(example);
                 }
             }
@@ -266,6 +279,7 @@ fn deliveries(a: &Analysis, r: &mut Report) {
                 "duplicated" => r.duplicated += 1,
                 "non_monotonic" => r.non_monotonic += 1,
                 "seq_conflict" => r.seq_conflicts += 1,
+                "inbox_regressed" => r.inbox_regressed += 1,
                 _ => {}
             }
             let h = &a.run.devices[d.idx];

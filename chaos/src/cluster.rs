@@ -28,6 +28,9 @@ pub struct ClusterConfig {
     pub extra_nodes: usize,
     pub tmpfs_mib: u64,
     pub lease_ttl_secs: u64,
+    /// Extra environment for every node (config overrides such as
+    /// `CHAT_NODE_STORAGE__MIN_FREE_MIB=0`); applied after the suite's own.
+    pub node_env: Vec<(String, String)>,
 }
 
 /// A node's fixed identity: ports, mount, log.
@@ -89,6 +92,7 @@ pub struct Cluster {
     pub certs: PathBuf,
     pub lease_ttl_secs: u64,
     tmpfs_mib: u64,
+    node_env: Vec<(String, String)>,
     etcd: Etcd,
     pub nodes: Vec<NodeProc>,
     router: Option<chat_tests::TestRouter>,
@@ -121,6 +125,7 @@ impl Cluster {
             dir: cfg.dir.clone(),
             certs: cfg.dir.join("certs"),
             lease_ttl_secs: cfg.lease_ttl_secs,
+            node_env: cfg.node_env.clone(),
             tmpfs_mib: cfg.tmpfs_mib,
             etcd,
             nodes: Vec::new(),
@@ -240,6 +245,7 @@ impl Cluster {
             "http://127.0.0.1:{}",
             self.node(id).map_or(0, |n| n.spec.etcd_port)
         );
+        let node_env = self.node_env.clone();
         let n = self.node_mut(id)?;
         if n.child.is_some() {
             return Err(ChaosError::Setup(format!("{id} is already running")));
@@ -261,6 +267,9 @@ impl Cluster {
             .env("CHAT_NODE_CLUSTER__PREFIX", PREFIX)
             .env("CHAT_NODE_CLUSTER__CA_FILE", &ca)
             .env("CHAT_NODE_CLUSTER__LEASE_TTL_SECS", &ttl)
+            // The node's free-space floor must sit below what the reserve leaves free
+            // (`FREE_SPACE`), or it would refuse every write from the start.
+            .env("CHAT_NODE_STORAGE__MIN_FREE_MIB", "8")
             .env("RUST_LOG", "info,chat_node=debug")
             .env("NO_COLOR", "1")
             // Panics keep their backtrace (RUST_BACKTRACE); a returned error is one line.
@@ -268,6 +277,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
+            .envs(node_env)
             .spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();

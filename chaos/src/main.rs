@@ -42,6 +42,16 @@ struct Args {
     /// Where to create the run dir (default: the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Environment for every node, `KEY=VALUE` (repeatable), e.g.
+    /// `CHAT_NODE_STORAGE__MIN_FREE_MIB=0` to let RocksDB itself run out of space.
+    #[arg(long = "node-env", value_parser = parse_env)]
+    node_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -95,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         keep_dir: args.keep_dir,
         tmpfs_mib: args.tmpfs_mib,
         base_dir: args.dir,
+        node_env: args.node_env,
         ..Options::new(args.profile, seed)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

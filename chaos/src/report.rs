@@ -42,6 +42,10 @@ pub fn table(r: &Report, fault_phase_secs: f64) -> String {
         ("seq went back on a connection", r.non_monotonic.to_string()),
         ("gaps", r.gaps.to_string()),
         ("seq conflicts", r.seq_conflicts.to_string()),
+        (
+            "inbox went backwards on reconnect",
+            r.inbox_regressed.to_string(),
+        ),
         ("foreign", r.foreign.to_string()),
         ("receipts lost", r.receipts_lost.to_string()),
         (

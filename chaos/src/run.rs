@@ -33,6 +33,8 @@ pub struct Options {
     pub lease_ttl_secs: u64,
     /// Where the run dir is created (default: the system temp dir).
     pub base_dir: Option<PathBuf>,
+    /// Extra environment for every node (`KEY=VALUE` config overrides).
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -47,6 +49,7 @@ impl Options {
             tmpfs_mib: 512,
             lease_ttl_secs: 4,
             base_dir: None,
+            node_env: Vec::new(),
         }
     }
 }
@@ -115,6 +118,7 @@ pub async fn run(o: Options) -> Result<Outcome> {
         extra_nodes: plan.iter().filter(|p| p.kind == FaultKind::AddNode).count() + 1,
         tmpfs_mib: o.tmpfs_mib,
         lease_ttl_secs: o.lease_ttl_secs,
+        node_env: o.node_env.clone(),
     };
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(&cfg)).await??;
     let router = cluster.router_ws_url();

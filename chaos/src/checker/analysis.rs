@@ -99,6 +99,8 @@ struct Walk {
     acked_before: u64,
     resume_after: u64,
     ack_max: u64,
+    /// Highest seq ever delivered to the device.
+    seen_max: u64,
     open_since: Option<Micros>,
 }
 
@@ -214,9 +216,20 @@ impl<'a> Analysis<'a> {
             match &rec.event {
                 Event::Connected {
                     cursor,
+                    inbox_seq,
                     resume_after,
-                    ..
+                    node,
                 } => {
+                    // The inbox's newest seq never goes below one the device already has.
+                    if *inbox_seq < w.seen_max {
+                        let why = format!(
+                            "{node} welcomed the device with inbox seq {inbox_seq}, below seq {} \
+                             it had already received",
+                            w.seen_max
+                        );
+                        v.problems
+                            .push(("inbox_regressed".into(), rec.at, w.seen_max, why));
+                    }
                     if let Some(s) = w.open_since.take() {
                         v.intervals.push((s, rec.at));
                     }
@@ -388,6 +401,7 @@ impl<'a> Analysis<'a> {
 
 fn delivery(v: &mut DeviceView, w: &mut Walk, rec: &Record, seq: u64, entry: Entry) {
     let (at, conn) = (rec.at, rec.conn);
+    w.seen_max = w.seen_max.max(seq);
     let mut found: Vec<(&str, String)> = Vec::new();
     if seq <= w.conn_max {
         let why = format!("arrived after seq {} on connection {conn}", w.conn_max);

@@ -486,3 +486,27 @@ fn unavailability_is_the_longest_reconnect_gap() {
     assert_eq!(r.unavailability_max_us, 3 * S);
     assert_eq!(r.reconnects, 1);
 }
+
+#[test]
+fn an_inbox_that_went_backwards_is_caught() {
+    let mut run = clean();
+    let b1 = find(&mut run, "bob/b1");
+    b1.records.push(Record {
+        at: 8 * S,
+        conn: 1,
+        event: Event::Closed { reason: "x".into() },
+    });
+    b1.records.push(Record {
+        at: 9 * S,
+        conn: 2,
+        event: Event::Connected {
+            node: "n6".into(),
+            cursor: 0,
+            inbox_seq: 1,
+            resume_after: 2,
+        },
+    });
+    let r = check(&run);
+    assert_eq!(r.inbox_regressed, 1, "{:#?}", r.violations);
+    assert_eq!(r.count("inbox_regressed"), 1);
+}

@@ -131,7 +131,7 @@ impl Nemesis {
             let out = self
                 .ctl(
                     vec!["nodes".into(), "--json".into()],
-                    Duration::from_secs(10),
+                    Duration::from_secs(20),
                 )
                 .await;
             if let Ok(v) = out.and_then(|o| Ok(serde_json::from_str::<serde_json::Value>(&o)?)) {
@@ -167,7 +167,7 @@ impl Nemesis {
         let status = || {
             self.ctl(
                 vec!["rebalance".into(), "status".into(), "--json".into()],
-                Duration::from_secs(10),
+                Duration::from_secs(20),
             )
         };
         loop {
@@ -199,7 +199,7 @@ impl Nemesis {
             let ring = self
                 .ctl(
                     vec!["ring".into(), "show".into(), "--json".into()],
-                    Duration::from_secs(10),
+                    Duration::from_secs(20),
                 )
                 .await;
             let Ok(v) = ring.and_then(|o| Ok(serde_json::from_str::<serde_json::Value>(&o)?))

@@ -90,6 +90,8 @@ pub struct Report {
     pub faults_not_ok: usize,
     pub rebalances_completed: usize,
     pub node_crashes: usize,
+    /// Fail-stops on a storage error while the node's disk was full (documented, not judged).
+    pub storage_stops: usize,
     pub reconnects: usize,
     /// Longest time a user had a device disconnected before its next `Welcome`: max and p99
     /// over users.

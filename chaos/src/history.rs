@@ -283,6 +283,10 @@ pub struct NemesisLog {
     /// Misbehaviour that is not a crash: a removed node that never drained, a node that did not
     /// come back after a restart, a SIGTERM that did not exit 0.
     pub findings: Vec<String>,
+    /// Nodes that stopped themselves on a storage error while their disk was full (exit
+    /// `EXIT_STORAGE_FAILED`, the documented fail-stop), restarted once space returned.
+    #[serde(default)]
+    pub storage_stops: Vec<NodeCrash>,
 }
 
 impl NemesisLog {

@@ -43,6 +43,8 @@ pub struct Nemesis {
     next_probe: AtomicU32,
     /// Last known probe user of each node (see `disk.rs`).
     probe_users: Mutex<HashMap<String, String>>,
+    /// Nodes under a disk fault now: a storage fail-stop of theirs is expected (see `disk.rs`).
+    disk_faulted: Mutex<HashSet<String>>,
 }
 
 impl Nemesis {
@@ -61,6 +63,7 @@ impl Nemesis {
             crash_restarts: Mutex::new(HashMap::new()),
             next_probe: AtomicU32::new(0),
             probe_users: Mutex::new(HashMap::new()),
+            disk_faulted: Mutex::new(HashSet::new()),
         })
     }
 

@@ -69,6 +69,10 @@ pub fn table(r: &Report, fault_phase_secs: f64) -> String {
         ("rebalances completed", r.rebalances_completed.to_string()),
         ("node crashes", r.node_crashes.to_string()),
         (
+            "fail-stops on a full disk (restarted)",
+            r.storage_stops.to_string(),
+        ),
+        (
             "faults that did not run as planned",
             r.faults_not_ok.to_string(),
         ),

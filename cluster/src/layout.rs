@@ -61,6 +61,12 @@ pub struct RingDoc {
     /// The ring being moved to, while a move is in flight (BRIEF §5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextRing>,
+    /// The ring before the last committed move. A committed move still has work after the
+    /// commit (old owners seal and drop, new owners wait for the seals); the next move may
+    /// start only once every node with a share in it has finished (`Progress::finished`),
+    /// since nodes follow one move at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<RingVersion>,
 }
 
 impl RingDoc {
@@ -72,6 +78,16 @@ impl RingDoc {
             self.current.epoch,
             self.next.as_ref().map_or(0, |n| n.ring.epoch),
         )
+    }
+
+    /// The last committed move (previous → current), built; `None` if there is none on record.
+    pub fn last_move(&self) -> Result<Option<Transition>, ClusterError> {
+        let Some(prev) = &self.previous else {
+            return Ok(None);
+        };
+        let t = Transition::new(prev.build()?, self.current.build()?)
+            .map_err(|e| ClusterError::Move(e.to_string()))?;
+        Ok(Some(t))
     }
 
     /// The move in flight, built.
@@ -216,6 +232,7 @@ mod tests {
                     .collect(),
             },
             next: None,
+            previous: None,
         })
         .unwrap()
     }
@@ -262,6 +279,7 @@ mod tests {
         let start = RingDoc {
             current: version(1, &["a", "b"]),
             next: None,
+            previous: None,
         };
         let moving = RingDoc {
             current: version(1, &["a", "b"]),
@@ -271,10 +289,12 @@ mod tests {
                 change: "add c".into(),
                 started_ms: 0,
             }),
+            previous: None,
         };
         let committed = RingDoc {
             current: version(2, &["a", "b", "c"]),
             next: None,
+            previous: Some(version(1, &["a", "b"])),
         };
         let mut v = ClusterView::default();
         put(&mut v, &start);

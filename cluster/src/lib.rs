@@ -40,6 +40,8 @@ pub enum ClusterError {
     MoveInFlight(u64, String),
     #[error("no move is in flight")]
     NoMove,
+    #[error("the move to epoch {epoch} committed but {} not finished their share yet (seal, drop); a new move waits for them (`chatctl rebalance status`)", .nodes.join(", ") + if .nodes.len() == 1 { " has" } else { " have" })]
+    PreviousMoveUnfinished { epoch: u64, nodes: Vec<String> },
     #[error("{0}")]
     Move(String),
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use chat_ring::transition::{plan_add, plan_remove, NodeProgress};
+use chat_ring::transition::{plan_add, plan_remove, NodeProgress, Transition};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,10 @@ pub struct Progress {
     /// Keys it copied in all, once its copy is complete (time-left estimates use segments).
     #[serde(default)]
     pub keys_total: u64,
+    /// After the commit: has finished its share (an old owner sealed and dropped what it gave,
+    /// a new owner received every seal). The next move waits for every node with a share.
+    #[serde(default)]
+    pub finished: bool,
     /// The last copy error, while it is retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -107,8 +111,32 @@ async fn swap(
     Ok(timed(client.txn(txn)).await?.succeeded())
 }
 
-/// Starts a move: writes the next ring, if no move is in flight. Of two operators starting moves
-/// at once, one gets `MoveInFlight`.
+/// The nodes with a share in `t` that have not reported it finished, given every node's
+/// progress on it.
+pub fn unfinished_shares(t: &Transition, progress: &BTreeMap<String, Progress>) -> Vec<String> {
+    t.nodes()
+        .into_iter()
+        .filter(|n| t.copies_of(n).next().is_some() || t.receives(n).next().is_some())
+        .filter(|n| !progress.get(*n).is_some_and(|p| p.finished))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The nodes that still have work in the last committed move of `doc` (empty if none).
+pub async fn unfinished(
+    client: &mut Client,
+    prefix: &str,
+    doc: &RingDoc,
+) -> Result<Vec<String>, ClusterError> {
+    let Some(t) = doc.last_move()? else {
+        return Ok(Vec::new());
+    };
+    let progress = read_progress(client, prefix, doc.current.epoch).await?;
+    Ok(unfinished_shares(&t, &progress))
+}
+
+/// Starts a move: writes the next ring, if no move is in flight and every node finished its
+/// share of the last one. Of two operators starting moves at once, one gets `MoveInFlight`.
 pub async fn begin(
     client: &mut Client,
     prefix: &str,
@@ -120,6 +148,17 @@ pub async fn begin(
             next.ring.epoch,
             next.change.clone(),
         ));
+    }
+    // Nodes follow one move at a time: a node still sealing (or waiting for seals of) the last
+    // move would otherwise take part in the next one with that work undone (found by the chaos
+    // suite: a giver restarted after a commit was still copying when the next move gave the
+    // ranges back, and a stale copy was served).
+    let nodes = unfinished(client, prefix, &doc).await?;
+    if !nodes.is_empty() {
+        return Err(ClusterError::PreviousMoveUnfinished {
+            epoch: doc.current.epoch,
+            nodes,
+        });
     }
     let current = doc.current.build()?;
     let next = match change {
@@ -135,6 +174,7 @@ pub async fn begin(
             change: change.to_string(),
             started_ms: now_ms(),
         }),
+        previous: doc.previous.clone(),
     };
     if swap(client, prefix, revision, &new, None).await? {
         return Ok(new);
@@ -154,12 +194,14 @@ pub async fn abort(client: &mut Client, prefix: &str) -> Result<RingDoc, Cluster
         return Err(ClusterError::NoMove);
     };
     let epoch = next.ring.epoch;
+    // The last committed move was finished everywhere before this one began.
     let new = RingDoc {
         current: RingVersion {
             epoch,
             ..doc.current.clone()
         },
         next: None,
+        previous: None,
     };
     let cleanup = Some(rebalance_prefix(prefix, epoch));
     if swap(client, prefix, revision, &new, cleanup).await? {
@@ -191,6 +233,7 @@ pub async fn commit(client: &mut Client, prefix: &str) -> Result<Option<RingDoc>
     let new = RingDoc {
         current: next.ring.clone(),
         next: None,
+        previous: Some(doc.current.clone()),
     };
     // The progress keys stay, as the record of what the move did (late reports cannot change
     // them: a report is written only while its move is in flight).
@@ -226,6 +269,52 @@ pub async fn report(
     Ok(timed(client.txn(txn)).await?.succeeded())
 }
 
+/// Records that `node` finished its share of the committed move to `epoch` (see
+/// [`Progress::finished`]), if that move is still the last one committed (else nothing needs
+/// it any more: a later move began, which needed it, or the epoch was an abort's).
+pub async fn report_finished(
+    client: &mut Client,
+    prefix: &str,
+    epoch: u64,
+    node: &str,
+) -> Result<(), ClusterError> {
+    // Retried only when the ring changed between the read and the write.
+    for _ in 0..10 {
+        let (doc, revision) = read_doc(client, prefix).await?;
+        if doc.current.epoch != epoch || doc.previous.is_none() {
+            return Ok(());
+        }
+        let key = progress_key(prefix, epoch, node);
+        let resp = timed(client.get(key.clone(), None)).await?;
+        let mut p: Progress = match resp.kvs().first() {
+            Some(kv) => serde_json::from_slice(kv.value()).map_err(|err| ClusterError::Json {
+                key: key.clone(),
+                err,
+            })?,
+            None => Progress::default(),
+        };
+        if p.finished {
+            return Ok(());
+        }
+        p.finished = true;
+        p.updated_ms = now_ms();
+        let value = serde_json::to_vec(&p).expect("progress serializes");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                ring_key(prefix),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        if timed(client.txn(txn)).await?.succeeded() {
+            return Ok(());
+        }
+    }
+    Err(ClusterError::Move(
+        "the ring kept changing while recording a finished share".into(),
+    ))
+}
+
 /// Every node's progress on the move to `epoch`.
 pub async fn read_progress(
     client: &mut Client,
@@ -249,4 +338,47 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_ring::{Member, Ring};
+
+    fn ring(epoch: u64, ids: &[&str]) -> Ring {
+        let members: Vec<Member> = ids
+            .iter()
+            .map(|id| Member {
+                id: id.to_string(),
+                weight: 1,
+            })
+            .collect();
+        Ring::new(epoch, &members, 16).unwrap()
+    }
+
+    #[test]
+    fn the_next_move_waits_for_every_node_with_a_share_and_only_for_those() {
+        let from = ring(1, &["a", "b", "c"]);
+        let to = plan_remove(&from, "c").unwrap();
+        let t = Transition::new(from, to).unwrap();
+        let done = |ids: &[&str]| -> BTreeMap<String, Progress> {
+            ids.iter()
+                .map(|id| {
+                    let p = Progress {
+                        finished: true,
+                        ..Progress::default()
+                    };
+                    (id.to_string(), p)
+                })
+                .collect()
+        };
+        // c gives everything it had to a and b; all three have a share.
+        assert_eq!(unfinished_shares(&t, &done(&[])), ["a", "b", "c"]);
+        assert_eq!(unfinished_shares(&t, &done(&["a", "b"])), ["c"]);
+        assert!(unfinished_shares(&t, &done(&["a", "b", "c"])).is_empty());
+        // Only nodes with a share are waited for: here z reports, unfinished, but has none.
+        let mut progress = done(&["a", "b", "c"]);
+        progress.insert("z".into(), Progress::default());
+        assert!(unfinished_shares(&t, &progress).is_empty());
+    }
 }

@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::rebalance::{Done, MirrorItem, MoveEvent, Page, ReleaseOnDrop, PAGE_BYTES, PAGE_KEYS};
 use crate::store::keys::*;
 use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX, MOVING_CFS};
+use crate::throttle::Throttle;
 
 /// Most message ids in one stored receipt; a longer run is split into several receipts.
 const MAX_RECEIPT_IDS: usize = 512;
@@ -37,6 +38,8 @@ const MAX_RECEIPT_IDS: usize = 512;
 const RECEIPT_SCAN_PAGE: u64 = 1024;
 /// A batch write (with its fsync) slower than this is logged.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Errors that repeat per batch while they last are logged at most once per this interval.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// User states cached between batches before the cache is emptied (they are all on disk).
 const USER_CACHE_MAX: usize = 200_000;
 /// Newest committed entries kept per cached user, and in all, for receipts (see `CachedUser`).
@@ -184,6 +187,8 @@ pub struct Committer {
     /// Old owner, at startup: the unfinished move found in the store's marker, decided on once
     /// the ring is known.
     marker: Option<Arc<Transition>>,
+    /// The last ring epoch told to the driver as settled (see [`MoveEvent::Settled`]).
+    settled: u64,
 }
 
 #[derive(Clone)]
@@ -298,6 +303,7 @@ impl Committer {
             published: Arc::new(PublishQueue::default()),
             finishing: None,
             marker,
+            settled: 0,
         })
     }
 
@@ -335,6 +341,7 @@ impl Committer {
             let v = self.routing.view.borrow();
             (v.ring.clone(), v.moving.clone())
         };
+        let ring_epoch = ring.as_ref().map(|r| r.epoch());
         let mut b = Batch {
             ring,
             ..Batch::default()
@@ -371,11 +378,11 @@ impl Committer {
                     self.min_free_bytes / (1024 * 1024)
                 ))
             }
-            None => self
-                .store
-                .db()
-                .write_opt(b.wb, &wo)
-                .map_err(|e| e.to_string()),
+            None => match self.store.db().write_opt(b.wb, &wo) {
+                Ok(()) => Ok(()),
+                Err(e) if storage_failed(&e) => fail_stop(&e),
+                Err(e) => Err(e.to_string()),
+            },
         };
         let took = started.elapsed();
         metrics::histogram!(crate::admin::COMMIT_SECONDS).record(took.as_secs_f64());
@@ -442,7 +449,10 @@ impl Committer {
             }
             Err(e) => {
                 // Nothing of the batch is on disk: forget the seqs handed out in memory.
-                tracing::error!(error = %e, "commit failed");
+                static REFUSED: Throttle = Throttle::new(LOG_EVERY);
+                if let Some(held) = REFUSED.allow(std::time::Instant::now()) {
+                    tracing::error!(error = %e, commands, held_back = held, "commit failed");
+                }
                 self.forget_cached();
                 self.outbox_seq = outbox_seq_before;
                 for r in b.replies {
@@ -458,6 +468,28 @@ impl Committer {
         }
         if self.users.len() > USER_CACHE_MAX || self.devices.len() > USER_CACHE_MAX {
             self.forget_cached();
+        }
+        self.note_settled(ring_epoch);
+    }
+
+    /// Tells the driver once this node has no work left in the last committed move (nothing to
+    /// seal, drop or wait for), so the next move may start (`Progress::finished`).
+    fn note_settled(&mut self, ring_epoch: Option<u64>) {
+        let Some(epoch) = ring_epoch.filter(|e| *e > self.settled) else {
+            return;
+        };
+        let unfinished = self.finishing.is_some()
+            || self.sealing.is_some()
+            || self.marker.is_some()
+            // The marker of a move in flight is that move's; without one, it is a committed
+            // move's share still to drop.
+            || (self.move_state.is_none() && self.store.move_pending());
+        if unfinished {
+            return;
+        }
+        self.settled = epoch;
+        if let Some(ev) = &self.events_tx {
+            let _ = ev.send(MoveEvent::Settled(epoch));
         }
     }
 
@@ -686,7 +718,10 @@ impl Committer {
                 .store
                 .set_move_marker(&crate::rebalance::encode_marker(&t))
             {
-                tracing::error!(error = %e, "cannot record the move in flight: not taking part yet");
+                static UNRECORDED: Throttle = Throttle::new(LOG_EVERY);
+                if let Some(held) = UNRECORDED.allow(std::time::Instant::now()) {
+                    tracing::error!(error = %e, held_back = held, "cannot record the move in flight: not taking part yet");
+                }
                 return;
             }
         }
@@ -1532,6 +1567,31 @@ impl PublishQueue {
 }
 
 /// `range` without the parts covered by `keep` (all inclusive ranges of key hashes).
+/// Whether a failed write leaves RocksDB unable to take more: an I/O error while writing its
+/// log or files (ENOSPC between the free-space check and the write, a failing disk) sets a
+/// background error after which every write fails until the database is reopened.
+fn storage_failed(e: &rocksdb::Error) -> bool {
+    matches!(
+        e.kind(),
+        rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption
+    )
+}
+
+/// Stops the node at once (see [`crate::error::EXIT_STORAGE_FAILED`]): nothing of the failed
+/// batch was acknowledged, and a restart is the one way back to a writable store. The binding
+/// has no `DB::Resume`, and reopening in place would need every reader to let go first.
+fn fail_stop(e: &rocksdb::Error) -> ! {
+    tracing::error!(
+        error = %e,
+        "storage failed: RocksDB takes no more writes; stopping so a restart recovers from its log"
+    );
+    eprintln!(
+        "chat-node: storage failed ({e}); exiting with code {}",
+        crate::error::EXIT_STORAGE_FAILED
+    );
+    std::process::exit(crate::error::EXIT_STORAGE_FAILED)
+}
+
 fn subtract(range: (u64, u64), keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = vec![range];
     for &(ks, ke) in keep {
@@ -2272,12 +2332,63 @@ mod tests {
         std::fs::create_dir(&blocker).unwrap();
         c.commit(std::iter::once(Command::Observe));
         assert!(c.move_state.is_none(), "adopted without a marker");
-        assert!(erx.try_recv().is_err(), "reported without a marker");
+        let adopted = |erx: &mut mpsc::UnboundedReceiver<MoveEvent>| {
+            std::iter::from_fn(|| erx.try_recv().ok())
+                .filter(|e| matches!(e, MoveEvent::Adopted(_)))
+                .count()
+        };
+        assert_eq!(adopted(&mut erx), 0, "reported without a marker");
         std::fs::remove_dir(&blocker).unwrap();
         c.commit(std::iter::once(Command::Observe));
         assert!(c.move_state.is_some());
         assert!(c.store.move_marker().is_some());
-        assert!(matches!(erx.try_recv(), Ok(MoveEvent::Adopted(_))));
+        assert_eq!(adopted(&mut erx), 1);
+    }
+
+    /// The next move waits for every node to finish its share of the last one: a new owner
+    /// tells the driver it is settled only once every old owner's seal is in, not at the commit.
+    #[test]
+    fn a_new_owner_is_settled_only_once_every_seal_is_in() {
+        let (mut c, _orx, t, _mover, _carol, _dir) = removal_on_n2();
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        c.events_tx = Some(etx);
+        let mut v = ClusterView::fixed(t.from().clone(), []);
+        v.moving = Some(t.clone());
+        let (view_tx, view) = watch::channel(v);
+        c.routing.view = view;
+        let settled = |erx: &mut mpsc::UnboundedReceiver<MoveEvent>| -> Vec<u64> {
+            std::iter::from_fn(|| erx.try_recv().ok())
+                .filter_map(|e| match e {
+                    MoveEvent::Settled(epoch) => Some(epoch),
+                    _ => None,
+                })
+                .collect()
+        };
+        c.commit(std::iter::once(Command::Observe));
+        assert!(c.move_state.is_some(), "adopted");
+        assert_eq!(settled(&mut erx), [1], "nothing left of earlier moves");
+        view_tx.send_replace(ClusterView::fixed(t.to().clone(), []));
+        c.commit(std::iter::once(Command::Observe));
+        assert!(c.sealing.is_some(), "waits for n3's seal");
+        assert!(settled(&mut erx).is_empty(), "not settled before the seal");
+        let seal = chat_proto::cluster::Mirror {
+            epoch: 2,
+            reset: Vec::new(),
+            writes: Vec::new(),
+            seal: true,
+            outbox: Vec::new(),
+        };
+        let (reply, mut done) = oneshot::channel();
+        c.commit(std::iter::once(Command::Mirror {
+            from: "n3".into(),
+            req: seal,
+            reply,
+        }));
+        done.try_recv().unwrap().unwrap();
+        assert!(c.store.move_marker().is_none());
+        assert_eq!(settled(&mut erx), [2]);
+        c.commit(std::iter::once(Command::Observe));
+        assert!(settled(&mut erx).is_empty(), "told once");
     }
 
     /// Below `storage.min_free_mib` of free disk a batch is refused with STORAGE_FULL before

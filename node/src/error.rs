@@ -45,6 +45,11 @@ pub enum ChatError {
     Internal(String),
 }
 
+/// The node's exit code when RocksDB stops taking writes (an I/O error such as ENOSPC while
+/// writing its log): the node stops at once rather than serve a store it cannot write to, and
+/// its supervisor restarts it; on restart RocksDB replays its write-ahead log (sysexits EX_IOERR).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
 /// How long a client should wait before retrying after OVERLOADED or SHUTTING_DOWN.
 const RETRY_AFTER_MS: u32 = 1_000;
 
@@ -101,6 +106,12 @@ impl ChatError {
 }
 
 impl ChatError {
+    /// Whether this error points at a fault of the node (logged as a warning) rather than at
+    /// the request or a refusal the client is told to retry (logged at debug level).
+    pub fn is_internal(&self) -> bool {
+        matches!(self, ChatError::Storage(_) | ChatError::Internal(_))
+    }
+
     /// The error a failed batch write answers with: STORAGE_FULL when the disk is full (RocksDB
     /// reports ENOSPC as an I/O error "No space left on device"), else INTERNAL.
     pub fn from_failed_write(e: &str) -> ChatError {

@@ -22,4 +22,5 @@ pub mod rebalance;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod validate;

@@ -132,6 +132,9 @@ pub enum MoveEvent {
     Aborted(Arc<Transition>),
     /// Restarted after the move committed but before this node sealed: copy again, then seal.
     Finish(Arc<Transition>),
+    /// Nothing is left to do here in the moves up to the ring of this epoch: recorded in etcd
+    /// as `finished`, which the next move waits for.
+    Settled(u64),
 }
 
 /// The store's marker of an unfinished move: both rings.
@@ -301,6 +304,8 @@ pub async fn run_driver(
     view: watch::Receiver<ClusterView>,
 ) {
     let mut watch_view = view.clone();
+    let (settled_tx, settled_rx) = watch::channel(0u64);
+    tokio::spawn(report_settled(settled_rx, etcd.clone(), self_id.clone()));
     loop {
         let ev = tokio::select! {
             ev = events.recv() => match ev {
@@ -336,6 +341,9 @@ pub async fn run_driver(
                     drop_ranges(&committer, ranges, "given away").await;
                 });
             }
+            MoveEvent::Settled(epoch) => {
+                settled_tx.send_replace(epoch);
+            }
             MoveEvent::Aborted(t) => {
                 let ranges: Vec<(u64, u64)> =
                     t.receives(&self_id).map(|s| (s.start, s.end)).collect();
@@ -343,6 +351,40 @@ pub async fn run_driver(
                     drop_ranges(&committer, ranges, "received in an aborted move").await;
                 }
             }
+        }
+    }
+}
+
+/// Records in etcd that this node finished its share of the last committed move, once it has
+/// (the latest epoch settled), retrying through etcd outages.
+async fn report_settled(mut settled: watch::Receiver<u64>, etcd: EtcdConfig, me: String) {
+    let mut etcd = Etcd {
+        cfg: etcd,
+        client: None,
+    };
+    let mut recorded = 0;
+    loop {
+        let epoch = *settled.borrow_and_update();
+        if epoch > recorded {
+            let res = match etcd.client().await {
+                Ok((c, prefix)) => rebalance::report_finished(c, prefix, epoch, &me).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    tracing::info!(epoch, "finished this node's share of the last move");
+                    recorded = epoch;
+                }
+                Err(e) => {
+                    etcd.client = None;
+                    tracing::debug!(error = %e, epoch, "recording the finished share failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if settled.changed().await.is_err() {
+            return;
         }
     }
 }

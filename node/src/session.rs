@@ -511,7 +511,13 @@ impl Session {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, client_msg_id = cmid, "send failed");
+                // Refusals the client retries (a full disk, a move) are logged where they arise,
+                // once per interval; one line per send would flood the log.
+                if e.is_internal() {
+                    tracing::warn!(error = %e, client_msg_id = cmid, "send failed");
+                } else {
+                    tracing::debug!(error = %e, client_msg_id = cmid, "send refused");
+                }
                 e.to_frame(cmid)
             }
         };

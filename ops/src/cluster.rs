@@ -49,6 +49,7 @@ pub async fn init(
                 .collect(),
         },
         next: None,
+        previous: None,
     };
     chat_cluster::init_ring(&mut c, &cfg.prefix, &doc).await?;
     Ok(doc)

@@ -15,6 +15,10 @@ pub struct Status {
     pub current_epoch: u64,
     /// `None` when no move is in flight.
     pub moving: Option<Move>,
+    /// With no move in flight: the nodes that have not yet finished their share of the last
+    /// committed move (sealing, dropping, waiting for seals). A new move waits for them.
+    #[serde(default)]
+    pub unfinished: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +82,7 @@ pub async fn status(cfg: &EtcdConfig) -> anyhow::Result<Status> {
         return Ok(Status {
             current_epoch: doc.current.epoch,
             moving: None,
+            unfinished: rebalance::unfinished(&mut c, &cfg.prefix, &doc).await?,
         });
     };
     let next = doc.next.as_ref().expect("a transition has a next ring");
@@ -108,6 +113,7 @@ pub async fn status(cfg: &EtcdConfig) -> anyhow::Result<Status> {
         (done > 0 && total > done).then(|| elapsed * (total - done) as f64 / done as f64);
     Ok(Status {
         current_epoch: doc.current.epoch,
+        unfinished: Vec::new(),
         moving: Some(Move {
             epoch: next.ring.epoch,
             change: next.change.clone(),
@@ -126,6 +132,13 @@ pub async fn status(cfg: &EtcdConfig) -> anyhow::Result<Status> {
 pub fn print(s: &Status) {
     let Some(m) = &s.moving else {
         println!("no move in flight (ring epoch {})", s.current_epoch);
+        if !s.unfinished.is_empty() {
+            println!(
+                "the move to epoch {} committed; still finishing their share (seal, drop): {}",
+                s.current_epoch,
+                s.unfinished.join(", ")
+            );
+        }
         return;
     };
     let age = (now_ms() - m.started_ms) as f64 / 1000.0;
@@ -214,15 +227,18 @@ async fn ring_doc(cfg: &EtcdConfig) -> anyhow::Result<Option<RingDoc>> {
     Ok(chat_cluster::read_ring(&mut c, &cfg.prefix).await?)
 }
 
-/// Follows the move in flight until it ends: a progress bar in a terminal (segments copied over
-/// all old owners), one line per change otherwise. Returns whether it committed. Reads that fail
-/// (etcd down or unreachable) are retried until `timeout` has passed.
+/// Follows the move in flight until it ends, and after a commit until every node finished its
+/// share (only then may the next move start, and a removed node be stopped): a progress bar in
+/// a terminal (segments copied over all old owners), one line per change otherwise. Returns
+/// whether it committed. Reads that fail (etcd down or unreachable) are retried until `timeout`
+/// has passed.
 pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Result<bool> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let deadline = tokio::time::Instant::now() + timeout;
     let first = retrying(deadline, "reading the move's status", || status(cfg)).await?;
     let Some(m) = &first.moving else {
         println!("no move in flight (ring epoch {})", first.current_epoch);
+        wait_finished(cfg, deadline, timeout).await?;
         return Ok(true);
     };
     let (epoch, change) = (m.epoch, m.change.clone());
@@ -262,6 +278,9 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
                     "was aborted"
                 }
             );
+            if committed {
+                wait_finished(cfg, deadline, timeout).await?;
+            }
             return Ok(committed);
         };
         let (done, total) = m.nodes.values().fold((0, 0), |(d, t), n| {
@@ -300,6 +319,37 @@ pub async fn wait(cfg: &EtcdConfig, timeout: std::time::Duration) -> anyhow::Res
             bar.abandon();
             anyhow::bail!(
                 "the move did not end within {timeout:?}; see `chatctl rebalance status`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until no node has work left in the last committed move (see `Status::unfinished`).
+async fn wait_finished(
+    cfg: &EtcdConfig,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut said = Vec::new();
+    loop {
+        let s = retrying(deadline, "reading the move's status", || status(cfg)).await?;
+        if s.moving.is_some() || s.unfinished.is_empty() {
+            if !said.is_empty() {
+                println!("every node finished its share");
+            }
+            return Ok(());
+        }
+        if s.unfinished != said {
+            println!(
+                "waiting for {} to finish their share (seal, drop)",
+                s.unfinished.join(", ")
+            );
+            said = s.unfinished;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the move committed, but not every node finished its share within {timeout:?}; see `chatctl rebalance status`"
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

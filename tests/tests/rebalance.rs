@@ -485,6 +485,20 @@ async fn move_under_load(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // Each node recorded its finished share in etcd, so the next move may start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(c);
+        if s["moving"].is_null() && s["unfinished"].as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node recorded its finished share: {s}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // What each node did, for the test output.
     for n in &c.nodes {
         for line in n
@@ -732,4 +746,89 @@ async fn rebalance_wait_rides_out_an_etcd_outage() {
     assert!(s["moving"].is_null() && s["current_epoch"] == 2, "{s}");
     let ring = chatctl(&["ring", "show", "--etcd", &etcd, "--prefix", &prefix]);
     assert!(ring.contains("n3"), "n3 is a member after the move: {ring}");
+}
+
+/// Nodes follow one move at a time: once a move commits, the next may start only after every
+/// node with a share in it has finished (old owners sealed and dropped, new owners got every
+/// seal) and said so in etcd. Real etcd; the nodes' part is played by the library calls they use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_move_waits_until_every_node_finished_the_last_one() {
+    use chat_cluster::rebalance::{self, Change, Progress};
+    use chat_cluster::ClusterError;
+    let etcd = TestEtcd::start();
+    let cfg = etcd.config("/gate/");
+    let mut client = chat_cluster::connect(&cfg).await.unwrap();
+    let p = cfg.prefix.as_str();
+    let first = ring_of(1, &["n1", "n2", "n3"]);
+    let doc = chat_cluster::RingDoc {
+        current: chat_cluster::RingVersion::of(&first),
+        next: None,
+        previous: None,
+    };
+    chat_cluster::init_ring(&mut client, p, &doc).await.unwrap();
+    let remove = |n: &str| Change::Remove { node: n.into() };
+    rebalance::begin(&mut client, p, &remove("n3"))
+        .await
+        .unwrap();
+    for n in ["n1", "n2", "n3"] {
+        let progress = Progress {
+            seen: true,
+            copied: true,
+            ..Progress::default()
+        };
+        assert!(rebalance::report(&mut client, p, 2, n, &progress)
+            .await
+            .unwrap());
+    }
+    assert!(rebalance::commit(&mut client, p).await.unwrap().is_some());
+    // n3 gave its users to n1 and n2; none of them has finished yet.
+    let next = rebalance::begin(&mut client, p, &remove("n2")).await;
+    match next {
+        Err(ClusterError::PreviousMoveUnfinished { epoch: 2, nodes }) => {
+            assert_eq!(nodes, ["n1", "n2", "n3"])
+        }
+        other => panic!("the next move started: {other:?}"),
+    }
+    let etcd_args = ["--etcd", etcd.url.as_str(), "--prefix", p];
+    let status = |c: &[&str]| {
+        let args: Vec<&str> = c.iter().chain(etcd_args.iter()).copied().collect();
+        chatctl(&args)
+    };
+    let s: serde_json::Value =
+        serde_json::from_str(&status(&["rebalance", "status", "--json"])).unwrap();
+    assert_eq!(s["unfinished"], serde_json::json!(["n1", "n2", "n3"]));
+    rebalance::report_finished(&mut client, p, 2, "n1")
+        .await
+        .unwrap();
+    rebalance::report_finished(&mut client, p, 2, "n2")
+        .await
+        .unwrap();
+    let next = rebalance::begin(&mut client, p, &remove("n2")).await;
+    assert!(
+        matches!(&next, Err(ClusterError::PreviousMoveUnfinished { nodes, .. }) if nodes == &["n3"]),
+        "{next:?}"
+    );
+    assert!(
+        status(&["rebalance", "status"]).contains("still finishing their share (seal, drop): n3")
+    );
+    // A finished report for an epoch that is not the last committed move changes nothing.
+    rebalance::report_finished(&mut client, p, 1, "n3")
+        .await
+        .unwrap();
+    assert!(rebalance::begin(&mut client, p, &remove("n2"))
+        .await
+        .is_err());
+    rebalance::report_finished(&mut client, p, 2, "n3")
+        .await
+        .unwrap();
+    let started = rebalance::begin(&mut client, p, &remove("n2"))
+        .await
+        .unwrap();
+    assert_eq!(started.next.unwrap().ring.epoch, 3);
+    // An abort leaves nothing to finish: the move after it starts at once.
+    rebalance::abort(&mut client, p).await.unwrap();
+    let again = rebalance::begin(&mut client, p, &remove("n2"))
+        .await
+        .unwrap();
+    assert_eq!(again.next.unwrap().ring.epoch, 4);
 }

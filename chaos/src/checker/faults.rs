@@ -84,6 +84,7 @@ pub(super) fn nemesis(run: &RunData, r: &mut Report) {
             r.rebalances_completed += 1;
         }
     }
+    r.storage_stops = run.nemesis.storage_stops.len();
     for c in &run.nemesis.crashes {
         r.node_crashes += 1;
         let mut sl = vec![(

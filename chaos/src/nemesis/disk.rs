@@ -39,6 +39,10 @@ impl Nemesis {
             let n = c.node(&id).expect("claimed node exists");
             (n.spec.ballast(), n.spec.client_port)
         };
+        self.disk_faulted
+            .lock()
+            .expect("disk faulted lock")
+            .insert(id.clone());
         let b = ballast.clone();
         let filled = tokio::task::spawn_blocking(move || fill(&b))
             .await
@@ -48,7 +52,7 @@ impl Nemesis {
             Ok(bytes) => bytes,
             Err(e) => {
                 let _ = std::fs::remove_file(&ballast);
-                self.release(&id);
+                self.end_disk_fault(&id).await;
                 return self.record(p.kind, &id, start, format!("could not fill: {e}"), false);
             }
         };
@@ -77,6 +81,14 @@ impl Nemesis {
         let t0 = tokio::time::Instant::now();
         let mut last = String::new();
         let recovered = loop {
+            if self.stopped_itself(&id) {
+                // What a supervisor (systemd `Restart=on-failure`) does after the fail-stop.
+                let back = self.bring_back(&id, "its fail-stop on the full disk").await;
+                restarted = format!(
+                    "{restarted}; it had stopped itself on a storage error (exit {}), {back}",
+                    chat_node::error::EXIT_STORAGE_FAILED
+                );
+            }
             match self.probe(&id, port, Duration::from_secs(5)).await {
                 Ok(_) => break true,
                 Err(e) => last = e,
@@ -115,12 +127,44 @@ impl Nemesis {
             }
             format!("NO writes within {RECOVERY:?} after space returned (last: {last}); kill -9, {back}: {after}")
         };
-        self.release(&id);
+        self.end_disk_fault(&id).await;
         let outcome = format!(
             "filled {} MiB; a send while full got: {while_full}{restarted}; {recovery}",
             filled >> 20
         );
         self.record_until(p.kind, &id, (start, end), outcome, recovered);
+    }
+
+    /// Whether `id` is down after a fail-stop the supervisor saw during this disk fault (and
+    /// nobody restarted it yet).
+    fn stopped_itself(&self, id: &str) -> bool {
+        let stopped = self
+            .log
+            .lock()
+            .expect("log lock")
+            .storage_stops
+            .iter()
+            .any(|s| s.node == id);
+        let down = self
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .node(id)
+            .is_some_and(|n| n.state == crate::cluster::NodeState::Down);
+        stopped && down
+    }
+
+    /// Ends the disk fault on `id`: a fail-stop the supervisor reports after this is a finding
+    /// again.
+    async fn end_disk_fault(&self, id: &str) {
+        if self.stopped_itself(id) {
+            self.bring_back(id, "its fail-stop on the full disk").await;
+        }
+        self.disk_faulted
+            .lock()
+            .expect("disk faulted lock")
+            .remove(id);
+        self.release(id);
     }
 
     /// Starts node `id` while its disk is still full: it should refuse with a clear error (or

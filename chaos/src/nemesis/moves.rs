@@ -147,7 +147,9 @@ impl Nemesis {
         false
     }
 
-    /// `chatctl rebalance start ARGS`, retried while etcd is unreachable or a move is in flight.
+    /// `chatctl rebalance start ARGS`, retried while etcd is unreachable, a move is in flight or
+    /// a node has not finished its share of the last one (a node killed meanwhile finishes it
+    /// after its restart).
     async fn start_move(&self, args: &[&str]) -> crate::Result<String> {
         let mut a: Vec<String> = vec!["rebalance".into(), "start".into()];
         a.extend(args.iter().map(|s| s.to_string()));
@@ -155,7 +157,7 @@ impl Nemesis {
         loop {
             match self.ctl(a.clone(), Duration::from_secs(15)).await {
                 Ok(out) => return Ok(out),
-                Err(e) if t0.elapsed() > Duration::from_secs(90) => return Err(e),
+                Err(e) if t0.elapsed() > MOVE_DEADLINE => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         }
@@ -275,6 +277,19 @@ impl Nemesis {
         );
     }
 
+    /// Whether `chatctl rebalance status` no longer lists `id` as finishing the last move.
+    async fn share_finished(&self, id: &str) -> bool {
+        let args = vec!["rebalance".into(), "status".into(), "--json".into()];
+        let Ok(out) = self.ctl(args, Duration::from_secs(20)).await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| {
+            v["unfinished"]
+                .as_array()
+                .is_some_and(|a| !a.iter().any(|n| n == id))
+        })
+    }
+
     /// Waits for a removed node's outbox and share to finish, then SIGTERM; what happened.
     async fn drain_and_stop(&self, id: &str) -> String {
         let admin = self
@@ -297,7 +312,8 @@ impl Nemesis {
             })
             .await
             .expect("metrics task");
-            if depth == Some(0.0) && pending == Some(0.0) {
+            // Its finished share must be on record in etcd too: the next move waits for it.
+            if depth == Some(0.0) && pending == Some(0.0) && self.share_finished(id).await {
                 break true;
             }
             if t0.elapsed() > DRAIN_DEADLINE {

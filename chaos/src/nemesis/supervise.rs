@@ -1,5 +1,6 @@
 //! The nemesis's watch and its final heal: processes that exit unasked are findings (logged
-//! with the log tail, then restarted); at the end every fault still in effect is undone.
+//! with the log tail, then restarted), except a node's documented fail-stop on a storage error
+//! while its disk is full; at the end every fault still in effect is undone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +26,26 @@ impl Nemesis {
             for (id, status) in exited {
                 let i = id.clone();
                 let tail = self.blocking(move |c| c.log_tail(&i, 30)).await;
+                let full = self
+                    .disk_faulted
+                    .lock()
+                    .expect("disk faulted lock")
+                    .contains(&id);
+                if full && status.code() == Some(chat_node::error::EXIT_STORAGE_FAILED) {
+                    // The documented fail-stop: the disk fault brings it back once space returns.
+                    eprintln!("chaos: {id} stopped itself on a storage error (full disk)");
+                    self.log
+                        .lock()
+                        .expect("log lock")
+                        .storage_stops
+                        .push(NodeCrash {
+                            node: id.clone(),
+                            at: self.now(),
+                            status: status.to_string(),
+                            log_tail: tail,
+                        });
+                    continue;
+                }
                 eprintln!("chaos: FINDING: {id} exited by itself ({status})");
                 self.log.lock().expect("log lock").crashes.push(NodeCrash {
                     node: id.clone(),

@@ -54,6 +54,8 @@ pub struct Store {
     /// the ring moved the user here), so it cannot overtake them.
     pending: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     dir: std::path::PathBuf,
+    /// The move marker is on disk: this node has an unfinished share of a move.
+    move_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Learns each column family's id by iterating a probe batch (the crate exposes no id getter).
@@ -136,6 +138,7 @@ impl Store {
             cf_ids,
             pending: Default::default(),
             dir: path.to_path_buf(),
+            move_pending: Default::default(),
         };
         let mut from = 0;
         loop {
@@ -145,7 +148,7 @@ impl Store {
             store.outbox_added(page.iter().map(|(_, e)| e.to.as_str()));
         }
         let pending = store.move_marker().is_some();
-        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(if pending { 1.0 } else { 0.0 });
+        store.set_move_pending(pending);
         Ok(Arc::new(store))
     }
 
@@ -302,13 +305,24 @@ impl Store {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
-        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(1.0);
+        self.set_move_pending(true);
         Ok(())
     }
 
     pub fn clear_move_marker(&self) {
         let _ = std::fs::remove_file(self.dir.join(MOVE_MARKER));
-        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(0.0);
+        self.set_move_pending(false);
+    }
+
+    /// Whether the move marker is on disk (without reading it).
+    pub fn move_pending(&self) -> bool {
+        self.move_pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_move_pending(&self, pending: bool) {
+        self.move_pending
+            .store(pending, std::sync::atomic::Ordering::Release);
+        metrics::gauge!(crate::admin::REBALANCE_PENDING).set(if pending { 1.0 } else { 0.0 });
     }
 
     /// Counts outbox entries for these recipients (on their commit).

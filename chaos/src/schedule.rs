@@ -176,7 +176,8 @@ fn short(rng: &mut ChaCha8Rng, phase_ms: u64, ttl: u64) -> Vec<Planned> {
 /// one of each kind), overlapping each other and the moves.
 fn long(rng: &mut ChaCha8Rng, phase_ms: u64, ttl: u64) -> Vec<Planned> {
     let mut out = Vec::new();
-    let moves = (phase_ms / 80_000).max(20);
+    // About one a minute: some take minutes under faults and the next waits its turn.
+    let moves = (phase_ms / 60_000).max(20);
     let gap = phase_ms / (moves + 1);
     let killed = rng.random_range(0..moves);
     for i in 0..moves {

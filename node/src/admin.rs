@@ -22,6 +22,10 @@ pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
 pub const REBALANCE_PENDING: &str = "chat_rebalance_pending";
 pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
 pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
+/// Batches that did not commit, by `reason`: `storage_full` (below `storage.min_free_mib`, or
+/// ENOSPC) or `error`. Their commands were answered with an error; nothing was stored.
+pub const COMMIT_FAILURES: &str = "chat_commit_failures_total";
+pub const COMMIT_FAILURE_REASONS: &[&str] = &["storage_full", "error"];
 pub const FORWARDED: &str = "chat_forwarded_entries_total";
 pub const FORWARD_RECEIVED: &str = "chat_forward_received_entries_total";
 pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
@@ -103,6 +107,9 @@ pub fn register_all(standalone: bool) {
     }
     for r in FORWARD_RESULTS {
         metrics::counter!(FORWARDED, "result" => *r).increment(0);
+    }
+    for r in COMMIT_FAILURE_REASONS {
+        metrics::counter!(COMMIT_FAILURES, "reason" => *r).increment(0);
     }
     for g in [CONNECTIONS, OUTBOX_DEPTH, REBALANCE_PENDING, RING_EPOCH] {
         metrics::gauge!(g).increment(0.0);

@@ -449,6 +449,11 @@ impl Committer {
             }
             Err(e) => {
                 // Nothing of the batch is on disk: forget the seqs handed out in memory.
+                let reason = match ChatError::from_failed_write(&e) {
+                    ChatError::StorageFull(_) => "storage_full",
+                    _ => "error",
+                };
+                metrics::counter!(crate::admin::COMMIT_FAILURES, "reason" => reason).increment(1);
                 static REFUSED: Throttle = Throttle::new(LOG_EVERY);
                 if let Some(held) = REFUSED.allow(std::time::Instant::now()) {
                     tracing::error!(error = %e, commands, held_back = held, "commit failed");

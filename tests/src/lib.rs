@@ -82,6 +82,43 @@ impl TestNode {
         n
     }
 
+    /// Starts a standalone node whose data is in `data_dir` (kept by the caller).
+    pub fn start_in(data_dir: &std::path::Path, env: &[(&str, &str)]) -> TestNode {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut n = TestNode {
+            child: None,
+            id: "n1".into(),
+            url: String::new(),
+            admin_url: String::new(),
+            args: vec!["--standalone".into()],
+            data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: tmp.path().join("node.log"),
+            _tmp: Some(tmp),
+        };
+        n.spawn();
+        n
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a cluster member `id` against etcd at `etcd_url`, with its certificate in `certs`
     /// (`ca.pem`, `<id>.pem`, `<id>.key`) and its data in `dir`.
     pub fn start_member(

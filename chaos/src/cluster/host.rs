@@ -169,14 +169,7 @@ const SLACK: u64 = 4 << 20;
 
 /// Bytes available to unprivileged writers on the file system of `dir`.
 pub fn available(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: statvfs fills the zeroed struct; `c` is a valid NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    chat_node::store::free_bytes(dir).ok_or_else(std::io::Error::last_os_error)
 }
 
 /// Grows or shrinks `dir/reserve` so that about [`FREE_SPACE`] stays free on `dir`'s file system.

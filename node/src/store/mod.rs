@@ -282,17 +282,9 @@ impl Store {
         std::fs::read(self.dir.join(MOVE_MARKER)).ok()
     }
 
-    /// Free space for this process on the data directory's filesystem (`statvfs`), or `None`
-    /// if it cannot be read.
+    /// Free space for this process on the data directory's filesystem.
     pub fn free_bytes(&self) -> Option<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).ok()?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs to fill.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
+        free_bytes(&self.dir)
     }
 
     pub fn set_move_marker(&self, bytes: &[u8]) -> Result<(), ChatError> {
@@ -542,4 +534,17 @@ fn corrupt() -> ChatError {
 
 pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, ChatError> {
     M::decode(bytes).map_err(|e| ChatError::Internal(format!("corrupt record: {e}")))
+}
+
+/// Free space for this process on the filesystem of `dir` (`statvfs`: blocks available to
+/// unprivileged writers), or `None` if it cannot be read.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }

@@ -397,7 +397,7 @@ async fn idle(
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..connections {
         let user = format!("idle{run}-{i}");
-        let token = chat_node::auth::issue_token(secret.as_bytes(), &user, "idle", 3600);
+        let token = chat_auth::issue_token(secret.as_bytes(), &user, "idle", 3600);
         let opts = chat_client::ConnectOptions {
             local_ip: Some(std::net::IpAddr::from([
                 127,
@@ -471,7 +471,7 @@ async fn offline_drain(
     let run = run_id();
     let per_user = messages / users;
     anyhow::ensure!(per_user > 0, "fewer messages than users");
-    let token = |u: &str| chat_node::auth::issue_token(secret.as_bytes(), u, "drain", 3600);
+    let token = |u: &str| chat_auth::issue_token(secret.as_bytes(), u, "drain", 3600);
     let body = "x".repeat(body_bytes.max(1));
     // Fill: one sender per recipient, every message acknowledged (stored) before the drain.
     let fill_start = Instant::now();
@@ -663,7 +663,7 @@ async fn one_to_one(
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    let token = |user: &str| chat_node::auth::issue_token(secret.as_bytes(), user, "bench", 3600);
+    let token = |user: &str| chat_auth::issue_token(secret.as_bytes(), user, "bench", 3600);
     let per_sender = rate as f64 / pairs as f64;
     let per_sender_total = (per_sender * duration as f64).round() as u64;
     anyhow::ensure!(

@@ -64,7 +64,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut senders = Vec::new();
     for i in 0..o.pairs {
         let (s, r) = (format!("rb{run_id}-s{i}"), format!("rb{run_id}-r{i}"));
-        let token = |u: &str| chat_node::auth::issue_token(o.secret.as_bytes(), u, "bench", 3600);
+        let token = |u: &str| chat_auth::issue_token(o.secret.as_bytes(), u, "bench", 3600);
         receivers.push(tokio::spawn(receive(
             o.url.clone(),
             token(&r),

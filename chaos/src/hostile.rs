@@ -121,7 +121,7 @@ struct Ctx {
 }
 
 fn token(user: &str) -> String {
-    chat_node::auth::issue_token(chat_tests::SECRET.as_bytes(), user, "evil", 24 * 3600)
+    chat_auth::issue_token(chat_tests::SECRET.as_bytes(), user, "evil", 24 * 3600)
 }
 
 fn error_codes(frames: &[ServerFrame]) -> Vec<String> {
@@ -329,19 +329,15 @@ impl Ctx {
                 )
             }
             HostileCase::BadSignature => {
-                let t = chat_node::auth::issue_token(
-                    b"not-the-cluster-secret-at-all",
-                    &r.user,
-                    "evil",
-                    3600,
-                );
+                let t =
+                    chat_auth::issue_token(b"not-the-cluster-secret-at-all", &r.user, "evil", 3600);
                 (self.cfg.router_url.clone(), t)
             }
             _ => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let t = chat_node::auth::issue_token_expiring(
+                let t = chat_auth::issue_token_expiring(
                     chat_tests::SECRET.as_bytes(),
                     &r.user,
                     "evil",

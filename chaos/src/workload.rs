@@ -110,7 +110,7 @@ impl Workload {
         for (i, (user, device)) in devices.into_iter().enumerate() {
             let h = Arc::new(Mutex::new(DeviceHistory::new(&user, &device)));
             histories.push(h.clone());
-            let token = chat_node::auth::issue_token(
+            let token = chat_auth::issue_token(
                 chat_tests::SECRET.as_bytes(),
                 &user,
                 &device,

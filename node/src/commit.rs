@@ -24,13 +24,15 @@ use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::auth::Identity;
 use crate::error::ChatError;
 use crate::hub::Hub;
 use crate::rebalance::{Done, MirrorItem, MoveEvent, Page, ReleaseOnDrop, PAGE_BYTES, PAGE_KEYS};
 use crate::store::keys::*;
-use crate::store::{Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX, MOVING_CFS};
+use crate::store::{
+    fail_stop, storage_failed, Store, CF_DEDUP, CF_INBOX, CF_META, CF_OUTBOX, MOVING_CFS,
+};
 use crate::throttle::Throttle;
+use chat_auth::Identity;
 
 /// Most message ids in one stored receipt; a longer run is split into several receipts.
 const MAX_RECEIPT_IDS: usize = 512;
@@ -156,7 +158,6 @@ pub struct Committer {
     hub: Arc<Hub>,
     sync: bool,
     max_batch: usize,
-    min_free_bytes: u64,
     retention_ms: i64,
     users: HashMap<String, CachedUser>,
     /// Entries held in all `CachedUser::recent` together.
@@ -247,8 +248,6 @@ enum Reply {
 pub struct CommitterOptions {
     pub sync: bool,
     pub max_batch: usize,
-    /// Refuse batches while the disk has less free space than this (0: never).
-    pub min_free_bytes: u64,
     pub queue_depth: usize,
     pub retention_ms: i64,
     pub routing: Routing,
@@ -286,7 +285,6 @@ impl Committer {
             hub,
             sync: opts.sync,
             max_batch: opts.max_batch,
-            min_free_bytes: opts.min_free_bytes,
             retention_ms: opts.retention_ms,
             users: HashMap::new(),
             recent_len: 0,
@@ -368,20 +366,13 @@ impl Committer {
             Some(why) => Err(why),
             None if b.wb.is_empty() => Ok(()),
             // Refused before RocksDB runs out of space itself (see `storage.min_free_mib`).
-            None if self
-                .store
-                .free_bytes()
-                .is_some_and(|f| f < self.min_free_bytes) =>
-            {
-                Err(format!(
-                    "No space left on device: less than {} MiB free in the data directory",
-                    self.min_free_bytes / (1024 * 1024)
-                ))
-            }
-            None => match self.store.db().write_opt(b.wb, &wo) {
-                Ok(()) => Ok(()),
-                Err(e) if storage_failed(&e) => fail_stop(&e),
-                Err(e) => Err(e.to_string()),
+            None => match self.store.below_floor() {
+                Some(why) => Err(why),
+                None => match self.store.db().write_opt(b.wb, &wo) {
+                    Ok(()) => Ok(()),
+                    Err(e) if storage_failed(&e) => fail_stop(&e),
+                    Err(e) => Err(e.to_string()),
+                },
             },
         };
         let took = started.elapsed();
@@ -1572,31 +1563,6 @@ impl PublishQueue {
 }
 
 /// `range` without the parts covered by `keep` (all inclusive ranges of key hashes).
-/// Whether a failed write leaves RocksDB unable to take more: an I/O error while writing its
-/// log or files (ENOSPC between the free-space check and the write, a failing disk) sets a
-/// background error after which every write fails until the database is reopened.
-fn storage_failed(e: &rocksdb::Error) -> bool {
-    matches!(
-        e.kind(),
-        rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption
-    )
-}
-
-/// Stops the node at once (see [`crate::error::EXIT_STORAGE_FAILED`]): nothing of the failed
-/// batch was acknowledged, and a restart is the one way back to a writable store. The binding
-/// has no `DB::Resume`, and reopening in place would need every reader to let go first.
-fn fail_stop(e: &rocksdb::Error) -> ! {
-    tracing::error!(
-        error = %e,
-        "storage failed: RocksDB takes no more writes; stopping so a restart recovers from its log"
-    );
-    eprintln!(
-        "chat-node: storage failed ({e}); exiting with code {}",
-        crate::error::EXIT_STORAGE_FAILED
-    );
-    std::process::exit(crate::error::EXIT_STORAGE_FAILED)
-}
-
 fn subtract(range: (u64, u64), keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = vec![range];
     for &(ks, ke) in keep {
@@ -1662,6 +1628,7 @@ mod tests {
             &StoreOptions {
                 retention: Duration::from_millis(RETENTION_MS as u64),
                 block_cache_mib: 8,
+                min_free_bytes: 0,
             },
         )
         .unwrap();
@@ -1669,7 +1636,6 @@ mod tests {
         let opts = CommitterOptions {
             sync: false,
             max_batch: 1024,
-            min_free_bytes: 0,
             queue_depth: 16,
             retention_ms: RETENTION_MS,
             routing: Routing::standalone("n1"),
@@ -2321,6 +2287,11 @@ mod tests {
         assert_eq!(handed[0], "old-msg");
     }
 
+    /// The move events the committer sent so far.
+    fn events(erx: &mut mpsc::UnboundedReceiver<MoveEvent>) -> Vec<MoveEvent> {
+        std::iter::from_fn(|| erx.try_recv().ok()).collect()
+    }
+
     /// A node that cannot record the move in flight (its disk is full) does not take part in it
     /// until it can: restarted after the commit, it would not know it must finish its share.
     #[test]
@@ -2338,7 +2309,8 @@ mod tests {
         c.commit(std::iter::once(Command::Observe));
         assert!(c.move_state.is_none(), "adopted without a marker");
         let adopted = |erx: &mut mpsc::UnboundedReceiver<MoveEvent>| {
-            std::iter::from_fn(|| erx.try_recv().ok())
+            events(erx)
+                .iter()
                 .filter(|e| matches!(e, MoveEvent::Adopted(_)))
                 .count()
         };
@@ -2362,7 +2334,8 @@ mod tests {
         let (view_tx, view) = watch::channel(v);
         c.routing.view = view;
         let settled = |erx: &mut mpsc::UnboundedReceiver<MoveEvent>| -> Vec<u64> {
-            std::iter::from_fn(|| erx.try_recv().ok())
+            events(erx)
+                .into_iter()
                 .filter_map(|e| match e {
                     MoveEvent::Settled(epoch) => Some(epoch),
                     _ => None,
@@ -2402,7 +2375,7 @@ mod tests {
     #[test]
     fn writes_are_refused_with_storage_full_below_the_free_space_floor() {
         let (mut c, _hub, _dir) = committer();
-        c.min_free_bytes = u64::MAX;
+        c.store.set_min_free_bytes(u64::MAX);
         let alice = id("alice", "p");
         let (s1, mut r1) = send(&alice, "c1", "bob");
         c.commit(std::iter::once(s1));
@@ -2413,7 +2386,7 @@ mod tests {
             other => panic!("expected STORAGE_FULL, got {other:?}"),
         }
         assert!(c.store.inbox_from("bob", 1, 10).unwrap().is_empty());
-        c.min_free_bytes = 0;
+        c.store.set_min_free_bytes(0);
         let (s2, mut r2) = send(&alice, "c1", "bob");
         c.commit(std::iter::once(s2));
         r2.try_recv().unwrap().unwrap();

@@ -123,6 +123,15 @@ impl ChatError {
     }
 }
 
+impl From<chat_auth::AuthError> for ChatError {
+    fn from(e: chat_auth::AuthError) -> Self {
+        match e {
+            chat_auth::AuthError::Expired => ChatError::TokenExpired,
+            chat_auth::AuthError::Invalid(m) => ChatError::TokenInvalid(m),
+        }
+    }
+}
+
 impl From<chat_proto::DecodeError> for ChatError {
     fn from(e: chat_proto::DecodeError) -> Self {
         match e {

@@ -1,7 +1,7 @@
 //! chat-node: the chat server.
 //!
 //! A request's path through the modules:
-//! `server` accepts a WebSocket → `session` authenticates it (`auth`), decodes frames
+//! `server` accepts a WebSocket → `session` authenticates it (`chat_auth`), decodes frames
 //! (`chat_proto`), checks them (`validate`) → `commit` applies writes to `store` in group-committed
 //! batches → `hub` pushes committed entries to connected devices → `session` encodes them out.
 //! `error` is the one place errors become wire error codes; `config` is the typed TOML config.
@@ -12,7 +12,6 @@
 //! handler applies them through its own committer. `admin` serves health and metrics.
 
 pub mod admin;
-pub mod auth;
 pub mod commit;
 pub mod config;
 pub mod error;

@@ -15,7 +15,6 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admin::{self, Health};
-use crate::auth::Verifier;
 use crate::commit::{Committer, CommitterOptions, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
@@ -25,6 +24,7 @@ use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
+use chat_auth::Verifier;
 
 /// How long shutdown waits for sessions to end before giving up on them.
 const SESSION_DRAIN: Duration = Duration::from_secs(10);
@@ -60,6 +60,7 @@ impl Node {
             &StoreOptions {
                 retention: cfg.retention(),
                 block_cache_mib: cfg.storage.block_cache_mib,
+                min_free_bytes: cfg.storage.min_free_mib * 1024 * 1024,
             },
         )?;
         let hub = Hub::new(cfg.limits.session_queue as usize);
@@ -97,7 +98,6 @@ impl Node {
             CommitterOptions {
                 sync: cfg.storage.sync,
                 max_batch: cfg.storage.max_batch,
-                min_free_bytes: cfg.storage.min_free_mib * 1024 * 1024,
                 queue_depth: cfg.storage.queue_depth,
                 retention_ms: cfg.retention().as_millis() as i64,
                 routing: routing.clone(),

@@ -32,13 +32,13 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::admin;
-use crate::auth::{Identity, Verifier};
 use crate::commit::{Attached, Command, CommitterHandle, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
 use crate::hub::{Hub, Push, Subscription};
 use crate::store::{Store, StoredEntry};
 use crate::validate::{check_body, check_id, IdKind};
+use chat_auth::{Identity, Verifier};
 
 /// Entries read from storage per catch-up page.
 const PAGE: usize = 512;
@@ -323,17 +323,19 @@ impl Session {
                 }
             };
             match frame.frame {
-                Some(client_frame::Frame::Hello(h)) => match self.ctx.verifier.verify(&h.token) {
-                    Ok(who) => return Ok((who, h.resume_after)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "hello refused");
-                        self.reply_error(&e, "").await.map_err(|_| End::Gone)?;
-                        attempts += 1;
-                        if attempts >= MAX_HELLO_ATTEMPTS {
-                            return Err(End::Close(CloseCode::Policy, "authentication failed"));
+                Some(client_frame::Frame::Hello(h)) => {
+                    match self.ctx.verifier.verify(&h.token).map_err(ChatError::from) {
+                        Ok(who) => return Ok((who, h.resume_after)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "hello refused");
+                            self.reply_error(&e, "").await.map_err(|_| End::Gone)?;
+                            attempts += 1;
+                            if attempts >= MAX_HELLO_ATTEMPTS {
+                                return Err(End::Close(CloseCode::Policy, "authentication failed"));
+                            }
                         }
                     }
-                },
+                }
                 _ => self
                     .reply_error(&ChatError::Unauthenticated, "")
                     .await

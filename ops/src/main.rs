@@ -396,12 +396,15 @@ fn run_token(cmd: Cmd) -> anyhow::Result<()> {
                     "no secret: pass --secret, --secret-file or set CHAT_NODE_AUTH__JWT_SECRET"
                 ),
             };
-            use chat_node::validate::{check_id, IdKind};
-            check_id(IdKind::User, &user, 1024).context("--user")?;
-            check_id(IdKind::Device, &device, 1024).context("--device")?;
+            // The widest limit a node can be configured with; the node checks its own.
+            for (flag, id) in [("--user", &user), ("--device", &device)] {
+                if let Some(reason) = chat_proto::ids::id_problem(id, 1024) {
+                    bail!("{flag}: {reason}");
+                }
+            }
             println!(
                 "{}",
-                chat_node::auth::issue_token(secret.as_bytes(), &user, &device, ttl_secs)
+                chat_auth::issue_token(secret.as_bytes(), &user, &device, ttl_secs)
             );
         }
         _ => unreachable!("only the token command"),

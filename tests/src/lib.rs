@@ -64,34 +64,24 @@ impl TestNode {
     /// `("CHAT_NODE_LIMITS__MAX_BODY_BYTES", "100")`.
     pub fn start(env: &[(&str, &str)]) -> TestNode {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut n = TestNode {
-            child: None,
-            id: "n1".into(),
-            url: String::new(),
-            admin_url: String::new(),
-            args: vec!["--standalone".into()],
-            data_dir: tmp.path().join("data"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            log: tmp.path().join("node.log"),
-            _tmp: Some(tmp),
-        };
-        n.spawn();
-        n
+        Self::standalone(tmp.path().join("data"), tmp, env)
     }
 
     /// Starts a standalone node whose data is in `data_dir` (kept by the caller).
     pub fn start_in(data_dir: &std::path::Path, env: &[(&str, &str)]) -> TestNode {
         let tmp = tempfile::tempdir().expect("temp dir");
+        Self::standalone(data_dir.to_path_buf(), tmp, env)
+    }
+
+    /// A standalone node with its data in `data_dir` and its log in `tmp`.
+    fn standalone(data_dir: PathBuf, tmp: tempfile::TempDir, env: &[(&str, &str)]) -> TestNode {
         let mut n = TestNode {
             child: None,
             id: "n1".into(),
             url: String::new(),
             admin_url: String::new(),
             args: vec!["--standalone".into()],
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -287,7 +277,7 @@ impl Drop for TestNode {
 }
 
 pub fn token(user: &str, device: &str) -> String {
-    chat_node::auth::issue_token(SECRET.as_bytes(), user, device, 3600)
+    chat_auth::issue_token(SECRET.as_bytes(), user, device, 3600)
 }
 
 /// Receives frames until `pred` matches one, returning it and every frame seen before it.

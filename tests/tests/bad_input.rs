@@ -178,7 +178,7 @@ async fn bad_tokens_and_frames_before_hello_are_refused() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("accepted"),
     };
-    let wrong_secret = chat_node::auth::issue_token(b"not-the-secret-at-all", "alice", "phone", 60);
+    let wrong_secret = chat_auth::issue_token(b"not-the-secret-at-all", "alice", "phone", 60);
     assert_eq!(
         code_of(connect(wrong_secret).await),
         ErrorCode::TokenInvalid
@@ -192,10 +192,9 @@ async fn bad_tokens_and_frames_before_hello_are_refused() {
         .unwrap()
         .as_secs()
         - 3600;
-    let expired =
-        chat_node::auth::issue_token_expiring(SECRET.as_bytes(), "alice", "phone", an_hour_ago);
+    let expired = chat_auth::issue_token_expiring(SECRET.as_bytes(), "alice", "phone", an_hour_ago);
     assert_eq!(code_of(connect(expired).await), ErrorCode::TokenExpired);
-    let bad_user = chat_node::auth::issue_token(SECRET.as_bytes(), "bad user", "phone", 60);
+    let bad_user = chat_auth::issue_token(SECRET.as_bytes(), "bad user", "phone", 60);
     assert_eq!(code_of(connect(bad_user).await), ErrorCode::TokenInvalid);
 
     // Before Hello, other frames get UNAUTHENTICATED; a good Hello afterwards still works.

@@ -583,6 +583,7 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
         &chat_node::store::StoreOptions {
             retention: Duration::from_secs(3600),
             block_cache_mib: 8,
+            min_free_bytes: 0,
         },
     )
     .unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_node::auth::Identity;
+use chat_auth::Identity;
 use chat_node::commit::{Command, Committer, CommitterOptions, Routing};
 use chat_node::hub::Hub;
 use chat_node::store::{Store, StoreOptions, CF_DEDUP, CF_INBOX};
@@ -40,6 +40,7 @@ async fn expired_entries_are_dropped_by_compaction() {
         &StoreOptions {
             retention,
             block_cache_mib: 8,
+            min_free_bytes: 0,
         },
     )
     .unwrap();
@@ -49,7 +50,6 @@ async fn expired_entries_are_dropped_by_compaction() {
         CommitterOptions {
             sync: true,
             max_batch: 64,
-            min_free_bytes: 0,
             queue_depth: 64,
             retention_ms: retention.as_millis() as i64,
             routing: Routing::standalone("n1"),

@@ -115,6 +115,11 @@ fn clean() -> RunData {
     }
 }
 
+/// Appends one event to a device's history.
+fn push(d: &mut DeviceHistory, at: u64, conn: u32, event: Event) {
+    d.records.push(Record { at, conn, event });
+}
+
 fn find<'a>(run: &'a mut RunData, who: &str) -> &'a mut DeviceHistory {
     run.devices.iter_mut().find(|d| d.who() == who).unwrap()
 }
@@ -180,26 +185,10 @@ fn a_device_that_never_came_back_after_the_ack_is_not_owed_the_message() {
 fn a_redelivery_after_an_ack_is_a_duplicate_but_not_after_none() {
     let mut run = clean();
     let b1 = find(&mut run, "bob/b1");
-    b1.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: Event::Closed { reason: "x".into() },
-    });
-    b1.records.push(Record {
-        at: 9 * S,
-        conn: 2,
-        event: connected(2),
-    });
-    b1.records.push(Record {
-        at: 9 * S + 1,
-        conn: 2,
-        event: delivered(2, "m2", "c2"),
-    });
-    b1.records.push(Record {
-        at: 9 * S + 2,
-        conn: 2,
-        event: Event::Suppressed { seq: 2 },
-    });
+    push(b1, 8 * S, 1, Event::Closed { reason: "x".into() });
+    push(b1, 9 * S, 2, connected(2));
+    push(b1, 9 * S + 1, 2, delivered(2, "m2", "c2"));
+    push(b1, 9 * S + 2, 2, Event::Suppressed { seq: 2 });
     let r = check(&run);
     assert_eq!(r.duplicated, 1, "{:#?}", r.violations);
     assert_eq!(r.suppressed, 1);
@@ -209,21 +198,9 @@ fn a_redelivery_after_an_ack_is_a_duplicate_but_not_after_none() {
     let b1 = find(&mut run, "bob/b1");
     b1.records
         .retain(|r| !matches!(r.event, Event::AckSent { up_to: 2 }));
-    b1.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: Event::Closed { reason: "x".into() },
-    });
-    b1.records.push(Record {
-        at: 9 * S,
-        conn: 2,
-        event: connected(1),
-    });
-    b1.records.push(Record {
-        at: 9 * S + 1,
-        conn: 2,
-        event: delivered(2, "m2", "c2"),
-    });
+    push(b1, 8 * S, 1, Event::Closed { reason: "x".into() });
+    push(b1, 9 * S, 2, connected(1));
+    push(b1, 9 * S + 1, 2, delivered(2, "m2", "c2"));
     let r = check(&run);
     assert_eq!(r.duplicated, 0, "{:#?}", r.violations);
     assert_eq!(r.redelivered_unacked, 1);
@@ -232,11 +209,7 @@ fn a_redelivery_after_an_ack_is_a_duplicate_but_not_after_none() {
 #[test]
 fn one_msg_id_at_two_seqs_is_a_duplicate() {
     let mut run = clean();
-    find(&mut run, "bob/b1").records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: delivered(3, "m2", "c2"),
-    });
+    push(find(&mut run, "bob/b1"), 8 * S, 1, delivered(3, "m2", "c2"));
     let r = check(&run);
     assert_eq!(r.duplicated, 1, "{:#?}", r.violations);
 }
@@ -306,11 +279,7 @@ fn mail_for_someone_else_or_from_a_hostile_client_is_foreign() {
         *body = format!("{HOSTILE_MARKER} hi");
         *from = "h-evil".into();
     }
-    find(&mut run, "bob/b1").records.push(Record {
-        at: 9 * S,
-        conn: 1,
-        event: e,
-    });
+    push(find(&mut run, "bob/b1"), 9 * S, 1, e);
     let r = check(&run);
     assert_eq!(r.foreign, 1, "{:#?}", r.violations);
 }
@@ -336,16 +305,8 @@ fn a_missing_receipt_is_lost() {
 fn a_send_without_a_final_answer_is_unresolved_and_a_definitive_error_is_not() {
     let mut run = clean();
     let a = find(&mut run, "alice/a");
-    a.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: send("c3", "bob"),
-    });
-    a.records.push(Record {
-        at: 8 * S + 5,
-        conn: 1,
-        event: Event::Closed { reason: "x".into() },
-    });
+    push(a, 8 * S, 1, send("c3", "bob"));
+    push(a, 8 * S + 5, 1, Event::Closed { reason: "x".into() });
     let r = check(&run);
     assert_eq!(r.count("unresolved_send"), 1, "{:#?}", r.violations);
     assert_eq!(outstanding(&run).unresolved, 1);
@@ -373,11 +334,7 @@ fn a_send_without_a_final_answer_is_unresolved_and_a_definitive_error_is_not() {
 fn an_attempt_unanswered_on_an_open_connection_is_caught() {
     let mut run = clean();
     let a = find(&mut run, "alice/a");
-    a.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: send("c3", "bob"),
-    });
+    push(a, 8 * S, 1, send("c3", "bob"));
     let r = check(&run);
     assert_eq!(r.unanswered_attempts, 1, "{:#?}", r.violations);
 }
@@ -385,11 +342,7 @@ fn an_attempt_unanswered_on_an_open_connection_is_caught() {
 #[test]
 fn a_retry_with_another_msg_id_breaks_dedup() {
     let mut run = clean();
-    find(&mut run, "alice/a").records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: acked("c1", "m1-again"),
-    });
+    push(find(&mut run, "alice/a"), 8 * S, 1, acked("c1", "m1-again"));
     assert_eq!(check(&run).count("dedup"), 1);
 }
 
@@ -411,16 +364,8 @@ fn an_ack_while_the_disk_was_full_must_be_durable() {
     assert!(r.is_clean(), "{:#?}", r.violations);
     assert_eq!(r.acked_while_full, 2);
     let a = find(&mut run, "alice/a");
-    a.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: send("c3", "bob"),
-    });
-    a.records.push(Record {
-        at: 8 * S + 1,
-        conn: 1,
-        event: acked("c3", "m3"),
-    });
+    push(a, 8 * S, 1, send("c3", "bob"));
+    push(a, 8 * S + 1, 1, acked("c3", "m3"));
     let r = check(&run);
     assert_eq!(r.count("acked_while_full"), 1, "{:#?}", r.violations);
 }
@@ -472,16 +417,8 @@ fn hostile_successes_and_node_crashes_are_violations() {
 fn unavailability_is_the_longest_reconnect_gap() {
     let mut run = clean();
     let b1 = find(&mut run, "bob/b1");
-    b1.records.push(Record {
-        at: 10 * S,
-        conn: 1,
-        event: Event::Closed { reason: "x".into() },
-    });
-    b1.records.push(Record {
-        at: 13 * S,
-        conn: 2,
-        event: connected(2),
-    });
+    push(b1, 10 * S, 1, Event::Closed { reason: "x".into() });
+    push(b1, 13 * S, 2, connected(2));
     let r = check(&run);
     assert_eq!(r.unavailability_max_us, 3 * S);
     assert_eq!(r.reconnects, 1);
@@ -491,11 +428,7 @@ fn unavailability_is_the_longest_reconnect_gap() {
 fn an_inbox_that_went_backwards_is_caught() {
     let mut run = clean();
     let b1 = find(&mut run, "bob/b1");
-    b1.records.push(Record {
-        at: 8 * S,
-        conn: 1,
-        event: Event::Closed { reason: "x".into() },
-    });
+    push(b1, 8 * S, 1, Event::Closed { reason: "x".into() });
     b1.records.push(Record {
         at: 9 * S,
         conn: 2,

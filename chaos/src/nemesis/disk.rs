@@ -276,8 +276,7 @@ impl Nemesis {
         let n = self
             .next_probe
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token =
-            chat_node::auth::issue_token(chat_tests::SECRET.as_bytes(), &user, "probe", 3600);
+        let token = chat_auth::issue_token(chat_tests::SECRET.as_bytes(), &user, "probe", 3600);
         let opts = ConnectOptions {
             timeout,
             ..ConnectOptions::default()

@@ -19,15 +19,22 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 const MIN_MEMBERS: usize = 3;
 
 impl Nemesis {
+    /// Waits for this move's turn (one move at a time); `None`, recorded as not run, if the
+    /// previous move has not ended within the move deadline.
+    async fn move_turn(&self, p: &Planned) -> Option<tokio::sync::MutexGuard<'_, u32>> {
+        match tokio::time::timeout(MOVE_DEADLINE, self.moves.lock()).await {
+            Ok(turn) => Some(turn),
+            Err(_) => {
+                let why = "the previous move never ended".to_string();
+                self.record(p.kind, "-", self.now(), why, false);
+                None
+            }
+        }
+    }
+
     pub(super) async fn add_node(&self, p: &Planned) {
-        let Ok(_turn) = tokio::time::timeout(MOVE_DEADLINE, self.moves.lock()).await else {
-            return self.record(
-                p.kind,
-                "-",
-                self.now(),
-                "the previous move never ended".into(),
-                false,
-            );
+        let Some(_turn) = self.move_turn(p).await else {
+            return;
         };
         let id = format!(
             "n{}",
@@ -65,14 +72,8 @@ impl Nemesis {
     }
 
     pub(super) async fn remove_node(&self, p: &Planned) {
-        let Ok(_turn) = tokio::time::timeout(MOVE_DEADLINE, self.moves.lock()).await else {
-            return self.record(
-                p.kind,
-                "-",
-                self.now(),
-                "the previous move never ended".into(),
-                false,
-            );
+        let Some(_turn) = self.move_turn(p).await else {
+            return;
         };
         let members = self.members();
         let free = self.candidates(true);

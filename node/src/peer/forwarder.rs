@@ -409,7 +409,13 @@ impl Forwarder {
                     metrics::counter!(admin::FORWARDED, "result" => "invalid").increment(invalid);
                 }
                 if let Err(e) = self.store.delete_outbox(&done_seqs) {
-                    tracing::error!(error = %e, "outbox delete failed; entries will be sent again");
+                    // Delivered already: what stays on disk is sent again after a restart, and
+                    // the receiver deduplicates it. Repeats while the disk is full.
+                    static FAILED: crate::throttle::Throttle =
+                        crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
+                    if let Some(held) = FAILED.allow(std::time::Instant::now()) {
+                        tracing::error!(error = %e, held_back = held, "outbox delete failed; entries will be sent again");
+                    }
                 }
                 self.store
                     .outbox_removed(done_to.iter().map(String::as_str));

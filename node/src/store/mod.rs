@@ -34,6 +34,8 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub struct StoreOptions {
     pub retention: Duration,
     pub block_cache_mib: usize,
+    /// Writes are refused below this much free disk (`storage.min_free_mib`; 0: never).
+    pub min_free_bytes: u64,
 }
 
 /// An inbox entry read back from storage.
@@ -56,6 +58,7 @@ pub struct Store {
     dir: std::path::PathBuf,
     /// The move marker is on disk: this node has an unfinished share of a move.
     move_pending: std::sync::atomic::AtomicBool,
+    min_free_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Learns each column family's id by iterating a probe batch (the crate exposes no id getter).
@@ -139,6 +142,7 @@ impl Store {
             pending: Default::default(),
             dir: path.to_path_buf(),
             move_pending: Default::default(),
+            min_free_bytes: opts.min_free_bytes.into(),
         };
         let mut from = 0;
         loop {
@@ -287,6 +291,27 @@ impl Store {
         free_bytes(&self.dir)
     }
 
+    /// Why a write must be refused now, if it must: free disk is under the floor. Every write
+    /// checks this first, so RocksDB does not run out of space itself (then it refuses every
+    /// write until reopened: see [`fail_stop`]).
+    pub fn below_floor(&self) -> Option<String> {
+        let floor = self
+            .min_free_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.free_bytes().filter(|f| *f < floor).map(|_| {
+            format!(
+                "No space left on device: less than {} MiB free in the data directory",
+                floor / (1024 * 1024)
+            )
+        })
+    }
+
+    /// Changes the free-space floor (tests).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.min_free_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_move_marker(&self, bytes: &[u8]) -> Result<(), ChatError> {
         let io = |e: std::io::Error| ChatError::Internal(format!("move marker: {e}"));
         let tmp = self.dir.join(format!("{MOVE_MARKER}.tmp"));
@@ -346,12 +371,18 @@ impl Store {
     /// Removes outbox entries the receiving node has stored. Not synced: if the removal is lost
     /// in a crash the entries are forwarded again, and the receiver deduplicates them.
     pub fn delete_outbox(&self, seqs: &[u64]) -> Result<(), ChatError> {
+        if let Some(why) = self.below_floor() {
+            return Err(ChatError::StorageFull(why));
+        }
         let mut wb = rocksdb::WriteBatch::default();
         for s in seqs {
             wb.delete_cf(self.cf(CF_OUTBOX), outbox_key(*s));
         }
-        self.db.write(wb)?;
-        Ok(())
+        match self.db.write(wb) {
+            Ok(()) => Ok(()),
+            Err(e) if storage_failed(&e) => fail_stop(&e),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn user_state(&self, user: &str) -> Result<UserState, ChatError> {
@@ -547,4 +578,65 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether a failed write leaves RocksDB unable to take more: an I/O error while writing its
+/// log or files (ENOSPC between the free-space check and the write, a failing disk) sets a
+/// background error after which every write fails until the database is reopened.
+pub fn storage_failed(e: &rocksdb::Error) -> bool {
+    matches!(
+        e.kind(),
+        rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption
+    )
+}
+
+/// Stops the node at once (see [`crate::error::EXIT_STORAGE_FAILED`]): nothing of the failed
+/// write was acknowledged, and a restart is the one way back to a writable store. The binding
+/// has no `DB::Resume`, and reopening in place would need every reader to let go first.
+pub fn fail_stop(e: &rocksdb::Error) -> ! {
+    tracing::error!(
+        error = %e,
+        "storage failed: RocksDB takes no more writes; stopping so a restart recovers from its log"
+    );
+    eprintln!(
+        "chat-node: storage failed ({e}); exiting with code {}",
+        crate::error::EXIT_STORAGE_FAILED
+    );
+    std::process::exit(crate::error::EXIT_STORAGE_FAILED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forwarder's outbox deletes are writes too: below the free-space floor they are
+    /// refused before RocksDB runs out of space (after which it would take no write at all).
+    #[test]
+    fn outbox_deletes_are_refused_below_the_free_space_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            retention: Duration::from_secs(3600),
+            block_cache_mib: 8,
+            min_free_bytes: 0,
+        };
+        let store = Store::open(dir.path(), &opts).unwrap();
+        let entry = ForwardEntry {
+            to: "bob".into(),
+            ..ForwardEntry::default()
+        };
+        let value = prost::Message::encode_to_vec(&entry);
+        store
+            .db()
+            .put_cf(store.cf(CF_OUTBOX), outbox_key(1), value)
+            .unwrap();
+        store.set_min_free_bytes(u64::MAX);
+        assert!(matches!(
+            store.delete_outbox(&[1]),
+            Err(ChatError::StorageFull(_))
+        ));
+        assert_eq!(store.outbox_from(0, 10).unwrap().len(), 1, "still queued");
+        store.set_min_free_bytes(0);
+        store.delete_outbox(&[1]).unwrap();
+        assert!(store.outbox_from(0, 10).unwrap().is_empty());
+    }
 }

@@ -1,10 +1,18 @@
-//! Client authentication: HS256 JWTs whose `sub` is the user id and whose `dev` claim is the device.
+//! Client tokens: HS256 JWTs whose `sub` is the user id and whose `dev` claim is the device.
+//! The node verifies them; `chatctl`, the bench and the tests issue them, without linking the
+//! node (and its storage engine).
 
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ChatError;
-use crate::validate::{check_id, IdKind};
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
 
 /// Who is on the other end of a connection, as proven by its token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,20 +52,22 @@ impl Verifier {
         }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, ChatError> {
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
-                ErrorKind::ExpiredSignature => ChatError::TokenExpired,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => {
-                    ChatError::TokenInvalid("token not valid yet (nbf is in the future)".into())
+                    AuthError::Invalid("token not valid yet (nbf is in the future)".into())
                 }
-                _ => ChatError::TokenInvalid(e.to_string()),
+                _ => AuthError::Invalid(e.to_string()),
             },
         )?;
         let c = data.claims;
-        let bad = |e: ChatError| ChatError::TokenInvalid(e.to_string());
-        check_id(IdKind::User, &c.sub, self.max_id_bytes).map_err(bad)?;
-        check_id(IdKind::Device, &c.dev, self.max_id_bytes).map_err(bad)?;
+        for (what, id) in [("user id", &c.sub), ("device id", &c.dev)] {
+            if let Some(reason) = chat_proto::ids::id_problem(id, self.max_id_bytes) {
+                return Err(AuthError::Invalid(format!("invalid {what}: {reason}")));
+            }
+        }
         Ok(Identity {
             user: c.sub,
             device: c.dev,
@@ -114,8 +124,8 @@ mod tests {
     fn wrong_secret_expired_and_garbage_are_refused() {
         let v = Verifier::new(b"s3cret", 0, 64);
         let t = issue_token(b"other", "alice", "phone", 60);
-        assert!(matches!(v.verify(&t), Err(ChatError::TokenInvalid(_))));
-        assert!(matches!(v.verify("xyz"), Err(ChatError::TokenInvalid(_))));
+        assert!(matches!(v.verify(&t), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify("xyz"), Err(AuthError::Invalid(_))));
         let mut claims = Claims {
             sub: "alice".into(),
             dev: "phone".into(),
@@ -128,7 +138,7 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert!(matches!(v.verify(&old), Err(ChatError::TokenExpired)));
+        assert!(matches!(v.verify(&old), Err(AuthError::Expired)));
         claims.exp = u64::MAX / 2;
         claims.sub = "bad user\n".into();
         let bad_id = jsonwebtoken::encode(
@@ -137,7 +147,7 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert!(matches!(v.verify(&bad_id), Err(ChatError::TokenInvalid(_))));
+        assert!(matches!(v.verify(&bad_id), Err(AuthError::Invalid(_))));
     }
 
     #[test]
@@ -155,7 +165,7 @@ mod tests {
             .unwrap()
         };
         match v.verify(&sign(unix_now() + 600)) {
-            Err(ChatError::TokenInvalid(m)) => assert!(m.contains("not valid yet"), "{m}"),
+            Err(AuthError::Invalid(m)) => assert!(m.contains("not valid yet"), "{m}"),
             other => panic!("a token valid only in 10 minutes was {other:?}"),
         }
         // Within the leeway, and in the past: accepted.

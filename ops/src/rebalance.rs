@@ -17,7 +17,6 @@ pub struct Status {
     pub moving: Option<Move>,
     /// With no move in flight: the nodes that have not yet finished their share of the last
     /// committed move (sealing, dropping, waiting for seals). A new move waits for them.
-    #[serde(default)]
     pub unfinished: Vec<String>,
 }
 

@@ -2287,6 +2287,25 @@ mod tests {
         assert_eq!(handed[0], "old-msg");
     }
 
+    /// `removal_on_n2` with the move in flight in the view, and the committer's move events.
+    #[allow(clippy::type_complexity)]
+    fn moving_on_n2() -> (
+        Committer,
+        mpsc::UnboundedReceiver<MoveEvent>,
+        watch::Sender<ClusterView>,
+        Arc<Transition>,
+        tempfile::TempDir,
+    ) {
+        let (mut c, _orx, t, _mover, _carol, dir) = removal_on_n2();
+        let (etx, erx) = mpsc::unbounded_channel();
+        c.events_tx = Some(etx);
+        let mut v = ClusterView::fixed(t.from().clone(), []);
+        v.moving = Some(t.clone());
+        let (view_tx, view) = watch::channel(v);
+        c.routing.view = view;
+        (c, erx, view_tx, t, dir)
+    }
+
     /// The move events the committer sent so far.
     fn events(erx: &mut mpsc::UnboundedReceiver<MoveEvent>) -> Vec<MoveEvent> {
         std::iter::from_fn(|| erx.try_recv().ok()).collect()
@@ -2296,13 +2315,7 @@ mod tests {
     /// until it can: restarted after the commit, it would not know it must finish its share.
     #[test]
     fn a_move_is_adopted_only_once_its_marker_is_recorded() {
-        let (mut c, _orx, t, _mover, _carol, dir) = removal_on_n2();
-        let (etx, mut erx) = mpsc::unbounded_channel();
-        c.events_tx = Some(etx);
-        let mut v = ClusterView::fixed(t.from().clone(), []);
-        v.moving = Some(t.clone());
-        let (_view_tx, view) = watch::channel(v);
-        c.routing.view = view;
+        let (mut c, mut erx, _view_tx, _t, dir) = moving_on_n2();
         // The marker's temp file cannot be created: a directory is in its place.
         let blocker = dir.path().join("move-in-flight.json.tmp");
         std::fs::create_dir(&blocker).unwrap();
@@ -2326,13 +2339,7 @@ mod tests {
     /// tells the driver it is settled only once every old owner's seal is in, not at the commit.
     #[test]
     fn a_new_owner_is_settled_only_once_every_seal_is_in() {
-        let (mut c, _orx, t, _mover, _carol, _dir) = removal_on_n2();
-        let (etx, mut erx) = mpsc::unbounded_channel();
-        c.events_tx = Some(etx);
-        let mut v = ClusterView::fixed(t.from().clone(), []);
-        v.moving = Some(t.clone());
-        let (view_tx, view) = watch::channel(v);
-        c.routing.view = view;
+        let (mut c, mut erx, view_tx, t, _dir) = moving_on_n2();
         let settled = |erx: &mut mpsc::UnboundedReceiver<MoveEvent>| -> Vec<u64> {
             events(erx)
                 .into_iter()

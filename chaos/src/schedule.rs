@@ -84,17 +84,14 @@ impl Planned {
     }
 }
 
-/// Faults other than rebalances (those are planned on their own track).
-const PLAIN: [FaultKind; 8] = [
-    FaultKind::Kill,
-    FaultKind::Pause,
-    FaultKind::Partition,
-    FaultKind::OneWayPartition,
-    FaultKind::EtcdPartition,
-    FaultKind::EtcdKill,
-    FaultKind::DiskFull,
-    FaultKind::DiskFullKill,
-];
+/// Faults other than moves (those, and kills during them, are planned on their own track), in
+/// `FaultKind::ALL` order so a seed keeps its plan.
+fn plain() -> Vec<FaultKind> {
+    FaultKind::ALL
+        .into_iter()
+        .filter(|k| !k.is_rebalance() && *k != FaultKind::KillDuringMove)
+        .collect()
+}
 
 /// How long a fault of `kind` holds. `lease_ttl_ms`: a pause and an etcd partition last longer
 /// than the node's registration lease, so that it really drops out of the registry.
@@ -138,7 +135,7 @@ fn planned(kind: FaultKind, at_ms: u64, ttl: u64, rng: &mut ChaCha8Rng) -> Plann
 /// Every plain kind once in a seeded order, one per slot; one node added, then one removed, one
 /// of the two with a kill in the middle.
 fn short(rng: &mut ChaCha8Rng, phase_ms: u64, ttl: u64) -> Vec<Planned> {
-    let mut kinds = PLAIN.to_vec();
+    let mut kinds = plain();
     shuffle(&mut kinds, rng);
     // The last fault must heal before the phase ends.
     let usable = phase_ms
@@ -191,7 +188,8 @@ fn long(rng: &mut ChaCha8Rng, phase_ms: u64, ttl: u64) -> Vec<Planned> {
         p.kill_during = i == killed || rng.random_bool(1.0 / 3.0);
         out.push(p);
     }
-    let mut first = PLAIN.to_vec();
+    let plain = plain();
+    let mut first = plain.clone();
     shuffle(&mut first, rng);
     let mut at = 2_000u64;
     let mut i = 0usize;
@@ -200,7 +198,7 @@ fn long(rng: &mut ChaCha8Rng, phase_ms: u64, ttl: u64) -> Vec<Planned> {
         let kind = first
             .get(i)
             .copied()
-            .unwrap_or_else(|| PLAIN[rng.random_range(0..PLAIN.len())]);
+            .unwrap_or_else(|| plain[rng.random_range(0..plain.len())]);
         let p = planned(kind, at, ttl, rng);
         if p.at_ms + p.hold_ms + 15_000 > phase_ms {
             break;

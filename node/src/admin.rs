@@ -18,8 +18,12 @@ pub const MESSAGES_IN: &str = "chat_messages_in_total";
 pub const MESSAGES_OUT: &str = "chat_messages_out_total";
 pub const REDIRECTS: &str = "chat_redirects_total";
 pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
-/// 1 while this node has a share of a move left to finish (its marker file exists).
+/// 1 while this node has a share of a move left to finish (its move marker is stored).
 pub const REBALANCE_PENDING: &str = "chat_rebalance_pending";
+/// Commands held until the old owners' seals are in (a receiver after a commit).
+pub const REBALANCE_HELD: &str = "chat_rebalance_held_commands";
+/// Committed batches not yet visible: waiting for new owners to store their moving writes.
+pub const BATCHES_HELD: &str = "chat_batches_held";
 pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
 pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
 /// Batches that did not commit, by `reason`: `storage_full` (below `storage.min_free_mib`, or
@@ -111,7 +115,14 @@ pub fn register_all(standalone: bool) {
     for r in COMMIT_FAILURE_REASONS {
         metrics::counter!(COMMIT_FAILURES, "reason" => *r).increment(0);
     }
-    for g in [CONNECTIONS, OUTBOX_DEPTH, REBALANCE_PENDING, RING_EPOCH] {
+    for g in [
+        CONNECTIONS,
+        OUTBOX_DEPTH,
+        REBALANCE_PENDING,
+        REBALANCE_HELD,
+        BATCHES_HELD,
+        RING_EPOCH,
+    ] {
         metrics::gauge!(g).increment(0.0);
     }
     if !standalone {

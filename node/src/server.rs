@@ -1,7 +1,7 @@
 //! The node process: opens storage, joins the cluster (etcd registration, ring watch, QUIC
 //! endpoint, outbox forwarder), accepts WebSocket clients, serves the admin HTTP listener, and
 //! shuts down gracefully (stop accepting, deregister, let sessions finish their pending ✓, stop
-//! peers, drain the committer, flush storage).
+//! peers, drain the writer, flush storage).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,15 +15,16 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admin::{self, Health};
-use crate::commit::{Committer, CommitterOptions, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
 use crate::hub::Hub;
 use crate::peer::forwarder::{Forwarder, ForwarderOptions};
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
+use crate::routing::Routing;
 use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
+use crate::writer::{Writer, WriterOptions};
 use chat_auth::Verifier;
 
 /// How long shutdown waits for sessions to end before giving up on them.
@@ -33,9 +34,9 @@ const SESSION_DRAIN: Duration = Duration::from_secs(10);
 struct ClusterParts {
     peers: Arc<Peers>,
     forwarder: Forwarder,
-    outbox_rx: mpsc::UnboundedReceiver<crate::commit::Outboxed>,
+    outbox_rx: mpsc::UnboundedReceiver<crate::writer::Outboxed>,
     registration: Registration,
-    mirror_rx: mpsc::UnboundedReceiver<crate::rebalance::MirrorItem>,
+    streams_rx: mpsc::UnboundedReceiver<crate::rebalance::StreamItem>,
     events_rx: mpsc::UnboundedReceiver<crate::rebalance::MoveEvent>,
     etcd: EtcdConfig,
 }
@@ -45,7 +46,7 @@ pub struct Node {
     listener: TcpListener,
     admin: TcpListener,
     shared: Arc<Shared>,
-    committer: std::thread::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
     store: Arc<Store>,
     health: Arc<Health>,
     cluster: Option<ClusterParts>,
@@ -84,25 +85,26 @@ impl Node {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
-        // Rebalancing: the committer's ordered streams to new owners, and its events.
-        let (mirror_tx, mirror_rx, events_tx, events_rx) = if cfg.node.standalone {
+        // Rebalancing: the writer's ordered streams to new owners, and its events.
+        let (streams_tx, streams_rx, events_tx, events_rx) = if cfg.node.standalone {
             (None, None, None, None)
         } else {
             let (mtx, mrx) = mpsc::unbounded_channel();
             let (etx, erx) = mpsc::unbounded_channel();
             (Some(mtx), Some(mrx), Some(etx), Some(erx))
         };
-        let (committer_handle, committer) = Committer::start(
+        let (writer_handle, writer) = Writer::start(
             store.clone(),
             hub.clone(),
-            CommitterOptions {
+            WriterOptions {
                 sync: cfg.storage.sync,
                 max_batch: cfg.storage.max_batch,
                 queue_depth: cfg.storage.queue_depth,
                 retention_ms: cfg.retention().as_millis() as i64,
                 routing: routing.clone(),
+                env: Default::default(),
                 outbox_tx,
-                mirror_tx,
+                streams_tx,
                 events_tx,
             },
         )?;
@@ -132,7 +134,7 @@ impl Node {
                 );
                 let forwarder = Forwarder::new(
                     store.clone(),
-                    committer_handle.clone(),
+                    writer_handle.clone(),
                     peers.clone(),
                     routing.clone(),
                     ForwarderOptions {
@@ -146,7 +148,7 @@ impl Node {
                     forwarder,
                     outbox_rx,
                     registration,
-                    mirror_rx: mirror_rx.expect("cluster mode"),
+                    streams_rx: streams_rx.expect("cluster mode"),
                     events_rx: events_rx.expect("cluster mode"),
                     etcd,
                 })
@@ -171,14 +173,14 @@ impl Node {
             verifier,
             store: store.clone(),
             hub,
-            committer: committer_handle,
+            writer: writer_handle,
             routing,
         });
         Ok(Node {
             listener,
             admin,
             shared,
-            committer,
+            writer,
             store,
             health,
             cluster,
@@ -199,7 +201,7 @@ impl Node {
             listener,
             admin,
             shared,
-            committer,
+            writer,
             store,
             health,
             cluster,
@@ -212,30 +214,30 @@ impl Node {
         let mut peer_parts = None;
         let mut rebalance_tasks = None;
         if let Some(c) = cluster {
-            let (committer_h, routing) = (shared.committer.clone(), shared.routing.clone());
+            let (writer_h, routing) = (shared.writer.clone(), shared.routing.clone());
             c.peers.set_handler(Arc::new(move |req| {
-                Box::pin(peer::handle(req, committer_h.clone(), routing.clone()))
+                Box::pin(peer::handle(req, writer_h.clone(), routing.clone()))
             }));
             let server = tokio::spawn(c.peers.clone().serve());
             let forwarder = tokio::spawn(c.forwarder.run(c.outbox_rx, notify_shutdown.subscribe()));
             let maintain = tokio::spawn(c.peers.clone().maintain());
             let id = shared.cfg.node.id.clone();
             let view = shared.routing.view.clone();
-            let mirror = tokio::spawn(crate::rebalance::run_mirror(
-                c.mirror_rx,
+            let streams = tokio::spawn(crate::rebalance::stream::run_streams(
+                c.streams_rx,
                 c.peers.clone(),
                 id.clone(),
                 view.clone(),
             ));
-            let driver = tokio::spawn(crate::rebalance::run_driver(
+            let driver = tokio::spawn(crate::rebalance::driver::run_driver(
                 c.events_rx,
-                shared.committer.clone(),
+                shared.writer.clone(),
                 c.etcd,
                 id,
                 view,
             ));
             peer_parts = Some((c.peers, server, forwarder, c.registration, maintain));
-            rebalance_tasks = Some((mirror, driver));
+            rebalance_tasks = Some((streams, driver));
         }
         // Every session holds a clone; when all are dropped, recv() returns None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -258,10 +260,10 @@ impl Node {
             maintain.abort();
             peer_tasks = Some((peers, server, forwarder));
         }
-        // The driver holds a committer handle; the committer cannot stop while it runs.
-        if let Some((mirror, driver)) = rebalance_tasks {
+        // The driver holds a writer handle; the writer cannot stop while it runs.
+        if let Some((streams, driver)) = rebalance_tasks {
             driver.abort();
-            mirror.abort();
+            streams.abort();
         }
         drop(notify_shutdown);
         drop(done_tx);
@@ -277,13 +279,13 @@ impl Node {
             let _ = tokio::time::timeout(SESSION_DRAIN, forwarder).await;
         }
         let _ = tokio::time::timeout(SESSION_DRAIN, admin_task).await;
-        // The committer stops once the last handle (held by `shared`, sessions, the peer server
+        // The writer stops once the last handle (held by `shared`, sessions, the peer server
         // and the forwarder) is gone and its queue is empty: every submitted command is committed
         // first.
         drop(shared);
         let joined = tokio::time::timeout(
             SESSION_DRAIN,
-            tokio::task::spawn_blocking(move || committer.join()),
+            tokio::task::spawn_blocking(move || writer.join()),
         )
         .await;
         match joined {
@@ -291,10 +293,10 @@ impl Node {
                 store.flush()?;
                 tracing::info!("storage flushed; bye");
             }
-            Ok(_) => anyhow::bail!("committer thread panicked"),
+            Ok(_) => anyhow::bail!("writer thread panicked"),
             // A session that ignored the drain still holds a handle. Everything acknowledged is
             // already in the WAL, so exiting without the memtable flush loses nothing.
-            Err(_) => tracing::warn!("committer still busy after the drain period; exiting"),
+            Err(_) => tracing::warn!("writer still busy after the drain period; exiting"),
         }
         Ok(())
     }

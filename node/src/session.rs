@@ -22,7 +22,7 @@ use chat_proto::Encoding;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -32,12 +32,13 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::admin;
-use crate::commit::{Attached, Command, CommitterHandle, Routing};
 use crate::config::NodeConfig;
 use crate::error::ChatError;
 use crate::hub::{Hub, Push, Subscription};
+use crate::routing::Routing;
 use crate::store::{Store, StoredEntry};
 use crate::validate::{check_body, check_id, IdKind};
+use crate::writer::{Attached, WriterHandle};
 use chat_auth::{Identity, Verifier};
 
 /// Entries read from storage per catch-up page.
@@ -55,7 +56,7 @@ pub struct Shared {
     pub verifier: Verifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
-    pub committer: CommitterHandle,
+    pub writer: WriterHandle,
     pub routing: Routing,
 }
 
@@ -275,16 +276,8 @@ impl Session {
     }
 
     async fn attach(&self, who: &Identity) -> Result<Attached, ChatError> {
-        let (reply, rx) = oneshot::channel();
-        self.ctx
-            .committer
-            .submit(Command::Attach {
-                who: who.clone(),
-                max_devices: self.ctx.cfg.limits.max_devices_per_user,
-                reply,
-            })
-            .await?;
-        rx.await.map_err(|_| ChatError::ShuttingDown)?
+        let max = self.ctx.cfg.limits.max_devices_per_user;
+        self.ctx.writer.attach(who.clone(), max).await
     }
 
     /// Waits for a valid Hello. Other frames are answered with UNAUTHENTICATED.
@@ -560,22 +553,18 @@ impl Session {
                 if let Err(e) = checked {
                     return self.reply_error(&e, &s.client_msg_id).await;
                 }
-                let (reply, rx) = oneshot::channel();
                 let cmid = s.client_msg_id.clone();
-                let cmd = Command::Send {
-                    from: live.who.clone(),
-                    client_msg_id: s.client_msg_id,
-                    to: s.to,
-                    body: s.body,
-                    reply,
+                let queued = self
+                    .ctx
+                    .writer
+                    .send(live.who.clone(), s.client_msg_id, s.to, s.body)
+                    .await;
+                let pending = match queued {
+                    Ok(p) => p,
+                    Err(e) => return self.reply_error(&e, &cmid).await,
                 };
-                if let Err(e) = self.ctx.committer.submit(cmd).await {
-                    return self.reply_error(&e, &cmid).await;
-                }
-                live.inflight.push_back(Box::pin(async move {
-                    let res = rx.await.unwrap_or(Err(ChatError::ShuttingDown));
-                    (cmid, res)
-                }));
+                live.inflight
+                    .push_back(Box::pin(async move { (cmid, pending.await) }));
                 Ok(())
             }
             client_frame::Frame::Ack(a) => self.ack(live, a.up_to_seq, false).await,
@@ -595,7 +584,7 @@ impl Session {
 
     async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), End> {
         // A device can acknowledge only what it was sent; an ack that advances nothing costs
-        // the committer nothing.
+        // the writer nothing.
         let up_to = up_to.min(live.last_sent);
         let advances = up_to > live.acked || (read && up_to > live.read);
         if up_to == 0 || !advances {
@@ -605,12 +594,7 @@ impl Session {
         if read {
             live.read = live.read.max(up_to);
         }
-        let cmd = Command::Ack {
-            who: live.who.clone(),
-            up_to,
-            read,
-        };
-        match self.ctx.committer.submit(cmd).await {
+        match self.ctx.writer.ack(live.who.clone(), up_to, read).await {
             Ok(()) => Ok(()),
             Err(e) => self.reply_error(&e, "").await,
         }

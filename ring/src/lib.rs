@@ -12,6 +12,7 @@
 //! We never feed `std::hash::Hash` impls of std types to the hasher: their byte layout is not
 //! promised across Rust versions. [`RingKey`] and [`VNode`] write explicit bytes instead.
 
+pub mod range;
 pub mod transition;
 
 use std::collections::BTreeMap;

@@ -108,6 +108,14 @@ pub struct Transition {
     segments: Vec<Segment>,
 }
 
+/// Two transitions are the same move when both rings are: the same epochs and members.
+impl PartialEq for Transition {
+    fn eq(&self, other: &Transition) -> bool {
+        let same = |a: &Ring, b: &Ring| a.epoch() == b.epoch() && a.members == b.members;
+        same(&self.from, &other.from) && same(&self.to, &other.to)
+    }
+}
+
 impl Transition {
     pub fn new(from: Ring, to: Ring) -> Result<Transition, TransitionError> {
         if to.epoch() <= from.epoch() {

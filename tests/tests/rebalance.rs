@@ -587,8 +587,12 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
         },
     )
     .unwrap();
-    for cf in ["inbox", "meta", "dedup", "outbox"] {
-        assert_eq!(store.count_keys(cf).unwrap(), 0, "n3 still holds {cf} keys");
+    for cf in chat_node::store::Cf::ALL {
+        assert_eq!(
+            store.count_keys(cf).unwrap(),
+            0,
+            "n3 still holds {cf:?} keys"
+        );
     }
 }
 

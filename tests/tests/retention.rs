@@ -4,30 +4,18 @@
 use std::time::Duration;
 
 use chat_auth::Identity;
-use chat_node::commit::{Command, Committer, CommitterOptions, Routing};
 use chat_node::hub::Hub;
-use chat_node::store::{Store, StoreOptions, CF_DEDUP, CF_INBOX};
-use tokio::sync::oneshot;
+use chat_node::routing::Routing;
+use chat_node::store::{Cf, Store, StoreOptions};
+use chat_node::writer::{Writer, WriterHandle, WriterOptions};
 
-async fn send(
-    c: &chat_node::commit::CommitterHandle,
-    cmid: &str,
-    body: &str,
-) -> chat_proto::v1::Sent {
-    let (reply, rx) = oneshot::channel();
-    c.submit(Command::Send {
-        from: Identity {
-            user: "alice".into(),
-            device: "phone".into(),
-        },
-        client_msg_id: cmid.into(),
-        to: "bob".into(),
-        body: body.into(),
-        reply,
-    })
-    .await
-    .unwrap();
-    rx.await.unwrap().unwrap()
+async fn send(c: &WriterHandle, cmid: &str, body: &str) -> chat_proto::v1::Sent {
+    let from = Identity {
+        user: "alice".into(),
+        device: "phone".into(),
+    };
+    let queued = c.send(from, cmid.into(), "bob".into(), body.into());
+    queued.await.unwrap().await.unwrap()
 }
 
 #[tokio::test]
@@ -44,17 +32,18 @@ async fn expired_entries_are_dropped_by_compaction() {
         },
     )
     .unwrap();
-    let (handle, join) = Committer::start(
+    let (handle, join) = Writer::start(
         store.clone(),
         Hub::new(16),
-        CommitterOptions {
+        WriterOptions {
             sync: true,
             max_batch: 64,
             queue_depth: 64,
             retention_ms: retention.as_millis() as i64,
             routing: Routing::standalone("n1"),
+            env: Default::default(),
             outbox_tx: None,
-            mirror_tx: None,
+            streams_tx: None,
             events_tx: None,
         },
     )
@@ -63,7 +52,7 @@ async fn expired_entries_are_dropped_by_compaction() {
         send(&handle, &format!("old-{i}"), "old").await;
     }
     store.flush().unwrap();
-    assert_eq!(store.count_keys(CF_INBOX).unwrap(), 10);
+    assert_eq!(store.count_keys(Cf::Inbox).unwrap(), 10);
     assert_eq!(store.inbox_from("bob", 1, 100).unwrap().len(), 10);
 
     // Wait (bounded) until the old entries are past the retention.
@@ -76,13 +65,13 @@ async fn expired_entries_are_dropped_by_compaction() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Expired but still on disk until compaction...
-    assert_eq!(store.count_keys(CF_INBOX).unwrap(), 10);
+    assert_eq!(store.count_keys(Cf::Inbox).unwrap(), 10);
     let fresh = send(&handle, "new-1", "fresh").await;
     store.flush().unwrap();
     store.compact_now();
     // ...and gone after it, while the fresh entry stays.
-    assert_eq!(store.count_keys(CF_INBOX).unwrap(), 1);
-    assert_eq!(store.count_keys(CF_DEDUP).unwrap(), 1);
+    assert_eq!(store.count_keys(Cf::Inbox).unwrap(), 1);
+    assert_eq!(store.count_keys(Cf::Dedup).unwrap(), 1);
     let left = store.inbox_from("bob", 1, 100).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].seq, 11, "seqs keep growing after expiry");

@@ -16,14 +16,15 @@ use chat_proto::cluster::{
     peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerRequest,
 };
 use prost::Message as _;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::transport::{Peers, RequestError};
 use crate::admin;
-use crate::commit::{Command, CommitterHandle, Outboxed, Routing};
+use crate::routing::Routing;
 use crate::store::Store;
+use crate::writer::{Outboxed, WriterHandle};
 
 /// Entries of one destination held in memory; more stay on disk until the queue drains.
 const MAX_QUEUED: usize = 100_000;
@@ -62,7 +63,7 @@ struct Done {
 
 pub struct Forwarder {
     store: Arc<Store>,
-    committer: CommitterHandle,
+    writer: WriterHandle,
     peers: Arc<Peers>,
     routing: Routing,
     opts: ForwarderOptions,
@@ -72,7 +73,7 @@ pub struct Forwarder {
     running: HashMap<tokio::task::Id, (String, Batch)>,
     /// Entries a request may have carried to a peer without an answer: never given up.
     uncertain: HashSet<u64>,
-    /// The highest seq read from disk at startup: anything up to it that the committer also
+    /// The highest seq read from disk at startup: anything up to it that the writer also
     /// hands over is already queued (and counted).
     loaded_upto: u64,
     /// Entries in the outbox on disk.
@@ -85,14 +86,14 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         store: Arc<Store>,
-        committer: CommitterHandle,
+        writer: WriterHandle,
         peers: Arc<Peers>,
         routing: Routing,
         opts: ForwarderOptions,
     ) -> Forwarder {
         Forwarder {
             store,
-            committer,
+            writer,
             peers,
             routing,
             opts,
@@ -328,17 +329,14 @@ impl Forwarder {
                 self.inflight.insert(*seq);
             }
             let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
-            let (peers, committer, timeout) = (
-                self.peers.clone(),
-                self.committer.clone(),
-                self.opts.timeout,
-            );
+            let (peers, writer, timeout) =
+                (self.peers.clone(), self.writer.clone(), self.opts.timeout);
             let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
             let (task_dest, task_items) = (dest.clone(), items.clone());
             let handle = tasks.spawn(async move {
                 let started = Instant::now();
                 let result = if dest == self_id {
-                    apply_here(&committer, entries).await
+                    apply_here(&writer, entries).await
                 } else {
                     let req = PeerRequest {
                         from_node: self_id,
@@ -408,17 +406,13 @@ impl Forwarder {
                 if invalid > 0 {
                     metrics::counter!(admin::FORWARDED, "result" => "invalid").increment(invalid);
                 }
-                if let Err(e) = self.store.delete_outbox(&done_seqs) {
-                    // Delivered already: what stays on disk is sent again after a restart, and
-                    // the receiver deduplicates it. Repeats while the disk is full.
-                    static FAILED: crate::throttle::Throttle =
-                        crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
-                    if let Some(held) = FAILED.allow(std::time::Instant::now()) {
-                        tracing::error!(error = %e, held_back = held, "outbox delete failed; entries will be sent again");
-                    }
+                // Removed in a later batch, not waited for here: if that batch fails (a full
+                // disk), the entries stay and are sent again after a restart, and the receiver
+                // deduplicates them.
+                let delivered = done_seqs.iter().copied().zip(done_to).collect();
+                if let Err(e) = self.writer.delivered(delivered).await {
+                    tracing::debug!(error = %e, "outbox removal not queued");
                 }
-                self.store
-                    .outbox_removed(done_to.iter().map(String::as_str));
                 self.depth = self.depth.saturating_sub(done_seqs.len() as u64);
                 let d = self.dests.entry(dest.clone()).or_default();
                 if not_owner > 0 {
@@ -464,15 +458,9 @@ impl Forwarder {
         if expired.is_empty() {
             return;
         }
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::GiveUp {
-            entries: expired.clone(),
-            reason: format!("recipient's node unreachable: {reason}"),
-            reply,
-        };
-        let ok = self.committer.submit(cmd).await.is_ok() && matches!(rx.await, Ok(Ok(())));
-        if !ok {
-            tracing::error!("could not record given-up entries; will try again");
+        let reason = format!("recipient's node unreachable: {reason}");
+        if let Err(e) = self.writer.give_up(expired.clone(), reason).await {
+            tracing::error!(error = %e, "could not record given-up entries; will try again");
             return;
         }
         tracing::warn!(peer = %dest, entries = expired.len(), "gave up forwarding; senders told");
@@ -530,18 +518,12 @@ async fn forward(
 
 /// Entries whose recipient this node owns now (the ring changed under them): applied locally.
 async fn apply_here(
-    committer: &CommitterHandle,
+    writer: &WriterHandle,
     entries: Vec<ForwardEntry>,
 ) -> Result<Vec<ForwardStatus>, RequestError> {
-    let (reply, rx) = oneshot::channel();
-    committer
-        .submit(Command::Apply { entries, reply })
-        .await
-        .map_err(|e| RequestError::NotSent(e.to_string()))?;
     // A failed command may have been partly applied: unknown, never given up.
-    match rx.await {
-        Ok(Ok(st)) => Ok(st),
-        Ok(Err(e)) => Err(RequestError::Unknown(e.to_string())),
-        Err(_) => Err(RequestError::Unknown("committer stopped".into())),
-    }
+    writer
+        .apply(entries)
+        .await
+        .map_err(|e| RequestError::Unknown(e.to_string()))
 }

@@ -9,9 +9,9 @@ use chat_proto::cluster::{
     peer_request, peer_response, ForwardAck, MirrorAck, PeerError, PeerPong, PeerRequest,
     PeerResponse,
 };
-use tokio::sync::oneshot;
 
-use crate::commit::{Command, CommitterHandle, Routing};
+use crate::routing::Routing;
+use crate::writer::WriterHandle;
 
 /// Most entries one forward request may carry.
 pub const MAX_FORWARD_ENTRIES: usize = 10_000;
@@ -24,11 +24,7 @@ pub(crate) fn error_response(epoch: u64, message: String) -> PeerResponse {
 }
 
 /// Answers one request from a peer.
-pub async fn handle(
-    req: PeerRequest,
-    committer: CommitterHandle,
-    routing: Routing,
-) -> PeerResponse {
+pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) -> PeerResponse {
     let epoch = routing.view.borrow().epoch();
     match req.request {
         Some(peer_request::Request::Ping(_)) => PeerResponse {
@@ -48,18 +44,8 @@ pub async fn handle(
                 );
             }
             let n = f.entries.len();
-            let (reply, rx) = oneshot::channel();
-            if let Err(e) = committer
-                .submit(Command::Apply {
-                    entries: f.entries,
-                    reply,
-                })
-                .await
-            {
-                return error_response(epoch, e.to_string());
-            }
-            match rx.await {
-                Ok(Ok(status)) => {
+            match writer.apply(f.entries).await {
+                Ok(status) => {
                     metrics::counter!(crate::admin::FORWARD_RECEIVED).increment(n as u64);
                     PeerResponse {
                         epoch,
@@ -68,29 +54,17 @@ pub async fn handle(
                         })),
                     }
                 }
-                Ok(Err(e)) => error_response(epoch, e.to_string()),
-                Err(_) => error_response(epoch, "node shutting down".into()),
+                Err(e) => error_response(epoch, e.to_string()),
             }
         }
-        Some(peer_request::Request::Mirror(m)) => {
-            let (reply, rx) = oneshot::channel();
-            let cmd = Command::Mirror {
-                from: req.from_node,
-                req: m,
-                reply,
-            };
-            if let Err(e) = committer.submit(cmd).await {
-                return error_response(epoch, e.to_string());
-            }
-            match rx.await {
-                Ok(Ok(())) => PeerResponse {
-                    epoch,
-                    response: Some(peer_response::Response::Mirror(MirrorAck {})),
-                },
-                Ok(Err(e)) => error_response(epoch, e.to_string()),
-                Err(_) => error_response(epoch, "node shutting down".into()),
-            }
-        }
+        Some(peer_request::Request::Mirror(m)) => match writer.apply_stream(req.from_node, m).await
+        {
+            Ok(()) => PeerResponse {
+                epoch,
+                response: Some(peer_response::Response::Mirror(MirrorAck {})),
+            },
+            Err(e) => error_response(epoch, e.to_string()),
+        },
         None => error_response(epoch, "unknown request kind".into()),
     }
 }

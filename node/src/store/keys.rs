@@ -33,6 +33,11 @@ pub fn owner_prefix(owner: &str) -> Vec<u8> {
     k
 }
 
+/// The owner hash a key of a moving column family begins with (`None`: a key too short).
+pub fn owner_hash(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
+}
+
 pub fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
     let mut k = owner_prefix(user);
     k.extend_from_slice(&seq.to_be_bytes());

@@ -1,0 +1,216 @@
+//! The ordered streams to new owners: one request in flight per destination, so a new owner
+//! applies everything in stream order; retried until acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_cluster::ClusterView;
+use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerRequest};
+use tokio::sync::{mpsc, watch};
+
+use super::{aborted, ItemKind, StreamItem};
+use crate::peer::transport::Peers;
+
+/// Most writes in one stream request (the first item is always taken whole).
+const REQUEST_WRITES: usize = 10_000;
+const REQUEST_BYTES: usize = 8 << 20;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends every new owner its stream, in order, one request in flight per destination.
+pub(crate) async fn run_streams(
+    mut rx: mpsc::UnboundedReceiver<StreamItem>,
+    peers: Arc<Peers>,
+    self_id: String,
+    view: watch::Receiver<ClusterView>,
+) {
+    let mut queues: BTreeMap<String, VecDeque<StreamItem>> = BTreeMap::new();
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let mut backoff: BTreeMap<String, Duration> = BTreeMap::new();
+    loop {
+        // Start a request for every idle destination with queued items.
+        let now = tokio::time::Instant::now();
+        for (dest, q) in queues.iter_mut() {
+            if busy.contains(dest) || q.is_empty() {
+                continue;
+            }
+            if retry_at.get(dest).is_some_and(|t| *t > now) {
+                continue;
+            }
+            // An aborted move's items are dropped (their batches released): the old owner
+            // still has everything.
+            while q
+                .front()
+                .is_some_and(|i| aborted(&i.transition, &view.borrow()))
+            {
+                if let Some(item) = q.pop_front() {
+                    item.done.abandoned();
+                }
+            }
+            let Some(first) = q.front() else { continue };
+            let epoch = first.epoch();
+            let (req, n) = coalesce(q, epoch);
+            busy.insert(dest.clone());
+            let (peers, dest, from) = (peers.clone(), dest.clone(), self_id.clone());
+            inflight.spawn(async move {
+                let request = PeerRequest {
+                    from_node: from,
+                    epoch,
+                    request: Some(peer_request::Request::Mirror(req)),
+                };
+                let res = peers.request(&dest, &request, REQUEST_TIMEOUT).await;
+                let ok = match res {
+                    Ok(r) => match r.response {
+                        Some(peer_response::Response::Mirror(_)) => Ok(()),
+                        Some(peer_response::Response::Error(e)) => Err(e.message),
+                        other => Err(format!("unexpected answer {other:?}")),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                (dest, n, ok)
+            });
+        }
+        let next_retry = retry_at.values().min().copied();
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => queues.entry(item.dest.clone()).or_default().push_back(item),
+                None => return,
+            },
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                let Ok((dest, n, ok)) = done else { continue };
+                busy.remove(&dest);
+                match ok {
+                    Ok(()) => {
+                        retry_at.remove(&dest);
+                        backoff.remove(&dest);
+                        let q = queues.get_mut(&dest).expect("queue of a request");
+                        for item in q.drain(..n) {
+                            item.done.acked();
+                        }
+                    }
+                    Err(e) => {
+                        let b = backoff.entry(dest.clone()).or_insert(Duration::from_millis(50));
+                        tracing::warn!(node = %dest, error = %e, retry_in = ?*b, "stream request failed");
+                        retry_at.insert(dest.clone(), tokio::time::Instant::now() + *b);
+                        *b = (*b * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            _ = async {
+                match next_retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// One request from the front of a queue: the first item's reset, then the writes of following
+/// items of the same move without a reset of their own, up to a limit; a seal goes last. And
+/// how many items it covers.
+fn coalesce(q: &VecDeque<StreamItem>, epoch: u64) -> (Mirror, usize) {
+    let mut req = Mirror {
+        epoch,
+        ..Mirror::default()
+    };
+    let (mut n, mut bytes) = (0, 0usize);
+    for (i, item) in q.iter().enumerate() {
+        if item.epoch() != epoch {
+            break;
+        }
+        match &item.kind {
+            ItemKind::Writes { reset, writes } => {
+                if i > 0 && !reset.is_empty() {
+                    break;
+                }
+                let item_bytes: usize = writes.iter().map(|w| w.key.len() + w.value.len()).sum();
+                if i > 0
+                    && (req.writes.len() + writes.len() > REQUEST_WRITES
+                        || bytes + item_bytes > REQUEST_BYTES)
+                {
+                    break;
+                }
+                if i == 0 {
+                    req.reset = reset.clone();
+                }
+                bytes += item_bytes;
+                req.writes.extend(writes.iter().cloned());
+                n += 1;
+            }
+            ItemKind::Seal { outbox } => {
+                req.seal = true;
+                req.outbox = outbox.clone();
+                n += 1;
+                break;
+            }
+        }
+    }
+    (req, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rebalance::Done;
+    use chat_proto::cluster::{HashRange, RawWrite};
+    use chat_ring::transition::Transition;
+    use chat_ring::Ring;
+
+    fn t() -> Arc<Transition> {
+        let m = |ids: &[&str]| -> Vec<chat_ring::Member> {
+            ids.iter()
+                .map(|id| chat_ring::Member {
+                    id: id.to_string(),
+                    weight: 1,
+                })
+                .collect()
+        };
+        let from = Ring::new(1, &m(&["n1"]), 4).unwrap();
+        let to = Ring::new(2, &m(&["n1", "n2"]), 4).unwrap();
+        Arc::new(Transition::new(from, to).unwrap())
+    }
+
+    fn w(k: u8) -> RawWrite {
+        RawWrite {
+            cf: "inbox".into(),
+            key: vec![k; 9],
+            value: vec![k],
+            delete: false,
+        }
+    }
+
+    fn item(t: &Arc<Transition>, reset: bool, writes: Vec<RawWrite>) -> StreamItem {
+        let reset = if reset {
+            vec![HashRange { start: 1, end: 2 }]
+        } else {
+            Vec::new()
+        };
+        StreamItem::writes("n2".into(), t, reset, writes, Done::Nothing)
+    }
+
+    #[test]
+    fn a_request_takes_one_reset_first_and_ends_at_the_next_reset_or_the_seal() {
+        let t = t();
+        let mut q = VecDeque::new();
+        q.push_back(item(&t, true, vec![w(1)]));
+        q.push_back(item(&t, false, vec![w(2), w(3)]));
+        q.push_back(item(&t, true, vec![w(4)]));
+        let (req, n) = coalesce(&q, 2);
+        assert_eq!(
+            (n, req.reset.len(), req.writes.len(), req.seal),
+            (2, 1, 3, false)
+        );
+        q.drain(..n);
+        q.push_back(StreamItem::seal("n2".into(), &t, Vec::new(), Done::Nothing));
+        q.push_back(item(&t, false, vec![w(5)]));
+        let (req, n) = coalesce(&q, 2);
+        assert_eq!(
+            (n, req.writes.len(), req.seal),
+            (2, 1, true),
+            "the seal ends it"
+        );
+    }
+}

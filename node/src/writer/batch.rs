@@ -1,0 +1,164 @@
+//! One batch: its typed writes (captured for new owners as they are made) and what it will make
+//! visible once on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chat_proto::cluster::{ForwardEntry, ForwardStatus};
+use chat_proto::store::{DeviceState, InboxEntry};
+use chat_proto::v1::Sent;
+use chat_ring::Ring;
+use rocksdb::WriteBatch;
+
+use super::command::{Attached, Outboxed, Reply};
+use crate::error::ChatError;
+use crate::rebalance::capture::Capture;
+use crate::store::{hash_range_bounds, Cf, Store};
+
+/// The writes of one batch, by column family. While this node gives segments away, every write
+/// in them is captured for the new owner at the moment it is made: there is no write that a
+/// call site could forget to mirror.
+pub(crate) struct Writes {
+    store: Arc<Store>,
+    wb: WriteBatch,
+    capture: Option<Capture>,
+}
+
+impl Writes {
+    pub(crate) fn new(store: Arc<Store>, capture: Option<Capture>) -> Writes {
+        Writes {
+            store,
+            wb: WriteBatch::default(),
+            capture,
+        }
+    }
+
+    pub(crate) fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.wb.put_cf(self.store.cf(cf), key, value);
+        if let Some(c) = &mut self.capture {
+            c.write(cf, key, Some(value));
+        }
+    }
+
+    pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.wb.delete_cf(self.store.cf(cf), key);
+        if let Some(c) = &mut self.capture {
+            c.write(cf, key, None);
+        }
+    }
+
+    /// Deletes every key whose owner hash lies in `start..=end` from the column families that
+    /// move with their owners.
+    pub(crate) fn delete_hash_range(&mut self, start: u64, end: u64) {
+        let (from, to) = hash_range_bounds(start, end);
+        for cf in Cf::MOVING {
+            self.wb.delete_range_cf(self.store.cf(cf), &from, &to);
+        }
+        if let Some(c) = &mut self.capture {
+            c.delete_range(start, end);
+        }
+    }
+
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.wb.size_in_bytes()
+    }
+
+    pub(crate) fn into_parts(self) -> (WriteBatch, Option<Capture>) {
+        (self.wb, self.capture)
+    }
+}
+
+/// An answer given once the batch is on disk and visible (or failed with the batch).
+pub(crate) enum Answer {
+    Sent(Reply<Sent>, Sent),
+    Attached(Reply<Attached>, Attached),
+    Applied(Reply<Vec<ForwardStatus>>, Vec<ForwardStatus>),
+    Done(Reply<()>),
+}
+
+impl Answer {
+    pub(crate) fn ok(self) {
+        // A caller that stopped waiting (a closed session) no longer needs its answer.
+        let _ = match self {
+            Answer::Sent(tx, s) => tx.send(Ok(s)).map_err(drop),
+            Answer::Attached(tx, a) => tx.send(Ok(a)).map_err(drop),
+            Answer::Applied(tx, st) => tx.send(Ok(st)).map_err(drop),
+            Answer::Done(tx) => tx.send(Ok(())).map_err(drop),
+        };
+    }
+
+    pub(crate) fn fail(self, err: ChatError) {
+        let _ = match self {
+            Answer::Sent(tx, _) => tx.send(Err(err)).map_err(drop),
+            Answer::Attached(tx, _) => tx.send(Err(err)).map_err(drop),
+            Answer::Applied(tx, _) => tx.send(Err(err)).map_err(drop),
+            Answer::Done(tx) => tx.send(Err(err)).map_err(drop),
+        };
+    }
+}
+
+/// The work of one batch, applied to storage only if the whole batch commits.
+pub(crate) struct Batch {
+    pub writes: Writes,
+    /// The ring this batch routes by (taken once per batch).
+    pub ring: Option<Arc<Ring>>,
+    /// The time of every entry and record the batch makes (taken once per batch).
+    pub now_ms: i64,
+    pub dirty_users: HashSet<String>,
+    /// Dedup records and device states written in this batch, read back before storage
+    /// (`None`: the device was deleted in this batch).
+    pub sent: HashMap<Vec<u8>, Sent>,
+    pub devices: HashMap<Vec<u8>, Option<DeviceState>>,
+    /// Devices registered in this batch, per user (not yet visible to `Store::devices`).
+    pub new_devices: HashMap<String, usize>,
+    /// (user, seq, stored ts, entry) appended in this batch.
+    pub appended: Vec<(String, u64, i64, Arc<InboxEntry>)>,
+    pub answers: Vec<Answer>,
+    pub outboxed: Outboxed,
+    /// Recipients of the entries this batch put in the outbox.
+    pub outboxed_to: HashSet<String>,
+    /// Forward dedup keys written in this batch.
+    pub forwarded: HashSet<Vec<u8>>,
+    /// A command failed after adding writes to the batch: nothing of the batch may commit.
+    pub abort: Option<String>,
+    /// Raw writes applied (a move's stream, range drops): the caches no longer match storage.
+    pub clear_caches: bool,
+    /// Recipients of outbox entries this batch removes (delivered or given up).
+    pub unoutboxed_to: Vec<String>,
+}
+
+impl Batch {
+    pub(crate) fn new(writes: Writes, ring: Option<Arc<Ring>>, now_ms: i64) -> Batch {
+        Batch {
+            writes,
+            ring,
+            now_ms,
+            dirty_users: HashSet::new(),
+            sent: HashMap::new(),
+            devices: HashMap::new(),
+            new_devices: HashMap::new(),
+            appended: Vec::new(),
+            answers: Vec::new(),
+            outboxed: Vec::new(),
+            outboxed_to: HashSet::new(),
+            forwarded: HashSet::new(),
+            abort: None,
+            clear_caches: false,
+            unoutboxed_to: Vec::new(),
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self, user: &str) {
+        if !self.dirty_users.contains(user) {
+            self.dirty_users.insert(user.to_string());
+        }
+    }
+
+    /// Notes an outbox entry written in this batch.
+    pub(crate) fn note_outboxed(&mut self, seq: u64, entry: Arc<ForwardEntry>) {
+        self.outboxed_to.insert(entry.to.clone());
+        self.outboxed.push((seq, entry));
+    }
+}

@@ -1,0 +1,297 @@
+//! What callers ask of the writer, grouped by caller, and the typed handle they ask through.
+//!
+//! Every method queues its command (waiting while the queue is full: backpressure) and returns a
+//! [`Pending`] answer, which resolves once the command's batch is on disk and visible. Queuing
+//! and waiting are separate steps so that a session can queue its sends in order and wait for
+//! their answers in order while it goes on reading frames.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chat_auth::Identity;
+use chat_proto::cluster::{ForwardEntry, ForwardStatus, Mirror};
+use chat_proto::v1::Sent;
+use chat_ring::transition::Transition;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ChatError;
+use crate::rebalance::Page;
+use crate::store::Cf;
+
+/// What a device learns when it attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The device's durable cursor; its backlog starts after it.
+    pub cursor: u64,
+    /// The highest seq in the user's inbox.
+    pub inbox_seq: u64,
+}
+
+/// Outbox entries written by one batch (outbox seq, entry), handed to the forwarder once on
+/// disk.
+pub type Outboxed = Vec<(u64, Arc<ForwardEntry>)>;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
+
+/// Commands from client sessions.
+pub(crate) enum ClientCmd {
+    Send {
+        from: Identity,
+        client_msg_id: String,
+        to: String,
+        body: String,
+        reply: Reply<Sent>,
+    },
+    /// A device connects: registers it (within the device limit) and returns its cursor.
+    Attach {
+        who: Identity,
+        max_devices: u32,
+        reply: Reply<Attached>,
+    },
+    /// The device has every entry up to `up_to`; with `read`, the user also read them.
+    Ack {
+        who: Identity,
+        up_to: u64,
+        read: bool,
+    },
+}
+
+/// Commands from other nodes.
+pub(crate) enum PeerCmd {
+    /// Entries another node forwarded: one status per entry.
+    Apply {
+        entries: Vec<ForwardEntry>,
+        reply: Reply<Vec<ForwardStatus>>,
+    },
+    /// New owner in a move: one request of an old owner's stream, applied in stream order.
+    Stream {
+        from: String,
+        req: Mirror,
+        reply: Reply<()>,
+    },
+}
+
+/// Commands from the outbox forwarder.
+pub(crate) enum OutboxCmd {
+    /// The receivers stored these entries: remove them from the outbox.
+    Delivered {
+        entries: Vec<(u64, String)>,
+        reply: Reply<()>,
+    },
+    /// These entries are given up: remove them, and tell each message's sender with a `Failed`
+    /// entry in its inbox.
+    GiveUp {
+        entries: Vec<(u64, Arc<ForwardEntry>)>,
+        reason: String,
+        reply: Reply<()>,
+    },
+}
+
+/// Commands from this node's move driver (`crate::rebalance::driver`).
+pub(crate) enum MoveCmd {
+    /// Old owner: read the next page of a segment it gives away and put it on the stream to the
+    /// new owner, ordered with the dual writes of the batches around it.
+    CopyPage {
+        transition: Arc<Transition>,
+        cf: Cf,
+        start: u64,
+        end: u64,
+        dest: String,
+        after: Option<Vec<u8>>,
+        reply: Reply<Page>,
+    },
+    /// Delete the data of these key-hash ranges (given away and sealed, or received in an
+    /// aborted move).
+    DropRanges {
+        ranges: Vec<(u64, u64)>,
+        reply: Reply<()>,
+    },
+    /// Nothing to do but start a batch, which compares the move in the view with the one the
+    /// writer follows.
+    Wake,
+    /// Old owner: the move to `epoch` committed and its copy is complete: seal the streams.
+    Seal { epoch: u64 },
+}
+
+pub(crate) enum Command {
+    Client(ClientCmd),
+    Peer(PeerCmd),
+    Outbox(OutboxCmd),
+    Move(MoveCmd),
+}
+
+/// The writer's answer to a queued command, once its batch is on disk and visible.
+pub struct Pending<T>(oneshot::Receiver<Result<T, ChatError>>);
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, ChatError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A dropped reply: the writer stopped (shutdown) before the batch became visible.
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ChatError::ShuttingDown)))
+    }
+}
+
+/// How the rest of the node talks to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+impl WriterHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<Pending<T>, ChatError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(make(reply)).await?;
+        Ok(Pending(rx))
+    }
+
+    async fn queue(&self, cmd: Command) -> Result<(), ChatError> {
+        self.tx.send(cmd).await.map_err(|_| ChatError::ShuttingDown)
+    }
+
+    /// Queues a message; the answer is its ✓ (the stored one for a retry).
+    pub async fn send(
+        &self,
+        from: Identity,
+        client_msg_id: String,
+        to: String,
+        body: String,
+    ) -> Result<Pending<Sent>, ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Send {
+                from,
+                client_msg_id,
+                to,
+                body,
+                reply,
+            })
+        })
+        .await
+    }
+
+    pub async fn attach(&self, who: Identity, max_devices: u32) -> Result<Attached, ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Attach {
+                who,
+                max_devices,
+                reply,
+            })
+        })
+        .await?
+        .await
+    }
+
+    /// Queues an ack (nobody waits for its batch).
+    pub async fn ack(&self, who: Identity, up_to: u64, read: bool) -> Result<(), ChatError> {
+        self.queue(Command::Client(ClientCmd::Ack { who, up_to, read }))
+            .await
+    }
+
+    pub async fn apply(&self, entries: Vec<ForwardEntry>) -> Result<Vec<ForwardStatus>, ChatError> {
+        self.ask(|reply| Command::Peer(PeerCmd::Apply { entries, reply }))
+            .await?
+            .await
+    }
+
+    pub async fn apply_stream(&self, from: String, req: Mirror) -> Result<(), ChatError> {
+        self.ask(|reply| Command::Peer(PeerCmd::Stream { from, req, reply }))
+            .await?
+            .await
+    }
+
+    /// Queues the removal of delivered outbox entries: (outbox seq, recipient).
+    pub async fn delivered(&self, entries: Vec<(u64, String)>) -> Result<Pending<()>, ChatError> {
+        self.ask(|reply| Command::Outbox(OutboxCmd::Delivered { entries, reply }))
+            .await
+    }
+
+    pub async fn give_up(
+        &self,
+        entries: Vec<(u64, Arc<ForwardEntry>)>,
+        reason: String,
+    ) -> Result<(), ChatError> {
+        self.ask(|reply| {
+            Command::Outbox(OutboxCmd::GiveUp {
+                entries,
+                reason,
+                reply,
+            })
+        })
+        .await?
+        .await
+    }
+
+    pub async fn copy_page(
+        &self,
+        transition: Arc<Transition>,
+        cf: Cf,
+        (start, end): (u64, u64),
+        dest: String,
+        after: Option<Vec<u8>>,
+    ) -> Result<Page, ChatError> {
+        self.ask(|reply| {
+            Command::Move(MoveCmd::CopyPage {
+                transition,
+                cf,
+                start,
+                end,
+                dest,
+                after,
+                reply,
+            })
+        })
+        .await?
+        .await
+    }
+
+    pub async fn drop_ranges(&self, ranges: Vec<(u64, u64)>) -> Result<(), ChatError> {
+        self.ask(|reply| Command::Move(MoveCmd::DropRanges { ranges, reply }))
+            .await?
+            .await
+    }
+
+    /// Makes the writer run a batch (and so look at the move in the view) even if idle.
+    pub async fn wake(&self) -> Result<(), ChatError> {
+        self.queue(Command::Move(MoveCmd::Wake)).await
+    }
+
+    pub async fn seal(&self, epoch: u64) -> Result<(), ChatError> {
+        self.queue(Command::Move(MoveCmd::Seal { epoch })).await
+    }
+}
+
+impl Command {
+    /// The users a command touches (those whose writes must wait for a seal: see
+    /// `crate::rebalance::hold`).
+    pub(crate) fn users(&self) -> Vec<&str> {
+        use chat_proto::cluster::forward_entry::Item;
+        match self {
+            Command::Client(ClientCmd::Send { from, to, .. }) => {
+                vec![from.user.as_str(), to.as_str()]
+            }
+            Command::Client(ClientCmd::Attach { who, .. } | ClientCmd::Ack { who, .. }) => {
+                vec![who.user.as_str()]
+            }
+            Command::Peer(PeerCmd::Apply { entries, .. }) => {
+                entries.iter().map(|e| e.to.as_str()).collect()
+            }
+            Command::Outbox(OutboxCmd::GiveUp { entries, .. }) => entries
+                .iter()
+                .filter_map(|(_, e)| match &e.item {
+                    Some(Item::Message(m)) => Some(m.from.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            Command::Peer(PeerCmd::Stream { .. })
+            | Command::Outbox(OutboxCmd::Delivered { .. })
+            | Command::Move(_) => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The writer's side of a move: it carries out what the move role (`crate::rebalance::role`)
+//! decides, puts captured writes, copy pages and seals on the streams, and applies the streams
+//! it receives.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chat_proto::cluster::{ForwardEntry, HashRange, Mirror, RawWrite};
+use chat_ring::transition::Transition;
+use tokio::sync::oneshot;
+
+use super::batch::{Answer, Batch};
+use super::command::MoveCmd;
+use super::visibility::Effects;
+use super::{origin, Writer};
+use crate::error::ChatError;
+use crate::rebalance::capture::Capture;
+use crate::rebalance::role::{Step, StreamTarget};
+use crate::rebalance::{encode_marker, Done, MoveEvent, Page, StreamItem, PAGE_BYTES, PAGE_KEYS};
+use crate::store::keys::owner_hash;
+use crate::store::{Cf, MOVE_MARKER_KEY};
+
+impl Writer {
+    pub(super) fn apply_move(&mut self, cmd: MoveCmd, b: &mut Batch) {
+        match cmd {
+            MoveCmd::CopyPage {
+                transition,
+                cf,
+                start,
+                end,
+                dest,
+                after,
+                reply,
+            } => {
+                let page = self.copy_page(&transition, cf, (start, end), dest, after);
+                let _ = reply.send(page);
+            }
+            MoveCmd::DropRanges { ranges, reply } => {
+                // A later move may already bring some of these ranges back here: keep those.
+                let keep = self.role.keep_on_drop();
+                for (start, end) in ranges {
+                    for (a, z) in chat_ring::range::subtract((start, end), &keep) {
+                        b.writes.delete_hash_range(a, z);
+                    }
+                }
+                let steps = self.role.dropped();
+                self.carry_out(steps, b);
+                b.clear_caches = true;
+                b.answers.push(Answer::Done(reply));
+            }
+            MoveCmd::Wake => {}
+            MoveCmd::Seal { epoch } => {
+                if let Some(t) = self.role.seal(epoch) {
+                    self.seal(t);
+                }
+            }
+        }
+    }
+
+    /// Carries out the role's steps taken while a batch is assembled.
+    pub(super) fn carry_out(&mut self, steps: Vec<Step>, b: &mut Batch) {
+        for s in steps {
+            match s {
+                Step::RecordMarker(t) => b.writes.put(Cf::Node, MOVE_MARKER_KEY, encode_marker(&t)),
+                Step::ClearMarker => {
+                    b.writes.delete(Cf::Node, MOVE_MARKER_KEY);
+                    self.store.remove_legacy_marker();
+                }
+                Step::Resets(t) => self.push_resets(&t),
+                other => self.carry_out_event(other),
+            }
+        }
+    }
+
+    /// Tells the driver.
+    pub(super) fn carry_out_event(&mut self, step: Step) {
+        match step {
+            Step::Adopted(t) => self.event(MoveEvent::Adopted(t)),
+            Step::Finish(t) => self.event(MoveEvent::Finish(t)),
+            Step::Aborted(t) => self.event(MoveEvent::Aborted(t)),
+            other => tracing::error!(?other, "a step out of place; ignored"),
+        }
+    }
+
+    /// Makes a committed batch visible: at once, or once every new owner stored its captured
+    /// writes. Batches become visible in commit order, so later ones wait behind it: were this
+    /// node to fail first, nobody has seen what a new owner lacks.
+    pub(super) fn publish(&mut self, effects: Effects, capture: Option<Capture>) {
+        let (Some(tx), Some(c)) = (&self.streams_tx, capture) else {
+            let _ = self.visibility.push(effects, 0);
+            return;
+        };
+        let t = c.transition.clone();
+        let chunks = c.into_chunks();
+        let n = chunks.values().map(Vec::len).sum();
+        let mut holds = self.visibility.push(effects, n).into_iter();
+        for (dest, chunks) in chunks {
+            for chunk in chunks {
+                let hold = holds.next().expect("one hold per chunk");
+                let item = StreamItem::writes(
+                    dest.clone(),
+                    &t,
+                    chunk.reset,
+                    chunk.writes,
+                    Done::Release(hold),
+                );
+                let _ = tx.send(item);
+            }
+        }
+        metrics::gauge!(crate::admin::BATCHES_HELD).set(self.visibility.waiting() as f64);
+    }
+
+    /// The copy starts from scratch (after a restart too): clear what the new owners may hold
+    /// from an earlier attempt, before any dual write or page.
+    pub(super) fn push_resets(&self, t: &Arc<Transition>) {
+        let Some(tx) = &self.streams_tx else { return };
+        let mut by_dest: BTreeMap<&str, Vec<HashRange>> = BTreeMap::new();
+        for s in t.copies_of(&self.routing.self_id) {
+            by_dest.entry(&s.to).or_default().push(HashRange {
+                start: s.start,
+                end: s.end,
+            });
+        }
+        for (dest, reset) in by_dest {
+            let _ = tx.send(StreamItem::writes(
+                dest.to_string(),
+                t,
+                reset,
+                Vec::new(),
+                Done::Nothing,
+            ));
+        }
+    }
+
+    /// Seals every stream of `t` this node gives to; the driver drops the ranges once each seal
+    /// is acknowledged.
+    fn seal(&mut self, t: Arc<Transition>) {
+        let me = &self.routing.self_id;
+        let dests: HashSet<String> = t.copies_of(me).map(|s| s.to.clone()).collect();
+        let Some(tx) = &self.streams_tx else { return };
+        let mut acks = Vec::new();
+        for dest in dests {
+            let (done, ack) = oneshot::channel();
+            acks.push(ack);
+            let outbox = self.moved_outbox(&t, &dest);
+            if !outbox.is_empty() {
+                tracing::info!(%dest, entries = outbox.len(), "handing the moved users' outbox entries over with the seal");
+            }
+            let _ = tx.send(StreamItem::seal(dest, &t, outbox, Done::Notify(done)));
+        }
+        self.event(MoveEvent::Sealing(t, acks));
+    }
+
+    /// Giver, at the seal: the outbox entries made by users that `t` moves from here to `dest`
+    /// (messages they sent, receipts they made), oldest first. The new owner queues them ahead
+    /// of what those users do next, so a sender's older messages, stuck here while their
+    /// recipient's node is unreachable, cannot be overtaken by newer ones sent from its new
+    /// home. They stay in this outbox too (delivered twice at worst; receivers deduplicate by
+    /// id).
+    fn moved_outbox(&self, t: &Transition, dest: &str) -> Vec<ForwardEntry> {
+        let me = &self.routing.self_id;
+        let moved = |e: &ForwardEntry| {
+            origin(e).is_some_and(|u| {
+                t.segment_of(chat_ring::key_hash(u))
+                    .is_some_and(|s| &s.from == me && s.to == dest)
+            })
+        };
+        let (mut out, mut after) = (Vec::new(), 0);
+        loop {
+            let page = match self.store.outbox_from(after, 4096) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Only their order is at stake: this node still delivers them.
+                    tracing::error!(error = %e, "reading the outbox for the seal failed");
+                    return out;
+                }
+            };
+            let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                return out;
+            };
+            out.extend(page.into_iter().map(|(_, e)| e).filter(|e| moved(e)));
+            after = last + 1;
+        }
+    }
+
+    /// Receiver: applies one request of a giver's stream.
+    pub(super) fn apply_stream(
+        &mut self,
+        from: &str,
+        req: Mirror,
+        b: &mut Batch,
+    ) -> Result<(), ChatError> {
+        let ring_epoch = b.ring.as_ref().map_or(0, |r| r.epoch());
+        let t = match self.role.stream_target(req.epoch, req.seal, ring_epoch) {
+            StreamTarget::Apply(t) => t,
+            StreamTarget::AlreadyApplied => return Ok(()),
+            StreamTarget::NotYet => {
+                return Err(ChatError::Unavailable(format!(
+                    "no move to epoch {} here (yet)",
+                    req.epoch
+                )))
+            }
+        };
+        let me = &self.routing.self_id;
+        let ours = |h: u64| {
+            t.segment_of(h)
+                .is_some_and(|s| s.from == from && &s.to == me)
+        };
+        if req.reset.iter().any(|r| !ours(r.start) || !ours(r.end)) {
+            return Err(ChatError::InvalidArgument("reset outside the move".into()));
+        }
+        let mut writes = Vec::with_capacity(req.writes.len());
+        for w in &req.writes {
+            let Some(cf) = Cf::moving(&w.cf) else {
+                return Err(ChatError::InvalidArgument(format!(
+                    "cf {:?} does not move",
+                    w.cf
+                )));
+            };
+            if !owner_hash(&w.key).is_some_and(ours) {
+                return Err(ChatError::InvalidArgument("write outside the move".into()));
+            }
+            writes.push((cf, w));
+        }
+        // Outbox entries handed over with a seal: made by users of these segments.
+        if req
+            .outbox
+            .iter()
+            .any(|e| e.to.is_empty() || !origin(e).is_some_and(|u| ours(chat_ring::key_hash(u))))
+        {
+            return Err(ChatError::InvalidArgument(
+                "outbox entry of a user outside the move".into(),
+            ));
+        }
+        for r in &req.reset {
+            b.writes.delete_hash_range(r.start, r.end);
+        }
+        for (cf, w) in writes {
+            if w.delete {
+                b.writes.delete(cf, &w.key);
+            } else {
+                b.writes.put(cf, &w.key, &w.value);
+            }
+        }
+        b.clear_caches = true;
+        // Queued ahead of anything the moved users do from now on (their commands are held
+        // until this seal, and later ones get later outbox seqs).
+        for e in req.outbox {
+            self.outbox_put(e, b);
+        }
+        if req.seal {
+            let steps = self.role.sealed(from, req.epoch);
+            self.carry_out(steps, b);
+        }
+        Ok(())
+    }
+
+    /// Giver: reads a copy page and puts it on the stream (before the current batch's own
+    /// moving writes, which it does not include: the page is read from what is on disk).
+    fn copy_page(
+        &self,
+        t: &Arc<Transition>,
+        cf: Cf,
+        (start, end): (u64, u64),
+        dest: String,
+        after: Option<Vec<u8>>,
+    ) -> Result<Page, ChatError> {
+        if !self.role.may_copy(t.to().epoch()) {
+            return Err(ChatError::Unavailable("the move is not in flight".into()));
+        }
+        let Some(tx) = &self.streams_tx else {
+            return Err(ChatError::Unavailable("no stream to new owners".into()));
+        };
+        let (kvs, done) =
+            self.store
+                .hash_range_page(cf, start, end, after.as_deref(), PAGE_KEYS, PAGE_BYTES)?;
+        let keys = kvs.len() as u64;
+        let bytes = kvs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let last_key = if done {
+            None
+        } else {
+            kvs.last().map(|(k, _)| k.clone())
+        };
+        let writes = kvs
+            .into_iter()
+            .map(|(key, value)| RawWrite {
+                cf: cf.name().to_string(),
+                key,
+                value,
+                delete: false,
+            })
+            .collect();
+        let (ack_tx, acked) = oneshot::channel();
+        if keys == 0 {
+            // Nothing to send: done at once (most segments are empty in most column families).
+            let _ = ack_tx.send(());
+        } else {
+            let _ = tx.send(StreamItem::writes(
+                dest,
+                t,
+                Vec::new(),
+                writes,
+                Done::Notify(ack_tx),
+            ));
+        }
+        Ok(Page {
+            keys,
+            bytes,
+            last_key,
+            acked,
+        })
+    }
+}

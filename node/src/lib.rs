@@ -1,9 +1,9 @@
 //! chat-node: the chat server.
 //!
 //! A request's path through the modules:
-//! `server` accepts a WebSocket → `session` authenticates it (`chat_auth`), decodes frames
+//! `server` accepts a WebSocket → `gateway` authenticates it (`chat_auth`), decodes frames
 //! (`chat_proto`), checks them (`validate`) → `writer` applies writes to `store` in group-committed
-//! batches → `hub` pushes committed entries to connected devices → `session` encodes them out.
+//! batches → `hub` pushes committed entries to connected devices → `gateway` encodes them out.
 //! `error` is the one place errors become wire error codes; `config` is the typed TOML config.
 //!
 //! Across nodes: a user's home is its owner on the ring (`chat_cluster` keeps the view from
@@ -14,13 +14,14 @@
 
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod error;
+pub mod gateway;
 pub mod hub;
 pub mod peer;
 pub mod rebalance;
 pub mod routing;
 pub mod server;
-pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod validate;

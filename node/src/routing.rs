@@ -21,3 +21,29 @@ impl Routing {
         }
     }
 }
+
+/// Where a user is served.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    Here,
+    Elsewhere { url: String, epoch: u64 },
+    Unavailable(String),
+}
+
+impl Routing {
+    /// Where `user` is served now: here, at another node's client URL, or nowhere yet.
+    pub fn route(&self, user: &str) -> Route {
+        let v = self.view.borrow();
+        match v.owner(user) {
+            None => Route::Unavailable("the cluster has no ring yet".into()),
+            Some(o) if o == self.self_id => Route::Here,
+            Some(o) => match v.node(o) {
+                Some(n) => Route::Elsewhere {
+                    url: n.client_url.clone(),
+                    epoch: v.epoch(),
+                },
+                None => Route::Unavailable(format!("home node {o} is not available")),
+            },
+        }
+    }
+}

@@ -16,13 +16,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admin::{self, Health};
 use crate::config::NodeConfig;
+use crate::context::NodeContext;
 use crate::error::ChatError;
+use crate::gateway;
 use crate::hub::Hub;
 use crate::peer::forwarder::{Forwarder, ForwarderOptions};
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
 use crate::routing::Routing;
-use crate::session::{self, Shared};
 use crate::store::{Store, StoreOptions};
 use crate::writer::{Writer, WriterOptions};
 use chat_auth::Verifier;
@@ -45,7 +46,7 @@ struct ClusterParts {
 pub struct Node {
     listener: TcpListener,
     admin: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<NodeContext>,
     writer: std::thread::JoinHandle<()>,
     store: Arc<Store>,
     health: Arc<Health>,
@@ -166,7 +167,7 @@ impl Node {
             cfg.auth.leeway_secs,
             cfg.limits.max_id_bytes as usize,
         );
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(NodeContext {
             cfg,
             client_url,
             admin_url,
@@ -304,7 +305,7 @@ impl Node {
 
 async fn accept_loop(
     listener: &TcpListener,
-    shared: &Arc<Shared>,
+    shared: &Arc<NodeContext>,
     notify_shutdown: &broadcast::Sender<()>,
     done_tx: &mpsc::Sender<()>,
     slots: &Arc<Semaphore>,
@@ -335,7 +336,7 @@ async fn accept_loop(
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<NodeContext>,
     shutdown: broadcast::Receiver<()>,
     admitted: bool,
 ) {
@@ -371,5 +372,5 @@ async fn connection(
         let _ = tokio::time::timeout(timeout, refuse).await;
         return;
     }
-    session::serve(ws, peer, shared, shutdown).await;
+    gateway::serve(ws, peer, shared, shutdown).await;
 }

@@ -1,0 +1,133 @@
+//! One handler per client frame kind of an authenticated connection.
+
+use chat_proto::v1::{
+    client_frame, server_frame, HistoryPage, HistoryRequest, Ping, Pong, Send as SendMessage,
+    ServerFrame,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::conn::{Gone, Inbound};
+use super::session::{Live, Session};
+use super::{to_deliver, End};
+use crate::error::ChatError;
+use crate::validate::{check_body, check_id, IdKind};
+
+impl Session {
+    pub(super) async fn on_message(&mut self, live: &mut Live, msg: WsMessage) -> Result<(), End> {
+        let frame = match self.conn.decode(msg) {
+            Inbound::Frame(f) => f,
+            Inbound::Control => return Ok(()),
+            Inbound::Closed => return Err(End::PeerClosed),
+            Inbound::Bad(e) => return Ok(self.conn.refuse(&e, "").await?),
+        };
+        let Some(frame) = frame.frame else {
+            return Ok(());
+        };
+        let done = match frame {
+            client_frame::Frame::Hello(_) => {
+                self.conn.refuse(&ChatError::AlreadyAuthenticated, "").await
+            }
+            client_frame::Frame::Send(s) => self.send(live, s).await,
+            client_frame::Frame::Ack(a) => self.ack(live, a.up_to_seq, false).await,
+            client_frame::Frame::Read(r) => self.ack(live, r.up_to_seq, true).await,
+            client_frame::Frame::History(h) => self.history(live, h).await,
+            client_frame::Frame::Ping(p) => self.ping(p).await,
+        };
+        Ok(done?)
+    }
+
+    /// Checks a message and queues it; its ✓ is sent when the writer answers (in order).
+    async fn send(&mut self, live: &mut Live, s: SendMessage) -> Result<(), Gone> {
+        let lim = &self.ctx.cfg.limits;
+        let checked = (|| {
+            check_id(
+                IdKind::ClientMsgId,
+                &s.client_msg_id,
+                lim.max_id_bytes as usize,
+            )?;
+            if !s.from.is_empty() && s.from != live.who.user {
+                return Err(ChatError::PermissionDenied(format!(
+                    "authenticated as {:?}, cannot send as {:?}",
+                    live.who.user, s.from
+                )));
+            }
+            check_id(IdKind::Recipient, &s.to, lim.max_id_bytes as usize)?;
+            check_body(&s.body, lim.max_body_bytes as usize)
+        })();
+        if let Err(e) = checked {
+            return self.conn.refuse(&e, &s.client_msg_id).await;
+        }
+        let cmid = s.client_msg_id.clone();
+        let queued = self
+            .ctx
+            .writer
+            .send(live.who.clone(), s.client_msg_id, s.to, s.body)
+            .await;
+        match queued {
+            Ok(pending) => {
+                live.inflight
+                    .push_back(Box::pin(async move { (cmid, pending.await) }));
+                Ok(())
+            }
+            Err(e) => self.conn.refuse(&e, &cmid).await,
+        }
+    }
+
+    async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), Gone> {
+        // A device can acknowledge only what it was sent; an ack that advances nothing costs
+        // the writer nothing.
+        let up_to = up_to.min(live.cursor.last_sent());
+        let advances = up_to > live.acked || (read && up_to > live.read);
+        if up_to == 0 || !advances {
+            return Ok(());
+        }
+        live.acked = live.acked.max(up_to);
+        if read {
+            live.read = live.read.max(up_to);
+        }
+        match self.ctx.writer.ack(live.who.clone(), up_to, read).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.conn.refuse(&e, "").await,
+        }
+    }
+
+    async fn history(&mut self, live: &mut Live, h: HistoryRequest) -> Result<(), Gone> {
+        let max = self.ctx.cfg.limits.max_history_page;
+        if h.limit > max {
+            let e = ChatError::InvalidArgument(format!("history limit {} is over {max}", h.limit));
+            return self.conn.refuse(&e, &h.request_id).await;
+        }
+        let limit = if h.limit == 0 { max } else { h.limit } as usize;
+        let store = self.ctx.store.clone();
+        let user = live.who.user.clone();
+        let before = h.before_seq;
+        let res = tokio::task::spawn_blocking(move || store.inbox_before(&user, before, limit))
+            .await
+            .unwrap_or_else(|e| Err(ChatError::Internal(e.to_string())));
+        let (entries, more) = match res {
+            Ok(r) => r,
+            Err(e) => return self.conn.refuse(&e, &h.request_id).await,
+        };
+        let page = ServerFrame {
+            frame: Some(server_frame::Frame::History(HistoryPage {
+                request_id: h.request_id,
+                entries: entries
+                    .iter()
+                    .map(|e| to_deliver(e.seq, &e.entry))
+                    .collect(),
+                more,
+            })),
+        };
+        self.conn.send(&page).await
+    }
+
+    async fn ping(&mut self, p: Ping) -> Result<(), Gone> {
+        let pong = ServerFrame {
+            frame: Some(server_frame::Frame::Pong(Pong {
+                nonce: p.nonce,
+                server_time_ms: chat_proto::now_ms(),
+            })),
+        };
+        self.conn.send(&pong).await
+    }
+}

@@ -1,0 +1,342 @@
+//! One authenticated connection: attach, then one loop over what can happen next (a frame from
+//! the client, a live entry, a page of backlog, a ✓, a signal from the hub, a ring change, the
+//! node stopping, a keepalive or idle deadline).
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_auth::Identity;
+use chat_proto::store::InboxEntry;
+use chat_proto::v1::{server_frame, Redirect, ServerFrame, Welcome};
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::WebSocketStream;
+
+use super::conn::{Conn, Gone};
+use super::delivery::Cursor;
+use super::{to_deliver, End};
+use crate::admin;
+use crate::context::NodeContext;
+use crate::error::ChatError;
+use crate::hub::{Push, Subscription};
+use crate::routing::Route;
+use crate::store::StoredEntry;
+
+/// Entries read from storage per catch-up page.
+const PAGE: usize = 512;
+/// How long a draining session waits for its pending ✓ before closing.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+type SendResult = (String, Result<chat_proto::v1::Sent, ChatError>);
+type PendingSend = Pin<Box<dyn std::future::Future<Output = SendResult> + Send>>;
+
+pub(super) struct Session {
+    pub conn: Conn,
+    pub ctx: Arc<NodeContext>,
+}
+
+/// The state of an authenticated connection.
+pub(super) struct Live {
+    pub who: Identity,
+    /// The cluster view, to notice when this user moves to another node. `None` once its
+    /// sender is gone (a standalone node never has one; a stopping node drops it): nothing
+    /// more will change, and a closed channel must not be polled again (it is always ready).
+    view: Option<tokio::sync::watch::Receiver<chat_cluster::ClusterView>>,
+    sub: Subscription,
+    pub cursor: Cursor,
+    page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
+    pub inflight: FuturesOrdered<PendingSend>,
+    /// Highest seq acknowledged / marked read on this connection.
+    pub acked: u64,
+    pub read: u64,
+}
+
+impl Live {
+    /// The newest entry the live queue dropped since last asked, if it dropped any.
+    fn dropped(&self) -> Option<u64> {
+        let signals = &self.sub.signals;
+        signals
+            .lagged
+            .swap(false, Ordering::AcqRel)
+            .then(|| signals.max_dropped.load(Ordering::Acquire))
+    }
+}
+
+/// Runs a connection from its Hello to its end; hands back the socket to close as `End` says.
+pub(super) async fn run(
+    ws: WebSocketStream<TcpStream>,
+    ctx: Arc<NodeContext>,
+    mut shutdown: broadcast::Receiver<()>,
+) -> (Conn, End) {
+    let c = &ctx.cfg;
+    let conn = Conn::new(
+        ws,
+        Duration::from_millis(c.client.write_timeout_ms),
+        c.limits.max_frame_bytes as usize,
+    );
+    let mut s = Session { conn, ctx };
+    let end = s.serve(&mut shutdown).await;
+    (s.conn, end)
+}
+
+impl Session {
+    async fn serve(&mut self, shutdown: &mut broadcast::Receiver<()>) -> End {
+        let timeout = Duration::from_millis(self.ctx.cfg.client.hello_timeout_ms);
+        let (who, resume_after) = match super::hello::hello(
+            &mut self.conn,
+            &self.ctx.verifier,
+            timeout,
+            shutdown,
+        )
+        .await
+        {
+            Ok(hello) => hello,
+            Err(end) => return end,
+        };
+        let span = tracing::Span::current();
+        span.record("user", who.user.as_str());
+        span.record("device", who.device.as_str());
+        if let Err(end) = self.redirect_unless_here(&who.user, "redirect").await {
+            return end;
+        }
+        // Subscribe before reading the cursor: see `delivery`.
+        let sub = self.ctx.hub.subscribe(&who.user, &who.device);
+        let max = self.ctx.cfg.limits.max_devices_per_user;
+        let attached = match self.ctx.writer.attach(who.clone(), max).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.conn.send(&e.to_frame("")).await;
+                return End::Close(CloseCode::Policy, "attach refused");
+            }
+        };
+        let welcome = ServerFrame {
+            frame: Some(server_frame::Frame::Welcome(Welcome {
+                user: who.user.clone(),
+                device: who.device.clone(),
+                node: self.ctx.cfg.node.id.clone(),
+                cursor: attached.cursor,
+                inbox_seq: attached.inbox_seq,
+                limits: Some(self.ctx.limits()),
+                server_time_ms: chat_proto::now_ms(),
+            })),
+        };
+        if self.conn.send(&welcome).await.is_err() || self.conn.flush().await.is_err() {
+            return End::Gone;
+        }
+        tracing::debug!(
+            cursor = attached.cursor,
+            inbox_seq = attached.inbox_seq,
+            "attached"
+        );
+        let mut live = Live {
+            view: Some(self.ctx.routing.view.clone()),
+            who,
+            sub,
+            // What the device says it has processed is not sent again (but not acknowledged
+            // for it either: its next cumulative ack covers it).
+            cursor: Cursor::new(attached.cursor.max(resume_after.min(attached.inbox_seq))),
+            page: None,
+            inflight: FuturesOrdered::new(),
+            acked: attached.cursor,
+            read: 0,
+        };
+        let end = self.serve_live(&mut live, shutdown).await;
+        if matches!(end, End::Close(CloseCode::Away, _)) {
+            self.drain_inflight(&mut live).await;
+        }
+        end
+    }
+
+    /// A user served elsewhere gets a Redirect to its home (or UNAVAILABLE) and the session
+    /// ends.
+    async fn redirect_unless_here(&mut self, user: &str, why: &'static str) -> Result<(), End> {
+        match self.ctx.routing.route(user) {
+            Route::Here => Ok(()),
+            Route::Elsewhere { url, epoch } => {
+                tracing::info!(%url, epoch, why, "not this user's home: redirecting");
+                metrics::counter!(admin::REDIRECTS).increment(1);
+                let frame = ServerFrame {
+                    frame: Some(server_frame::Frame::Redirect(Redirect { url, epoch })),
+                };
+                let _ = self.conn.send(&frame).await;
+                Err(End::Close(CloseCode::Normal, why))
+            }
+            Route::Unavailable(why) => {
+                let _ = self
+                    .conn
+                    .send(&ChatError::Unavailable(why).to_frame(""))
+                    .await;
+                Err(End::Close(CloseCode::Again, "try again later"))
+            }
+        }
+    }
+
+    async fn serve_live(&mut self, live: &mut Live, shutdown: &mut broadcast::Receiver<()>) -> End {
+        let idle = Duration::from_millis(self.ctx.cfg.client.idle_timeout_ms);
+        let max_inflight = self.ctx.cfg.limits.max_inflight_sends as usize;
+        let mut idle_deadline = Instant::now() + idle;
+        // Ping a quiet client well before the idle deadline: any answer (its WebSocket layer
+        // pongs by itself) keeps the connection; only a dead or stuck peer is closed.
+        let keepalive = idle / 3;
+        let mut ping_at = Instant::now() + keepalive;
+        loop {
+            if live.page.is_none() {
+                if let Some(from) = live.cursor.page_to_read() {
+                    let (store, user) = (self.ctx.store.clone(), live.who.user.clone());
+                    live.page = Some(tokio::task::spawn_blocking(move || {
+                        store.inbox_from(&user, from, PAGE)
+                    }));
+                }
+            }
+            // Not biased: among ready branches one is picked at random, so neither a flood of
+            // deliveries nor a client sending without pause can starve the other.
+            let step = tokio::select! {
+                _ = shutdown.recv() => {
+                    // Tell the client why, with a retry hint, before the close frame.
+                    let _ = self.conn.send(&ChatError::ShuttingDown.to_frame("")).await;
+                    Err(End::Close(CloseCode::Away, "node shutting down"))
+                }
+                _ = live.sub.signals.notify.notified() => self.on_signal(live),
+                changed = async { live.view.as_mut().expect("guarded").changed().await },
+                    if live.view.is_some() => match changed {
+                    // The ring changed: a user this node no longer owns (a committed move) is
+                    // sent to its new home, where it resumes from its cursor.
+                    Ok(()) => match self.ctx.routing.route(&live.who.user) {
+                        Route::Here | Route::Unavailable(_) => Ok(()),
+                        Route::Elsewhere { .. } => {
+                            self.redirect_unless_here(&live.who.user, "moved to another node").await
+                        }
+                    },
+                    Err(_) => {
+                        live.view = None;
+                        Ok(())
+                    }
+                },
+                Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
+                    self.on_sent(&cmid, res).await.map_err(End::from)
+                }
+                Some(push) = live.sub.rx.recv() => self.on_push(live, push).await,
+                page = async { live.page.as_mut().expect("guarded").await }, if live.page.is_some() => {
+                    live.page = None;
+                    match page {
+                        Ok(Ok(entries)) => self.on_page(live, entries).await,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "reading backlog failed");
+                            Err(End::Close(CloseCode::Error, "storage error"))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "backlog task failed");
+                            Err(End::Close(CloseCode::Error, "internal error"))
+                        }
+                    }
+                }
+                msg = self.conn.next(), if live.inflight.len() < max_inflight => {
+                    idle_deadline = Instant::now() + idle;
+                    ping_at = Instant::now() + keepalive;
+                    match msg {
+                        Some(Ok(m)) => self.on_message(live, m).await,
+                        Some(Err(end)) => Err(end),
+                        None => Err(End::Gone),
+                    }
+                }
+                _ = tokio::time::sleep_until(ping_at) => {
+                    ping_at = Instant::now() + keepalive;
+                    self.conn.ping().await.map_err(End::from)
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    Err(End::Close(CloseCode::Away, "idle timeout"))
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if self.conn.flush().await.is_err() {
+                return End::Gone;
+            }
+        }
+    }
+
+    /// On shutdown: stop reading, but give pending sends their ✓ (they are being committed).
+    async fn drain_inflight(&mut self, live: &mut Live) {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while let Ok(Some((cmid, res))) =
+            tokio::time::timeout_at(deadline, live.inflight.next()).await
+        {
+            if self.on_sent(&cmid, res).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn on_signal(&mut self, live: &mut Live) -> Result<(), End> {
+        if live.sub.signals.replaced.load(Ordering::Acquire) {
+            return Err(End::Close(
+                CloseCode::Policy,
+                "replaced by a newer connection of this device",
+            ));
+        }
+        if let Some(d) = live.dropped() {
+            live.cursor.lagged(d);
+        }
+        Ok(())
+    }
+
+    async fn on_push(&mut self, live: &mut Live, push: Push) -> Result<(), End> {
+        if live.cursor.live(push.seq) {
+            self.deliver(push.seq, &push.entry).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_page(&mut self, live: &mut Live, entries: Vec<StoredEntry>) -> Result<(), End> {
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        let fresh = live
+            .cursor
+            .page(&seqs, entries.len() == PAGE, live.dropped());
+        for e in &entries[entries.len() - fresh..] {
+            self.deliver(e.seq, &e.entry).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_sent(
+        &mut self,
+        cmid: &str,
+        res: Result<chat_proto::v1::Sent, ChatError>,
+    ) -> Result<(), Gone> {
+        let frame = match res {
+            Ok(sent) => {
+                metrics::counter!(admin::MESSAGES_IN).increment(1);
+                ServerFrame {
+                    frame: Some(server_frame::Frame::Sent(sent)),
+                }
+            }
+            Err(e) => {
+                // Refusals the client retries (a full disk, a move) are logged where they arise,
+                // once per interval; one line per send would flood the log.
+                if e.is_internal() {
+                    tracing::warn!(error = %e, client_msg_id = cmid, "send failed");
+                } else {
+                    tracing::debug!(error = %e, client_msg_id = cmid, "send refused");
+                }
+                e.to_frame(cmid)
+            }
+        };
+        self.conn.send(&frame).await
+    }
+
+    async fn deliver(&mut self, seq: u64, entry: &InboxEntry) -> Result<(), Gone> {
+        metrics::counter!(admin::MESSAGES_OUT).increment(1);
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(to_deliver(seq, entry))),
+        };
+        self.conn.send(&frame).await
+    }
+}

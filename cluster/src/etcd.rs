@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch as tokio_watch};
 
 use crate::layout::{node_key, nodes_prefix, ring_key, ClusterView, NodeInfo, RingDoc};
 use crate::ClusterError;
+use chat_retry::Backoff;
 
 /// Where the cluster's state lives.
 #[derive(Debug, Clone)]
@@ -97,16 +98,16 @@ pub async fn init_ring(
 pub fn watch(cfg: EtcdConfig) -> tokio_watch::Receiver<ClusterView> {
     let (tx, rx) = tokio_watch::channel(ClusterView::default());
     tokio::spawn(async move {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             let err = watch_once(&cfg, &tx, &mut backoff).await;
             if tx.is_closed() {
                 return;
             }
             tx.send_if_modified(|v| std::mem::replace(&mut v.etcd_up, false));
-            tracing::warn!(error = %err, retry_in = ?backoff, "etcd watch lost");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let wait = backoff.fail();
+            tracing::warn!(error = %err, retry_in = ?wait, "etcd watch lost");
+            tokio::time::sleep(wait).await;
         }
     });
     rx
@@ -116,7 +117,7 @@ pub fn watch(cfg: EtcdConfig) -> tokio_watch::Receiver<ClusterView> {
 async fn watch_once(
     cfg: &EtcdConfig,
     tx: &tokio_watch::Sender<ClusterView>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> ClusterError {
     let run = async {
         let mut client = connect(cfg).await?;
@@ -138,7 +139,7 @@ async fn watch_once(
         view.etcd_up = true;
         view.revision = revision;
         tx.send_replace(view);
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
         tracing::info!(revision, "cluster state loaded from etcd; watching");
         let mut stream = client
             .watch(
@@ -207,7 +208,7 @@ pub fn register(cfg: EtcdConfig, info: NodeInfo, ttl: Duration) -> Registration 
     let (reg_tx, reg_rx) = tokio_watch::channel(false);
     let (stop_tx, mut stop_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let ttl_secs = ttl.as_secs().max(2) as i64;
         loop {
             // The lease in use, for the revoke on shutdown (shared with the session future).
@@ -224,7 +225,7 @@ pub fn register(cfg: EtcdConfig, info: NodeInfo, ttl: Duration) -> Registration 
                 ))
                 .await?;
                 reg_tx.send_replace(true);
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 tracing::info!(node = %info.id, lease = lease.id(), "registered in etcd");
                 let (mut keeper, mut stream) = timed(client.lease_keep_alive(lease.id())).await?;
                 let mut tick = tokio::time::interval(Duration::from_secs(ttl_secs as u64) / 3);
@@ -242,12 +243,14 @@ pub fn register(cfg: EtcdConfig, info: NodeInfo, ttl: Duration) -> Registration 
                     }
                 }
             };
-            tokio::select! {
+            let wait = tokio::select! {
                 res = session => {
                     reg_tx.send_replace(false);
+                    let wait = backoff.fail();
                     if let Err(e) = res {
-                        tracing::warn!(node = %info.id, error = %e, retry_in = ?backoff, "registration lost");
+                        tracing::warn!(node = %info.id, error = %e, retry_in = ?wait, "registration lost");
                     }
+                    wait
                 }
                 _ = &mut stop_rx => {
                     let held = current.lock().unwrap().take();
@@ -260,12 +263,11 @@ pub fn register(cfg: EtcdConfig, info: NodeInfo, ttl: Duration) -> Registration 
                     reg_tx.send_replace(false);
                     return;
                 }
-            }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = &mut stop_rx => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     });
     Registration {

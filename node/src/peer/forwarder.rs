@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
 use crate::admin;
 use crate::routing::Routing;
@@ -44,11 +45,14 @@ pub struct ForwarderOptions {
 #[derive(Default)]
 struct Dest {
     queue: BTreeMap<u64, Arc<ForwardEntry>>,
-    busy: bool,
-    retry_at: Option<Instant>,
-    backoff: Duration,
     /// Entries of this destination from this seq on may be on disk only.
     spill_from: Option<u64>,
+}
+
+impl Dest {
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || self.spill_from.is_some()
+    }
 }
 
 /// Outbox entries of one request, with their seqs, in order.
@@ -68,6 +72,8 @@ pub struct Forwarder {
     routing: Routing,
     opts: ForwarderOptions,
     dests: HashMap<String, Dest>,
+    /// One request in flight per destination, and the waits after failures.
+    lanes: Lanes,
     inflight: HashSet<u64>,
     /// What each running request carries, to retry it if its task fails.
     running: HashMap<tokio::task::Id, (String, Batch)>,
@@ -98,6 +104,7 @@ impl Forwarder {
             routing,
             opts,
             dests: HashMap::new(),
+            lanes: Lanes::new(BACKOFF_MIN, BACKOFF_MAX),
             inflight: HashSet::new(),
             running: HashMap::new(),
             uncertain: HashSet::new(),
@@ -151,12 +158,10 @@ impl Forwarder {
                 self.dispatch(&mut tasks);
             }
             metrics::gauge!(admin::OUTBOX_DEPTH).set(self.depth as f64);
+            let dests = &self.dests;
             let wake = self
-                .dests
-                .values()
-                .filter(|d| (!d.queue.is_empty() || d.spill_from.is_some()) && !d.busy)
-                .filter_map(|d| d.retry_at)
-                .min()
+                .lanes
+                .wake_at(|d| dests.get(d).is_some_and(Dest::has_work))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 m = rx.recv() => match m {
@@ -203,9 +208,7 @@ impl Forwarder {
                     if now_registered != peers_seen {
                         // A peer registered (again): try waiting destinations now.
                         peers_seen = now_registered;
-                        for d in self.dests.values_mut() {
-                            d.retry_at = None;
-                        }
+                        self.lanes.retry_now();
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
@@ -298,11 +301,7 @@ impl Forwarder {
         let ready: Vec<String> = self
             .dests
             .iter()
-            .filter(|(_, d)| {
-                !d.busy
-                    && (!d.queue.is_empty() || d.spill_from.is_some())
-                    && d.retry_at.is_none_or(|t| t <= now)
-            })
+            .filter(|(n, d)| d.has_work() && self.lanes.ready(n, now))
             .map(|(n, _)| n.clone())
             .collect();
         for dest in ready {
@@ -323,7 +322,7 @@ impl Forwarder {
             if items.is_empty() {
                 continue;
             }
-            d.busy = true;
+            self.lanes.start(&dest);
             tracing::trace!(%dest, first = items[0].0, last = items[items.len() - 1].0, n = items.len(), "forward request");
             for (seq, _) in &items {
                 self.inflight.insert(*seq);
@@ -366,8 +365,6 @@ impl Forwarder {
         for (seq, _) in &items {
             self.inflight.remove(seq);
         }
-        let d = self.dests.entry(dest.clone()).or_default();
-        d.busy = false;
         tracing::trace!(%dest, first = items.first().map(|i| i.0), n = items.len(), ok = result.is_ok(), "forward answered");
         match result {
             Ok(statuses) => {
@@ -414,16 +411,12 @@ impl Forwarder {
                     tracing::debug!(error = %e, "outbox removal not queued");
                 }
                 self.depth = self.depth.saturating_sub(done_seqs.len() as u64);
-                let d = self.dests.entry(dest.clone()).or_default();
                 if not_owner > 0 {
                     metrics::counter!(admin::FORWARDED, "result" => "not_owner")
                         .increment(not_owner);
                     tracing::info!(peer = %dest, not_owner, "peer does not own some recipients; re-routing after backoff");
-                    backoff(d);
-                } else {
-                    d.backoff = Duration::ZERO;
-                    d.retry_at = None;
                 }
+                self.lanes.done(&dest, not_owner == 0, Instant::now());
             }
             Err(e) => {
                 let uncertain = matches!(e, RequestError::Unknown(_));
@@ -436,8 +429,7 @@ impl Forwarder {
                     }
                     self.enqueue(seq, entry, true);
                 }
-                let d = self.dests.entry(dest.clone()).or_default();
-                backoff(d);
+                self.lanes.done(&dest, false, Instant::now());
                 self.give_up_expired(&dest, &e.to_string()).await;
             }
         }
@@ -480,11 +472,6 @@ fn registered(v: &chat_cluster::ClusterView) -> Vec<(String, String)> {
         .values()
         .map(|n| (n.id.clone(), n.quic_addr.clone()))
         .collect()
-}
-
-fn backoff(d: &mut Dest) {
-    d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-    d.retry_at = Some(Instant::now() + d.backoff);
 }
 
 async fn forward(

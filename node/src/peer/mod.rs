@@ -2,6 +2,7 @@
 //! (`forwarder`), and the handler for requests peers send to this node.
 
 pub mod forwarder;
+pub(crate) mod pipeline;
 pub mod tls;
 pub mod transport;
 

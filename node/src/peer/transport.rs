@@ -6,6 +6,7 @@
 //! keeps dialing while the other is registered); the other uses the connection it accepted, and
 //! knows whose it is from the node id its certificate names.
 
+use chat_retry::Backoff;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -253,7 +254,7 @@ impl Peers {
     pub async fn maintain(self: Arc<Self>) {
         // Per peer address: when to try again after a failed dial, and the backoff that led
         // there. A peer that registers again (a new address) is dialed at once.
-        let retry: Arc<Mutex<HashMap<String, (tokio::time::Instant, Duration)>>> = Arc::default();
+        let retry: Arc<Mutex<HashMap<String, (tokio::time::Instant, Backoff)>>> = Arc::default();
         let mut tick = tokio::time::interval(MAINTAIN_EVERY);
         loop {
             tick.tick().await;
@@ -292,11 +293,13 @@ impl Peers {
                         }
                         Err(e) => {
                             let mut r = retry.lock().unwrap();
-                            let backoff = r
-                                .get(&key)
-                                .map_or(MAINTAIN_EVERY, |(_, b)| (*b * 2).min(DIAL_BACKOFF_MAX));
-                            r.insert(key, (tokio::time::Instant::now() + backoff, backoff));
-                            tracing::debug!(peer = %node, error = %e, retry_in = ?backoff, "peer not reachable");
+                            let (at, backoff) = r.entry(key).or_insert_with(|| {
+                                let b = Backoff::new(MAINTAIN_EVERY, DIAL_BACKOFF_MAX);
+                                (tokio::time::Instant::now(), b)
+                            });
+                            let wait = backoff.fail();
+                            *at = tokio::time::Instant::now() + wait;
+                            tracing::debug!(peer = %node, error = %e, retry_in = ?wait, "peer not reachable");
                         }
                     }
                     me.dialing.lock().unwrap().remove(&node);

@@ -1,7 +1,7 @@
 //! The ordered streams to new owners: one request in flight per destination, so a new owner
 //! applies everything in stream order; retried until acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +10,16 @@ use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerRequest};
 use tokio::sync::{mpsc, watch};
 
 use super::{aborted, ItemKind, StreamItem};
+use crate::peer::pipeline::Lanes;
 use crate::peer::transport::Peers;
 
 /// Most writes in one stream request (the first item is always taken whole).
 const REQUEST_WRITES: usize = 10_000;
 const REQUEST_BYTES: usize = 8 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waits between failed requests to one new owner.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Sends every new owner its stream, in order, one request in flight per destination.
 pub(crate) async fn run_streams(
@@ -26,17 +30,12 @@ pub(crate) async fn run_streams(
 ) {
     let mut queues: BTreeMap<String, VecDeque<StreamItem>> = BTreeMap::new();
     let mut inflight = tokio::task::JoinSet::new();
-    let mut busy: BTreeSet<String> = BTreeSet::new();
-    let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
-    let mut backoff: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut lanes = Lanes::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         // Start a request for every idle destination with queued items.
         let now = tokio::time::Instant::now();
         for (dest, q) in queues.iter_mut() {
-            if busy.contains(dest) || q.is_empty() {
-                continue;
-            }
-            if retry_at.get(dest).is_some_and(|t| *t > now) {
+            if q.is_empty() || !lanes.ready(dest, now) {
                 continue;
             }
             // An aborted move's items are dropped (their batches released): the old owner
@@ -52,7 +51,7 @@ pub(crate) async fn run_streams(
             let Some(first) = q.front() else { continue };
             let epoch = first.epoch();
             let (req, n) = coalesce(q, epoch);
-            busy.insert(dest.clone());
+            lanes.start(dest);
             let (peers, dest, from) = (peers.clone(), dest.clone(), self_id.clone());
             inflight.spawn(async move {
                 let request = PeerRequest {
@@ -72,7 +71,7 @@ pub(crate) async fn run_streams(
                 (dest, n, ok)
             });
         }
-        let next_retry = retry_at.values().min().copied();
+        let next_retry = lanes.wake_at(|d| queues.get(d).is_some_and(|q| !q.is_empty()));
         tokio::select! {
             item = rx.recv() => match item {
                 Some(item) => queues.entry(item.dest.clone()).or_default().push_back(item),
@@ -80,21 +79,16 @@ pub(crate) async fn run_streams(
             },
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 let Ok((dest, n, ok)) = done else { continue };
-                busy.remove(&dest);
+                let wait = lanes.done(&dest, ok.is_ok(), tokio::time::Instant::now());
                 match ok {
                     Ok(()) => {
-                        retry_at.remove(&dest);
-                        backoff.remove(&dest);
                         let q = queues.get_mut(&dest).expect("queue of a request");
                         for item in q.drain(..n) {
                             item.done.acked();
                         }
                     }
                     Err(e) => {
-                        let b = backoff.entry(dest.clone()).or_insert(Duration::from_millis(50));
-                        tracing::warn!(node = %dest, error = %e, retry_in = ?*b, "stream request failed");
-                        retry_at.insert(dest.clone(), tokio::time::Instant::now() + *b);
-                        *b = (*b * 2).min(Duration::from_secs(2));
+                        tracing::warn!(node = %dest, error = %e, retry_in = ?wait, "stream request failed");
                     }
                 }
             }

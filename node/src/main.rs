@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chat_node::config::{NodeConfig, Overrides};
+use chat_node::config::{LogFormat, NodeConfig, Overrides};
 use chat_node::server::Node;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -39,9 +39,9 @@ struct Args {
     /// Overrides admin.listen.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Overrides log.format (text or json).
-    #[arg(long)]
-    log_format: Option<String>,
+    /// Overrides log.format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Check the configuration, print it (secret redacted) and exit.
     #[arg(long)]
     check_config: bool,
@@ -100,7 +100,7 @@ fn init_logging(cfg: &NodeConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cfg.log.format == "json" {
+    if cfg.log.format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -20,7 +20,7 @@ use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::gateway;
 use crate::hub::Hub;
-use crate::peer::forwarder::{Forwarder, ForwarderOptions};
+use crate::peer::forwarder::Forwarder;
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
 use crate::routing::Routing;
@@ -79,7 +79,8 @@ impl Node {
                 self_id: cfg.node.id.clone(),
                 view: chat_cluster::watch(etcd.clone()),
             };
-            let peers = Peers::bind(c.quic_listen, &identity, &cfg.node.id, routing.view.clone())?;
+            let view = routing.view.clone();
+            let peers = Peers::bind(c.quic_listen, &identity, &cfg.node.id, view, &cfg.peer)?;
             (routing, Some(peers), Some(mpsc::unbounded_channel()))
         };
         let (outbox_tx, outbox_rx) = match outbox {
@@ -138,11 +139,7 @@ impl Node {
                     writer_handle.clone(),
                     peers.clone(),
                     routing.clone(),
-                    ForwarderOptions {
-                        batch: cfg.cluster.forward_batch as usize,
-                        timeout: Duration::from_millis(cfg.cluster.forward_timeout_ms),
-                        give_up: Duration::from_millis(cfg.cluster.forward_give_up_ms),
-                    },
+                    cfg.forward.clone(),
                 );
                 Some(ClusterParts {
                     peers,
@@ -224,11 +221,13 @@ impl Node {
             let maintain = tokio::spawn(c.peers.clone().maintain());
             let id = shared.cfg.node.id.clone();
             let view = shared.routing.view.clone();
+            let tuning = shared.cfg.rebalance.clone();
             let streams = tokio::spawn(crate::rebalance::stream::run_streams(
                 c.streams_rx,
                 c.peers.clone(),
                 id.clone(),
                 view.clone(),
+                tuning.clone(),
             ));
             let driver = tokio::spawn(crate::rebalance::driver::run_driver(
                 c.events_rx,
@@ -236,6 +235,7 @@ impl Node {
                 c.etcd,
                 id,
                 view,
+                tuning,
             ));
             peer_parts = Some((c.peers, server, forwarder, c.registration, maintain));
             rebalance_tasks = Some((streams, driver));

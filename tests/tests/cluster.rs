@@ -216,7 +216,7 @@ async fn recipient_node_down_then_back_gets_the_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_recipient_node_past_give_up_time_reports_failed() {
-    let mut cluster = TestCluster::start(&[("CHAT_NODE_CLUSTER__FORWARD_GIVE_UP_MS", "1500")]);
+    let mut cluster = TestCluster::start(&[("CHAT_NODE_FORWARD__GIVE_UP_MS", "1500")]);
     let a = cluster.users_on("n1", "a", 1).remove(0);
     let b = cluster.users_on("n3", "b", 1).remove(0);
     let mut alice = cluster.node("n1").connect(&a, "phone").await;

@@ -23,24 +23,15 @@ use tokio::time::Instant;
 use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
 use crate::admin;
+use crate::config::ForwardSection;
 use crate::routing::Routing;
 use crate::store::Store;
 use crate::writer::{Outboxed, WriterHandle};
 
-/// Entries of one destination held in memory; more stay on disk until the queue drains.
-const MAX_QUEUED: usize = 100_000;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Entries read from the outbox per step when (re)loading queues.
 const SCAN_PAGE: usize = 4096;
 /// Encoded bytes of entries per request, well below the transport's frame limit.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-pub struct ForwarderOptions {
-    pub batch: usize,
-    pub timeout: Duration,
-    pub give_up: Duration,
-}
 
 #[derive(Default)]
 struct Dest {
@@ -70,7 +61,7 @@ pub struct Forwarder {
     writer: WriterHandle,
     peers: Arc<Peers>,
     routing: Routing,
-    opts: ForwarderOptions,
+    opts: ForwardSection,
     dests: HashMap<String, Dest>,
     /// One request in flight per destination, and the waits after failures.
     lanes: Lanes,
@@ -95,8 +86,9 @@ impl Forwarder {
         writer: WriterHandle,
         peers: Arc<Peers>,
         routing: Routing,
-        opts: ForwarderOptions,
+        opts: ForwardSection,
     ) -> Forwarder {
+        let (min, max) = opts.backoff();
         Forwarder {
             store,
             writer,
@@ -104,7 +96,7 @@ impl Forwarder {
             routing,
             opts,
             dests: HashMap::new(),
-            lanes: Lanes::new(BACKOFF_MIN, BACKOFF_MAX),
+            lanes: Lanes::new(min, max),
             inflight: HashSet::new(),
             running: HashMap::new(),
             uncertain: HashSet::new(),
@@ -233,12 +225,13 @@ impl Forwarder {
         let Some(dest) = self.owner(&entry.to) else {
             return;
         };
+        let max_queued = self.opts.max_queued;
         let d = self.dests.entry(dest).or_default();
         if !retry {
             if d.spill_from.is_some_and(|from| seq >= from) {
                 return;
             }
-            if d.queue.len() >= MAX_QUEUED {
+            if d.queue.len() >= max_queued {
                 d.spill_from = Some(d.spill_from.map_or(seq, |from| from.min(seq)));
                 return;
             }
@@ -306,13 +299,13 @@ impl Forwarder {
             .collect();
         for dest in ready {
             let d = &self.dests[&dest];
-            if d.spill_from.is_some() && d.queue.len() < MAX_QUEUED / 2 {
+            if d.spill_from.is_some() && d.queue.len() < self.opts.max_queued / 2 {
                 self.reload(Some(&dest));
             }
             let d = self.dests.get_mut(&dest).expect("listed");
             let mut items = Vec::new();
             let mut bytes = 0;
-            while items.len() < self.opts.batch && bytes < MAX_BATCH_BYTES {
+            while items.len() < self.opts.batch as usize && bytes < MAX_BATCH_BYTES {
                 let Some((seq, entry)) = d.queue.pop_first() else {
                     break;
                 };
@@ -329,7 +322,7 @@ impl Forwarder {
             }
             let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
             let (peers, writer, timeout) =
-                (self.peers.clone(), self.writer.clone(), self.opts.timeout);
+                (self.peers.clone(), self.writer.clone(), self.opts.timeout());
             let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
             let (task_dest, task_items) = (dest.clone(), items.clone());
             let handle = tasks.spawn(async move {
@@ -437,7 +430,7 @@ impl Forwarder {
 
     /// Gives up the entries of `dest` older than the give-up time that surely never arrived.
     async fn give_up_expired(&mut self, dest: &str, reason: &str) {
-        let floor = chat_proto::now_ms() - self.opts.give_up.as_millis() as i64;
+        let floor = chat_proto::now_ms() - self.opts.give_up_ms as i64;
         let Some(d) = self.dests.get_mut(dest) else {
             return;
         };

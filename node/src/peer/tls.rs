@@ -14,8 +14,6 @@ use rustls::RootCertStore;
 /// ALPN of the cluster protocol; a peer speaking anything else is refused during the handshake.
 pub const ALPN: &[u8] = b"chat-cluster/1";
 /// Keepalives let a node notice a peer that vanished (kill -9, partition) within the idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -71,11 +69,18 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError>
     Ok(Arc::new(roots))
 }
 
-pub fn transport() -> Arc<quinn::TransportConfig> {
+/// Link liveness: keep-alives while quiet, and the silence after which a link is closed.
+pub fn transport(keep_alive: Duration, idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")));
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(Some(idle_timeout.try_into().expect("idle timeout fits")));
     Arc::new(t)
+}
+
+/// The transport with `[peer]`'s defaults (`Peers::bind` sets the configured one).
+fn default_transport() -> Arc<quinn::TransportConfig> {
+    let d = crate::config::PeerSection::default();
+    transport(d.keep_alive(), d.idle_timeout())
 }
 
 /// Accepts QUIC connections only from peers with a certificate signed by the cluster CA.
@@ -90,7 +95,7 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(default_transport());
     Ok(cfg)
 }
 
@@ -111,6 +116,6 @@ pub fn client_config(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(default_transport());
     Ok(cfg)
 }

@@ -6,7 +6,6 @@
 //! keeps dialing while the other is registered); the other uses the connection it accepted, and
 //! knows whose it is from the node id its certificate names.
 
-use chat_retry::Backoff;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,18 +15,16 @@ use std::time::Duration;
 
 use chat_cluster::ClusterView;
 use chat_proto::cluster::{PeerRequest, PeerResponse};
+use chat_retry::Backoff;
 use prost::Message as _;
 use rustls::pki_types::{CertificateDer, DnsName, ServerName};
 use tokio::sync::watch;
 
 use super::tls::{self, TlsError};
+use crate::config::PeerSection;
 
 /// Largest request or response accepted on a stream.
 pub const MAX_FRAME: usize = 64 << 20;
-/// How often the dialing side checks that it holds a connection to every peer it should dial.
-const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
-/// Longest wait between dials of a peer that keeps failing.
-const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Whether the certificate `conn`'s peer presented names node `node` (node certificates carry
 /// their node id as DNS name; the chain was already checked against the cluster CA).
@@ -78,6 +75,10 @@ pub struct Peers {
     dialing: Mutex<HashSet<String>>,
     /// Serves the streams a peer opens, on connections in either direction.
     handler: OnceLock<Handler>,
+    /// How often links to the peers this node dials are checked, and the longest wait before
+    /// dialing an unreachable one again.
+    dial_every: Duration,
+    dial_backoff_max: Duration,
 }
 
 impl Peers {
@@ -87,10 +88,16 @@ impl Peers {
         id: &tls::Identity,
         self_id: &str,
         view: watch::Receiver<ClusterView>,
+        opts: &PeerSection,
     ) -> Result<Arc<Peers>, TlsError> {
-        let mut endpoint = quinn::Endpoint::server(tls::server_config(id)?, listen)
+        let link = tls::transport(opts.keep_alive(), opts.idle_timeout());
+        let mut server = tls::server_config(id)?;
+        server.transport_config(link.clone());
+        let mut endpoint = quinn::Endpoint::server(server, listen)
             .map_err(|e| TlsError::Quic(format!("bind {listen}: {e}")))?;
-        endpoint.set_default_client_config(tls::client_config(&id.ca, Some((&id.chain, &id.key)))?);
+        let mut client = tls::client_config(&id.ca, Some((&id.chain, &id.key)))?;
+        client.transport_config(link);
+        endpoint.set_default_client_config(client);
         Ok(Arc::new(Peers {
             endpoint,
             self_id: self_id.to_string(),
@@ -100,6 +107,8 @@ impl Peers {
             added: watch::channel(0).0,
             dialing: Mutex::new(HashSet::new()),
             handler: OnceLock::new(),
+            dial_every: opts.dial_every(),
+            dial_backoff_max: opts.dial_backoff_max(),
         }))
     }
 
@@ -255,7 +264,7 @@ impl Peers {
         // Per peer address: when to try again after a failed dial, and the backoff that led
         // there. A peer that registers again (a new address) is dialed at once.
         let retry: Arc<Mutex<HashMap<String, (tokio::time::Instant, Backoff)>>> = Arc::default();
-        let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+        let mut tick = tokio::time::interval(self.dial_every);
         loop {
             tick.tick().await;
             let wanted: Vec<(String, String)> = self
@@ -286,6 +295,7 @@ impl Peers {
                     continue;
                 }
                 let (me, retry) = (self.clone(), retry.clone());
+                let (every, max) = (self.dial_every, self.dial_backoff_max);
                 tokio::spawn(async move {
                     match me.dial(&node, &addr).await {
                         Ok(_) => {
@@ -294,7 +304,7 @@ impl Peers {
                         Err(e) => {
                             let mut r = retry.lock().unwrap();
                             let (at, backoff) = r.entry(key).or_insert_with(|| {
-                                let b = Backoff::new(MAINTAIN_EVERY, DIAL_BACKOFF_MAX);
+                                let b = Backoff::new(every, max);
                                 (tokio::time::Instant::now(), b)
                             });
                             let wait = backoff.fail();

@@ -11,6 +11,7 @@ use chat_ring::transition::Transition;
 use tokio::sync::{mpsc, watch};
 
 use super::{aborted, in_flight, MoveEvent};
+use crate::config::RebalanceSection;
 use crate::error::ChatError;
 use crate::store::Cf;
 use crate::writer::WriterHandle;
@@ -22,6 +23,7 @@ pub async fn run_driver(
     etcd: EtcdConfig,
     self_id: String,
     view: watch::Receiver<ClusterView>,
+    tuning: RebalanceSection,
 ) {
     let mut watch_view = view.clone();
     let (settled_tx, settled_rx) = watch::channel(0u64);
@@ -49,6 +51,7 @@ pub async fn run_driver(
                     etcd.clone(),
                     self_id.clone(),
                     view.clone(),
+                    tuning.clone(),
                 ));
             }
             MoveEvent::Sealing(t, acks) => {
@@ -125,8 +128,10 @@ async fn share_of_move(
     etcd: EtcdConfig,
     me: String,
     view: watch::Receiver<ClusterView>,
+    tuning: RebalanceSection,
 ) {
     let epoch = t.to().epoch();
+    let page_limits = (tuning.page_keys, tuning.page_bytes);
     let mut etcd = Etcd {
         cfg: etcd,
         client: None,
@@ -154,7 +159,14 @@ async fn share_of_move(
                     return;
                 }
                 let page = writer
-                    .copy_page(t.clone(), cf, (s.start, s.end), s.to.clone(), after.clone())
+                    .copy_page(
+                        t.clone(),
+                        cf,
+                        (s.start, s.end),
+                        page_limits,
+                        s.to.clone(),
+                        after.clone(),
+                    )
                     .await;
                 let page = match page {
                     Ok(page) => page,
@@ -196,7 +208,7 @@ async fn share_of_move(
         "copy done"
     );
     // Any node may commit once every node is done; the compare-and-swap makes it happen once.
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(tuning.commit_every());
     while in_flight(&t, &view.borrow()) {
         tick.tick().await;
         if !reported {

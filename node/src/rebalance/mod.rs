@@ -28,10 +28,6 @@ use tokio::sync::oneshot;
 
 use crate::writer::Hold;
 
-/// Most keys and bytes in one copy page.
-pub const PAGE_KEYS: usize = 2_000;
-pub const PAGE_BYTES: usize = 1 << 20;
-
 /// One item of the ordered stream to a new owner.
 pub struct StreamItem {
     pub dest: String,

@@ -3,23 +3,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chat_cluster::ClusterView;
 use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerRequest};
 use tokio::sync::{mpsc, watch};
 
 use super::{aborted, ItemKind, StreamItem};
+use crate::config::RebalanceSection;
 use crate::peer::pipeline::Lanes;
 use crate::peer::transport::Peers;
-
-/// Most writes in one stream request (the first item is always taken whole).
-const REQUEST_WRITES: usize = 10_000;
-const REQUEST_BYTES: usize = 8 << 20;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Waits between failed requests to one new owner.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Sends every new owner its stream, in order, one request in flight per destination.
 pub(crate) async fn run_streams(
@@ -27,10 +19,14 @@ pub(crate) async fn run_streams(
     peers: Arc<Peers>,
     self_id: String,
     view: watch::Receiver<ClusterView>,
+    tuning: RebalanceSection,
 ) {
     let mut queues: BTreeMap<String, VecDeque<StreamItem>> = BTreeMap::new();
     let mut inflight = tokio::task::JoinSet::new();
-    let mut lanes = Lanes::new(BACKOFF_MIN, BACKOFF_MAX);
+    let (min, max) = tuning.backoff();
+    let mut lanes = Lanes::new(min, max);
+    let limits = (tuning.request_writes, tuning.request_bytes);
+    let timeout = tuning.request_timeout();
     loop {
         // Start a request for every idle destination with queued items.
         let now = tokio::time::Instant::now();
@@ -50,7 +46,7 @@ pub(crate) async fn run_streams(
             }
             let Some(first) = q.front() else { continue };
             let epoch = first.epoch();
-            let (req, n) = coalesce(q, epoch);
+            let (req, n) = coalesce(q, epoch, limits);
             lanes.start(dest);
             let (peers, dest, from) = (peers.clone(), dest.clone(), self_id.clone());
             inflight.spawn(async move {
@@ -59,7 +55,7 @@ pub(crate) async fn run_streams(
                     epoch,
                     request: Some(peer_request::Request::Mirror(req)),
                 };
-                let res = peers.request(&dest, &request, REQUEST_TIMEOUT).await;
+                let res = peers.request(&dest, &request, timeout).await;
                 let ok = match res {
                     Ok(r) => match r.response {
                         Some(peer_response::Response::Mirror(_)) => Ok(()),
@@ -105,7 +101,11 @@ pub(crate) async fn run_streams(
 /// One request from the front of a queue: the first item's reset, then the writes of following
 /// items of the same move without a reset of their own, up to a limit; a seal goes last. And
 /// how many items it covers.
-fn coalesce(q: &VecDeque<StreamItem>, epoch: u64) -> (Mirror, usize) {
+fn coalesce(
+    q: &VecDeque<StreamItem>,
+    epoch: u64,
+    (max_writes, max_bytes): (usize, usize),
+) -> (Mirror, usize) {
     let mut req = Mirror {
         epoch,
         ..Mirror::default()
@@ -122,8 +122,8 @@ fn coalesce(q: &VecDeque<StreamItem>, epoch: u64) -> (Mirror, usize) {
                 }
                 let item_bytes: usize = writes.iter().map(|w| w.key.len() + w.value.len()).sum();
                 if i > 0
-                    && (req.writes.len() + writes.len() > REQUEST_WRITES
-                        || bytes + item_bytes > REQUEST_BYTES)
+                    && (req.writes.len() + writes.len() > max_writes
+                        || bytes + item_bytes > max_bytes)
                 {
                     break;
                 }
@@ -167,6 +167,8 @@ mod tests {
         Arc::new(Transition::new(from, to).unwrap())
     }
 
+    const LIMITS: (usize, usize) = (10_000, 8 << 20);
+
     fn w(k: u8) -> RawWrite {
         RawWrite {
             cf: "inbox".into(),
@@ -192,7 +194,7 @@ mod tests {
         q.push_back(item(&t, true, vec![w(1)]));
         q.push_back(item(&t, false, vec![w(2), w(3)]));
         q.push_back(item(&t, true, vec![w(4)]));
-        let (req, n) = coalesce(&q, 2);
+        let (req, n) = coalesce(&q, 2, LIMITS);
         assert_eq!(
             (n, req.reset.len(), req.writes.len(), req.seal),
             (2, 1, 3, false)
@@ -200,11 +202,17 @@ mod tests {
         q.drain(..n);
         q.push_back(StreamItem::seal("n2".into(), &t, Vec::new(), Done::Nothing));
         q.push_back(item(&t, false, vec![w(5)]));
-        let (req, n) = coalesce(&q, 2);
+        let (req, n) = coalesce(&q, 2, LIMITS);
         assert_eq!(
             (n, req.writes.len(), req.seal),
             (2, 1, true),
             "the seal ends it"
         );
+        // The write limit ends a request, but never splits an item.
+        q.clear();
+        q.push_back(item(&t, true, vec![w(1), w(2), w(3)]));
+        q.push_back(item(&t, false, vec![w(4)]));
+        let (req, n) = coalesce(&q, 2, (2, 1 << 20));
+        assert_eq!((n, req.writes.len()), (1, 3));
     }
 }

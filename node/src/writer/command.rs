@@ -98,6 +98,8 @@ pub(crate) enum MoveCmd {
         cf: Cf,
         start: u64,
         end: u64,
+        /// Most keys and bytes in the page.
+        max: (usize, usize),
         dest: String,
         after: Option<Vec<u8>>,
         reply: Reply<Page>,
@@ -233,6 +235,7 @@ impl WriterHandle {
         transition: Arc<Transition>,
         cf: Cf,
         (start, end): (u64, u64),
+        max: (usize, usize),
         dest: String,
         after: Option<Vec<u8>>,
     ) -> Result<Page, ChatError> {
@@ -242,6 +245,7 @@ impl WriterHandle {
                 cf,
                 start,
                 end,
+                max,
                 dest,
                 after,
                 reply,

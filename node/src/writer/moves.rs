@@ -16,7 +16,7 @@ use super::{origin, Writer};
 use crate::error::ChatError;
 use crate::rebalance::capture::Capture;
 use crate::rebalance::role::{Step, StreamTarget};
-use crate::rebalance::{encode_marker, Done, MoveEvent, Page, StreamItem, PAGE_BYTES, PAGE_KEYS};
+use crate::rebalance::{encode_marker, Done, MoveEvent, Page, StreamItem};
 use crate::store::keys::owner_hash;
 use crate::store::{Cf, MOVE_MARKER_KEY};
 
@@ -28,11 +28,12 @@ impl Writer {
                 cf,
                 start,
                 end,
+                max,
                 dest,
                 after,
                 reply,
             } => {
-                let page = self.copy_page(&transition, cf, (start, end), dest, after);
+                let page = self.copy_page(&transition, cf, (start, end), max, dest, after);
                 let _ = reply.send(page);
             }
             MoveCmd::DropRanges { ranges, reply } => {
@@ -262,6 +263,7 @@ impl Writer {
         t: &Arc<Transition>,
         cf: Cf,
         (start, end): (u64, u64),
+        (max_keys, max_bytes): (usize, usize),
         dest: String,
         after: Option<Vec<u8>>,
     ) -> Result<Page, ChatError> {
@@ -273,7 +275,7 @@ impl Writer {
         };
         let (kvs, done) =
             self.store
-                .hash_range_page(cf, start, end, after.as_deref(), PAGE_KEYS, PAGE_BYTES)?;
+                .hash_range_page(cf, start, end, after.as_deref(), max_keys, max_bytes)?;
         let keys = kvs.len() as u64;
         let bytes = kvs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let last_key = if done {

@@ -11,6 +11,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod sections;
+mod tuning;
+
+pub use sections::*;
+pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -21,249 +27,10 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
+    pub forward: ForwardSection,
+    pub rebalance: RebalanceSection,
+    pub peer: PeerSection,
     pub admin: AdminSection,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeSection {
-    /// This node's id in the cluster: lowercase letters, digits and `-` (it is also the DNS name
-    /// in the node's certificate).
-    pub id: String,
-    /// Where the RocksDB database lives.
-    pub data_dir: PathBuf,
-    /// Run as a cluster of one with no etcd: this node owns every user.
-    pub standalone: bool,
-}
-
-impl Default for NodeSection {
-    fn default() -> Self {
-        NodeSection {
-            id: "node-1".into(),
-            data_dir: PathBuf::from("data/node-1"),
-            standalone: false,
-        }
-    }
-}
-
-/// Membership and node-to-node traffic. Ignored by a standalone node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterSection {
-    /// etcd client URLs.
-    pub etcd_endpoints: Vec<String>,
-    /// Every etcd key of the cluster starts with this.
-    pub prefix: String,
-    /// This node's weight when `chatctl cluster init` builds the ring (share of users).
-    pub weight: u32,
-    /// TTL of the node's registration lease, in seconds: a node that stops keeping it alive
-    /// disappears from `nodes/` after this long.
-    pub lease_ttl_secs: u64,
-    /// UDP address of the QUIC endpoint for node-to-node traffic.
-    pub quic_listen: SocketAddr,
-    /// `host:port` other nodes use to reach the QUIC endpoint; empty: the bound address.
-    pub quic_public_addr: String,
-    /// The cluster CA certificate (PEM) that peers' certificates must chain to.
-    pub ca_file: PathBuf,
-    /// This node's certificate (PEM); empty: `<dir of ca_file>/<node.id>.pem`.
-    pub cert_file: PathBuf,
-    /// This node's private key (PEM); empty: `<dir of ca_file>/<node.id>.key`.
-    pub key_file: PathBuf,
-    /// Most entries in one forward request.
-    pub forward_batch: u32,
-    /// How long one forward request may take before it counts as failed, in milliseconds.
-    pub forward_timeout_ms: u64,
-    /// A message that could not be handed to the recipient's node for this long after it was
-    /// accepted is given up: the sender receives `Failed`. In milliseconds.
-    pub forward_give_up_ms: u64,
-}
-
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
-            prefix: "/chat/".into(),
-            weight: 1,
-            lease_ttl_secs: 10,
-            quic_listen: "127.0.0.1:7500".parse().expect("valid address"),
-            quic_public_addr: String::new(),
-            ca_file: PathBuf::from("certs/ca.pem"),
-            cert_file: PathBuf::new(),
-            key_file: PathBuf::new(),
-            forward_batch: 512,
-            forward_timeout_ms: 10_000,
-            forward_give_up_ms: 24 * 3600 * 1000,
-        }
-    }
-}
-
-/// The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminSection {
-    /// Address the admin HTTP listener binds (port 0 picks a free port).
-    pub listen: SocketAddr,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        AdminSection {
-            listen: "127.0.0.1:7600".parse().expect("valid address"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClientSection {
-    /// Address the client WebSocket listener binds (port 0 picks a free port).
-    pub listen: SocketAddr,
-    /// URL clients use to reach this node (given in redirects); empty: `ws://<listen address>`.
-    pub public_url: String,
-    /// A connection that has not authenticated within this many milliseconds is closed.
-    pub hello_timeout_ms: u64,
-    /// A connection that sends nothing (not even a pong to the node's pings) for this long is
-    /// closed.
-    pub idle_timeout_ms: u64,
-    /// A client that does not take what the node writes for this long is disconnected.
-    pub write_timeout_ms: u64,
-    /// Bytes each connection reads from its socket at a time. The buffer is allocated per
-    /// connection for its whole life, so it dominates an idle connection's memory; larger frames
-    /// are still read whole (in several reads).
-    pub read_buffer_bytes: usize,
-}
-
-impl Default for ClientSection {
-    fn default() -> Self {
-        ClientSection {
-            listen: "127.0.0.1:7400".parse().expect("valid address"),
-            public_url: String::new(),
-            hello_timeout_ms: 10_000,
-            idle_timeout_ms: 120_000,
-            write_timeout_ms: 10_000,
-            read_buffer_bytes: 4096,
-        }
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSection {
-    /// HS256 secret shared with whoever issues tokens. Required; prefer the env variable
-    /// `CHAT_NODE_AUTH__JWT_SECRET` or `jwt_secret_file` to writing it in the file.
-    pub jwt_secret: String,
-    /// Read the secret from this file instead (surrounding white space is trimmed).
-    pub jwt_secret_file: Option<PathBuf>,
-    /// Clock skew allowed when checking `exp`, in seconds.
-    pub leeway_secs: u64,
-}
-
-impl Default for AuthSection {
-    fn default() -> Self {
-        AuthSection {
-            jwt_secret: String::new(),
-            jwt_secret_file: None,
-            leeway_secs: 30,
-        }
-    }
-}
-
-impl std::fmt::Debug for AuthSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthSection")
-            .field("jwt_secret", &"<redacted>")
-            .field("jwt_secret_file", &self.jwt_secret_file)
-            .field("leeway_secs", &self.leeway_secs)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageSection {
-    /// fsync the write-ahead log before acknowledging (✓). Turn off only for throwaway data.
-    pub sync: bool,
-    /// Inbox entries and dedup records older than this are dropped by compaction.
-    pub retention_secs: u64,
-    /// Most commands committed in one write batch (one fsync).
-    pub max_batch: usize,
-    /// Commands that may wait for the committer before senders are slowed down.
-    pub queue_depth: usize,
-    /// RocksDB block cache, in MiB.
-    pub block_cache_mib: usize,
-    /// Writes are refused with STORAGE_FULL (nothing stored, no ✓) while the data directory's
-    /// filesystem has less free space than this, in MiB, so that RocksDB itself never runs out:
-    /// a write that fails for lack of space puts it in a read-only state it leaves slowly, if at
-    /// all, without a restart. Writes resume as soon as space returns. 0 turns the check off.
-    pub min_free_mib: u64,
-}
-
-impl Default for StorageSection {
-    fn default() -> Self {
-        StorageSection {
-            sync: true,
-            retention_secs: 30 * 24 * 3600,
-            max_batch: 1024,
-            queue_depth: 16_384,
-            block_cache_mib: 128,
-            min_free_mib: 64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
-    /// Largest client frame answered normally; a larger one gets FRAME_TOO_LARGE and is dropped.
-    /// Frames over 4x this close the connection (WebSocket code 1009) without being read.
-    pub max_frame_bytes: u32,
-    /// Largest message body, in bytes of UTF-8.
-    pub max_body_bytes: u32,
-    /// Longest user, device, recipient or client_msg_id, in bytes.
-    pub max_id_bytes: u32,
-    /// Devices a user may have (seen within the retention).
-    pub max_devices_per_user: u32,
-    /// Most entries in one history page.
-    pub max_history_page: u32,
-    /// Sends a connection may have waiting for ✓ before the node stops reading from it.
-    pub max_inflight_sends: u32,
-    /// Open client connections; more are refused with OVERLOADED.
-    pub max_connections: u32,
-    /// Live entries buffered per connection before it falls back to reading from storage.
-    pub session_queue: u32,
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            max_frame_bytes: 64 * 1024,
-            max_body_bytes: 32 * 1024,
-            max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES as u32,
-            max_devices_per_user: 8,
-            max_history_page: 200,
-            max_inflight_sends: 256,
-            max_connections: 100_000,
-            session_queue: 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    /// `text` or `json`.
-    pub format: String,
-    /// tracing env-filter directives; `RUST_LOG` overrides.
-    pub filter: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: "text".into(),
-            filter: "info".into(),
-        }
-    }
 }
 
 /// Overrides given on the command line; `None` leaves the value as the file and env set it.
@@ -274,7 +41,7 @@ pub struct Overrides {
     pub standalone: bool,
     pub listen: Option<SocketAddr>,
     pub public_url: Option<String>,
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub etcd: Option<Vec<String>>,
     pub quic_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
@@ -318,8 +85,8 @@ impl NodeConfig {
         if let Some(v) = &o.public_url {
             self.client.public_url = v.clone();
         }
-        if let Some(v) = &o.log_format {
-            self.log.format = v.clone();
+        if let Some(v) = o.log_format {
+            self.log.format = v;
         }
         if let Some(v) = &o.etcd {
             self.cluster.etcd_endpoints = v.clone();
@@ -357,9 +124,6 @@ impl NodeConfig {
                 "node.id {id:?}: 1-63 lowercase letters, digits and '-' (a DNS label)"
             ));
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return bad(format!("log.format {:?}: text or json", self.log.format));
-        }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_body_bytes >= l.max_frame_bytes {
             return bad(
@@ -390,6 +154,7 @@ impl NodeConfig {
         if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
         }
+        self.check_tuning()?;
         if !self.node.standalone {
             let c = &mut self.cluster;
             if c.etcd_endpoints.is_empty() || c.etcd_endpoints.iter().any(|e| e.is_empty()) {
@@ -406,21 +171,6 @@ impl NodeConfig {
             }
             if c.lease_ttl_secs < 2 {
                 return bad("cluster.lease_ttl_secs must be at least 2".into());
-            }
-            if c.forward_batch == 0 || c.forward_timeout_ms == 0 || c.forward_give_up_ms == 0 {
-                return bad(
-                    "cluster.forward_batch, forward_timeout_ms and forward_give_up_ms must be at least 1"
-                        .into(),
-                );
-            }
-            if c.forward_batch as usize > crate::peer::MAX_FORWARD_ENTRIES {
-                return bad(format!(
-                    "cluster.forward_batch must be at most {} (what a peer accepts)",
-                    crate::peer::MAX_FORWARD_ENTRIES
-                ));
-            }
-            if c.forward_timeout_ms > 3_600_000 {
-                return bad("cluster.forward_timeout_ms must be at most an hour".into());
             }
             if c.quic_listen.ip().is_unspecified() && c.quic_public_addr.is_empty() {
                 return bad(format!(
@@ -445,6 +195,59 @@ impl NodeConfig {
             if c.key_file.as_os_str().is_empty() {
                 c.key_file = dir.join(format!("{id}.key"));
             }
+        }
+        Ok(())
+    }
+
+    /// The node-to-node sections: counts and durations at least 1, waits ordered, and a
+    /// forward request no larger than a peer accepts.
+    fn check_tuning(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let (f, r, p) = (&self.forward, &self.rebalance, &self.peer);
+        for (name, v) in [
+            ("forward.batch", f.batch as u64),
+            ("forward.timeout_ms", f.timeout_ms),
+            ("forward.give_up_ms", f.give_up_ms),
+            ("forward.max_queued", f.max_queued as u64),
+            ("forward.backoff_min_ms", f.backoff_min_ms),
+            ("rebalance.page_keys", r.page_keys as u64),
+            ("rebalance.page_bytes", r.page_bytes as u64),
+            ("rebalance.request_writes", r.request_writes as u64),
+            ("rebalance.request_bytes", r.request_bytes as u64),
+            ("rebalance.request_timeout_ms", r.request_timeout_ms),
+            ("rebalance.backoff_min_ms", r.backoff_min_ms),
+            ("rebalance.commit_every_ms", r.commit_every_ms),
+            ("peer.keep_alive_ms", p.keep_alive_ms),
+            ("peer.idle_timeout_ms", p.idle_timeout_ms),
+            ("peer.dial_every_ms", p.dial_every_ms),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, lo, hi) in [
+            ("forward.backoff", f.backoff_min_ms, f.backoff_max_ms),
+            ("rebalance.backoff", r.backoff_min_ms, r.backoff_max_ms),
+            ("peer.dial", p.dial_every_ms, p.dial_backoff_max_ms),
+        ] {
+            if lo > hi {
+                return bad(format!("{name}: the minimum wait is over the maximum"));
+            }
+        }
+        if f.batch as usize > crate::peer::MAX_FORWARD_ENTRIES {
+            return bad(format!(
+                "forward.batch must be at most {} (what a peer accepts)",
+                crate::peer::MAX_FORWARD_ENTRIES
+            ));
+        }
+        if f.timeout_ms > 3_600_000 || r.request_timeout_ms > 3_600_000 {
+            return bad(
+                "forward.timeout_ms and rebalance.request_timeout_ms must be at most an hour"
+                    .into(),
+            );
+        }
+        if p.keep_alive_ms >= p.idle_timeout_ms {
+            return bad("peer.keep_alive_ms must be below peer.idle_timeout_ms".into());
         }
         Ok(())
     }
@@ -509,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_example_file_shows_every_key_with_its_default() {
-        let text = include_str!("../chat-node.example.toml");
+        let text = include_str!("../../chat-node.example.toml");
         let parsed: NodeConfig = toml::from_str(text).expect("example parses, no unknown keys");
         assert_eq!(
             serde_json::to_value(&parsed).unwrap(),
@@ -532,6 +335,11 @@ mod tests {
             "[cluster]\netcd_endpoints = []\n",
             "[cluster]\nweight = 0\n",
             "[node]\nid = \"Not_A_Label\"\n",
+            "[forward]\nbatch = 0\n",
+            "[forward]\nbatch = 20000\n",
+            "[rebalance]\nbackoff_min_ms = 5000\n",
+            "[peer]\nkeep_alive_ms = 9000\n",
+            "[cluster]\nforward_batch = 1\n",
         ] {
             let f = write(
                 dir.path(),

@@ -1,0 +1,247 @@
+//! The sections of the node's config that say what the node is and where it listens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// This node's id in the cluster: lowercase letters, digits and `-` (it is also the DNS name
+    /// in the node's certificate).
+    pub id: String,
+    /// Where the RocksDB database lives.
+    pub data_dir: PathBuf,
+    /// Run as a cluster of one with no etcd: this node owns every user.
+    pub standalone: bool,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: "node-1".into(),
+            data_dir: PathBuf::from("data/node-1"),
+            standalone: false,
+        }
+    }
+}
+
+/// Membership, and the endpoint for node-to-node traffic. Ignored by a standalone node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// Every etcd key of the cluster starts with this.
+    pub prefix: String,
+    /// This node's weight when `chatctl cluster init` builds the ring (share of users).
+    pub weight: u32,
+    /// TTL of the node's registration lease, in seconds: a node that stops keeping it alive
+    /// disappears from `nodes/` after this long.
+    pub lease_ttl_secs: u64,
+    /// UDP address of the QUIC endpoint for node-to-node traffic.
+    pub quic_listen: SocketAddr,
+    /// `host:port` other nodes use to reach the QUIC endpoint; empty: the bound address.
+    pub quic_public_addr: String,
+    /// The cluster CA certificate (PEM) that peers' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// This node's certificate (PEM); empty: `<dir of ca_file>/<node.id>.pem`.
+    pub cert_file: PathBuf,
+    /// This node's private key (PEM); empty: `<dir of ca_file>/<node.id>.key`.
+    pub key_file: PathBuf,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/chat/".into(),
+            weight: 1,
+            lease_ttl_secs: 10,
+            quic_listen: "127.0.0.1:7500".parse().expect("valid address"),
+            quic_public_addr: String::new(),
+            ca_file: PathBuf::from("certs/ca.pem"),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+        }
+    }
+}
+
+/// The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address the admin HTTP listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:7600".parse().expect("valid address"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Address the client WebSocket listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// URL clients use to reach this node (given in redirects); empty: `ws://<listen address>`.
+    pub public_url: String,
+    /// A connection that has not authenticated within this many milliseconds is closed.
+    pub hello_timeout_ms: u64,
+    /// A connection that sends nothing (not even a pong to the node's pings) for this long is
+    /// closed.
+    pub idle_timeout_ms: u64,
+    /// A client that does not take what the node writes for this long is disconnected.
+    pub write_timeout_ms: u64,
+    /// Bytes each connection reads from its socket at a time. The buffer is allocated per
+    /// connection for its whole life, so it dominates an idle connection's memory; larger frames
+    /// are still read whole (in several reads).
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection {
+            listen: "127.0.0.1:7400".parse().expect("valid address"),
+            public_url: String::new(),
+            hello_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            write_timeout_ms: 10_000,
+            read_buffer_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 secret shared with whoever issues tokens. Required; prefer the env variable
+    /// `CHAT_NODE_AUTH__JWT_SECRET` or `jwt_secret_file` to writing it in the file.
+    pub jwt_secret: String,
+    /// Read the secret from this file instead (surrounding white space is trimmed).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Clock skew allowed when checking `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            jwt_secret: String::new(),
+            jwt_secret_file: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_secret_file", &self.jwt_secret_file)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// fsync the write-ahead log before acknowledging (✓). Turn off only for throwaway data.
+    pub sync: bool,
+    /// Inbox entries and dedup records older than this are dropped by compaction.
+    pub retention_secs: u64,
+    /// Most commands committed in one write batch (one fsync).
+    pub max_batch: usize,
+    /// Commands that may wait for the committer before senders are slowed down.
+    pub queue_depth: usize,
+    /// RocksDB block cache, in MiB.
+    pub block_cache_mib: usize,
+    /// Writes are refused with STORAGE_FULL (nothing stored, no ✓) while the data directory's
+    /// filesystem has less free space than this, in MiB, so that RocksDB itself never runs out:
+    /// a write that fails for lack of space puts it in a read-only state it leaves slowly, if at
+    /// all, without a restart. Writes resume as soon as space returns. 0 turns the check off.
+    pub min_free_mib: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            sync: true,
+            retention_secs: 30 * 24 * 3600,
+            max_batch: 1024,
+            queue_depth: 16_384,
+            block_cache_mib: 128,
+            min_free_mib: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest client frame answered normally; a larger one gets FRAME_TOO_LARGE and is dropped.
+    /// Frames over 4x this close the connection (WebSocket code 1009) without being read.
+    pub max_frame_bytes: u32,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_body_bytes: u32,
+    /// Longest user, device, recipient or client_msg_id, in bytes.
+    pub max_id_bytes: u32,
+    /// Devices a user may have (seen within the retention).
+    pub max_devices_per_user: u32,
+    /// Most entries in one history page.
+    pub max_history_page: u32,
+    /// Sends a connection may have waiting for ✓ before the node stops reading from it.
+    pub max_inflight_sends: u32,
+    /// Open client connections; more are refused with OVERLOADED.
+    pub max_connections: u32,
+    /// Live entries buffered per connection before it falls back to reading from storage.
+    pub session_queue: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 32 * 1024,
+            max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES as u32,
+            max_devices_per_user: 8,
+            max_history_page: 200,
+            max_inflight_sends: 256,
+            max_connections: 100_000,
+            session_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// tracing env-filter directives; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -159,7 +159,10 @@ async fn watch_once(
                 ))));
             }
             let rev = resp.header().map_or(0, |h| h.revision());
-            tx.send_modify(|view| {
+            // Watchers (every client session among them) wake only when what they route by
+            // changed, not on every progress report of a move.
+            tx.send_if_modified(|view| {
+                let mut changed = false;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key());
@@ -167,11 +170,13 @@ async fn watch_once(
                         etcd_client::EventType::Put => Some(kv.value()),
                         etcd_client::EventType::Delete => None,
                     };
-                    if let Err(e) = view.apply(&cfg.prefix, &key, value) {
-                        tracing::error!(error = %e, "ignoring a bad cluster key");
+                    match view.apply(&cfg.prefix, &key, value) {
+                        Ok(c) => changed |= c,
+                        Err(e) => tracing::error!(error = %e, "ignoring a bad cluster key"),
                     }
                 }
                 view.revision = view.revision.max(rev);
+                changed
             });
         }
         Err(ClusterError::Etcd(etcd_client::Error::WatchError(

@@ -171,13 +171,15 @@ impl ClusterView {
         self.nodes.get(id)
     }
 
-    /// Applies one key of the prefix (a put with `Some(value)`, a delete with `None`).
+    /// Applies one key of the prefix (a put with `Some(value)`, a delete with `None`); whether
+    /// the ring, the move or the nodes changed (progress reports and a node putting the same
+    /// registration again change nothing anyone routes by).
     pub(crate) fn apply(
         &mut self,
         prefix: &str,
         key: &str,
         value: Option<&[u8]>,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<bool, ClusterError> {
         fn json<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, ClusterError> {
             serde_json::from_slice(v).map_err(|err| ClusterError::Json {
                 key: key.to_string(),
@@ -189,11 +191,13 @@ impl ClusterView {
                 Some(v) => {
                     let doc: RingDoc = json(key, v)?;
                     // Epochs only grow: a document older than the one held is ignored.
-                    if self.ring.is_none() || doc.version() >= self.ring_version {
+                    let newer = doc.version() > self.ring_version;
+                    if self.ring.is_none() || newer {
                         let moving = doc.transition()?.map(Arc::new);
                         self.ring = Some(Arc::new(doc.current.build()?));
                         self.moving = moving;
                         self.ring_version = doc.version();
+                        return Ok(true);
                     }
                 }
                 // Deleting the ring is not an operation the cluster has; keep serving with it.
@@ -203,14 +207,14 @@ impl ClusterView {
             match value {
                 Some(v) => {
                     let info: NodeInfo = json(key, v)?;
+                    let same = self.nodes.get(id) == Some(&info);
                     self.nodes.insert(id.to_string(), info);
+                    return Ok(!same);
                 }
-                None => {
-                    self.nodes.remove(id);
-                }
+                None => return Ok(self.nodes.remove(id).is_some()),
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -241,11 +245,15 @@ mod tests {
     fn ring_epochs_only_grow_and_nodes_come_and_go() {
         let p = "/c/";
         let mut v = ClusterView::default();
-        v.apply(p, "/c/ring", Some(&doc(2, &["a", "b"]))).unwrap();
+        assert!(v.apply(p, "/c/ring", Some(&doc(2, &["a", "b"]))).unwrap());
         assert_eq!(v.epoch(), 2);
-        v.apply(p, "/c/ring", Some(&doc(1, &["a"]))).unwrap();
+        assert!(
+            !v.apply(p, "/c/ring", Some(&doc(2, &["a", "b"]))).unwrap(),
+            "the same ring"
+        );
+        assert!(!v.apply(p, "/c/ring", Some(&doc(1, &["a"]))).unwrap());
         assert_eq!(v.epoch(), 2, "an older ring is ignored");
-        v.apply(p, "/c/ring", None).unwrap();
+        assert!(!v.apply(p, "/c/ring", None).unwrap());
         assert_eq!(v.epoch(), 2, "a deleted ring key keeps the last ring");
         let info = NodeInfo {
             id: "a".into(),
@@ -255,13 +263,20 @@ mod tests {
             weight: 1,
             version: "0".into(),
         };
-        v.apply(p, "/c/nodes/a", Some(&serde_json::to_vec(&info).unwrap()))
-            .unwrap();
+        let put = serde_json::to_vec(&info).unwrap();
+        assert!(v.apply(p, "/c/nodes/a", Some(&put)).unwrap());
         assert_eq!(v.node("a"), Some(&info));
-        v.apply(p, "/c/nodes/a", None).unwrap();
+        assert!(
+            !v.apply(p, "/c/nodes/a", Some(&put)).unwrap(),
+            "registered again, the same"
+        );
+        assert!(v.apply(p, "/c/nodes/a", None).unwrap());
         assert!(v.node("a").is_none());
         assert!(v.apply(p, "/c/ring", Some(b"{")).is_err());
-        v.apply(p, "/c/unrelated", Some(b"x")).unwrap();
+        assert!(
+            !v.apply(p, "/c/rebalance/3/a", Some(b"{}")).unwrap(),
+            "progress routes nothing"
+        );
     }
 
     #[test]

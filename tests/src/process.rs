@@ -39,7 +39,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The first line a child prints on stdout, read on a thread so that a process that never
 /// prints cannot hang the test; the rest is drained so it never blocks on a full pipe.
-pub(crate) fn first_line(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+pub fn first_line(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     let stdout = child.stdout.take().expect("stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -2,9 +2,12 @@
 //! latency, errors and throughput before, during and after the move, and what the move copied.
 //!
 //! Each sender sends message k at start + offset + k / (rate / pairs) and waits for its ✓ before
-//! the next, reconnecting through the router (and resending the same client_msg_id) when its
-//! session is redirected or refused. Latency counts from the scheduled time, so time spent
-//! reconnecting during the move shows up as latency, not as a lower offered load.
+//! the next. Senders and receivers are [`chat_client::Device`]s through the router: they
+//! reconnect when a session is redirected or refused, and re-send the same client_msg_id.
+//! Latency counts from the scheduled time, so time spent reconnecting during the move shows up
+//! as latency, not as a lower offered load. Like a real app's, every device acknowledges all it
+//! is delivered, the senders' receipts included: one more committed write per message than the
+//! hand-written senders this scenario had before (they ignored their receipts).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_client::v1::{deliver, server_frame, Deliver};
-use chat_client::Client;
+use chat_client::v1::{deliver, Deliver};
+use chat_client::{Backoff, Device, DeviceConfig, DeviceEvent, Stamped};
 use chat_cluster::rebalance::{self, Change};
 use chat_cluster::EtcdConfig;
 use hdrhistogram::Histogram;
@@ -27,7 +30,12 @@ struct Sample {
 #[derive(Default)]
 struct SenderLog {
     samples: Vec<Sample>,
+    /// Send frames written again for a message (after a reconnection or a retryable refusal).
     retries: u64,
+    /// Messages refused for good.
+    refused: u64,
+    /// Messages without an answer within [`MESSAGE_DEADLINE`].
+    unanswered: u64,
 }
 
 #[derive(Default)]
@@ -191,8 +199,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let retries: u64 = sent.iter().map(|l| l.retries).sum();
     let dups: u64 = got.iter().map(|l| l.duplicates).sum();
     let reconnects: u64 = got.iter().map(|l| l.reconnects).sum();
+    let refused: u64 = sent.iter().map(|l| l.refused).sum();
+    let unanswered: u64 = sent.iter().map(|l| l.unanswered).sum();
     println!(
-        "acknowledged {acked}, delivered {delivered}, lost {}, re-sent after a redirect or refusal {retries}, recipients reconnected {reconnects}, deliveries repeated after a reconnect {dups}",
+        "acknowledged {acked}, delivered {delivered}, lost {}, re-sent after a redirect or refusal {retries}, recipients reconnected {reconnects}, deliveries repeated after a reconnect {dups}, refused {refused}, unanswered {unanswered}",
         acked.saturating_sub(delivered)
     );
     Ok(())
@@ -200,6 +210,22 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// How long one message may take to be ✓'d, reconnections included, before it is counted as
+/// unanswered and the sender moves on: a bound, far above any healthy move's pause.
+const MESSAGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A device through the router: reconnects quickly (a reconnection during the move counts in
+/// the latency, so waiting longer than needed would inflate it).
+fn device(url: &str, token: String) -> Device {
+    Device::start(DeviceConfig {
+        backoff: Backoff {
+            min: Duration::from_millis(5),
+            max: Duration::from_secs(1),
+        },
+        ..DeviceConfig::new(url, token)
+    })
 }
 
 /// `(start, offset)`: message k is scheduled at start + offset + k / per_sender.
@@ -212,117 +238,86 @@ async fn send(
     stop: Arc<AtomicBool>,
 ) -> SenderLog {
     let mut log = SenderLog::default();
-    let mut client: Option<Client> = None;
+    let mut device = device(&url, token);
     let mut k: u64 = 0;
     while !stop.load(Ordering::Acquire) {
         let at = start + offset + Duration::from_secs_f64(k as f64 / per_sender);
         tokio::time::sleep_until(at.into()).await;
-        let c = match &mut client {
-            Some(c) => c,
-            None => match Client::connect(&url, &token).await {
-                Ok(c) => client.insert(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
         let cmid = k.to_string();
         // The body carries the scheduled time (ns since the start), for e2e latency.
         let body = format!("{:020}", at.duration_since(start).as_nanos());
-        if c.send_message(&cmid, &to, &body).await.is_err() {
-            client = None;
-            log.retries += 1;
-            continue;
-        }
-        let ok = loop {
-            match c.recv_timeout(Duration::from_secs(30)).await {
-                Ok(f) => match f.frame {
-                    Some(server_frame::Frame::Sent(s)) if s.client_msg_id == cmid => break true,
-                    Some(server_frame::Frame::Error(_))
-                    | Some(server_frame::Frame::Redirect(_)) => break false,
-                    _ => {}
-                },
-                Err(_) => break false,
-            }
-        };
-        if ok {
-            log.samples.push(Sample {
+        device.send(cmid.as_str(), to.as_str(), body);
+        let waited = tokio::time::timeout(MESSAGE_DEADLINE, answer(&mut device, &cmid, &mut log));
+        match waited.await {
+            Ok(Some(acked)) => log.samples.push(Sample {
                 at: at.duration_since(start),
-                sent_us: at.elapsed().as_micros() as u64,
-            });
-            k += 1;
-        } else {
-            client = None;
-            log.retries += 1;
+                sent_us: acked.saturating_duration_since(at).as_micros() as u64,
+            }),
+            Ok(None) => log.refused += 1,
+            Err(_) => log.unanswered += 1,
+        }
+        k += 1;
+    }
+    device.stop();
+    log
+}
+
+/// Waits for the answer to `cmid`: when it was ✓'d, or `None` if it was refused for good. The
+/// device writes it again on every new connection meanwhile; `log` counts those re-sends.
+async fn answer(device: &mut Device, cmid: &str, log: &mut SenderLog) -> Option<Instant> {
+    while let Some(Stamped { at, event }) = device.next().await {
+        match event {
+            DeviceEvent::Sent(s) if s.client_msg_id == cmid => return Some(at),
+            DeviceEvent::SendAttempt { attempt, .. } if attempt > 1 => log.retries += 1,
+            DeviceEvent::SendError {
+                client_msg_id,
+                definitive: true,
+                ..
+            } if client_msg_id == cmid => return None,
+            _ => {}
         }
     }
-    log
+    None
 }
 
 async fn receive(url: String, token: String, start: Instant, stop: Arc<AtomicBool>) -> ReceiverLog {
     let mut log = ReceiverLog::default();
-    let mut client: Option<Client> = None;
-    let mut last_seq = 0u64;
+    let mut device = device(&url, token);
     let mut quiet_since: Option<Instant> = None;
     loop {
-        let c = match &mut client {
-            Some(c) => c,
-            None => {
-                let opts = chat_client::ConnectOptions {
-                    resume_after: last_seq,
-                    ..Default::default()
-                };
-                match Client::connect_with(&url, &token, &opts).await {
-                    Ok(c) => client.insert(c),
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
+        match tokio::time::timeout(Duration::from_millis(500), device.next()).await {
+            Ok(Some(Stamped { at, event })) => match event {
+                DeviceEvent::Deliver {
+                    deliver:
+                        Deliver {
+                            entry: Some(deliver::Entry::Message(m)),
+                            ..
+                        },
+                    repeat,
+                } => {
+                    quiet_since = None;
+                    if repeat {
+                        log.duplicates += 1;
+                    } else {
+                        let sched_ns: u64 =
+                            m.body.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
+                        let sched = Duration::from_nanos(sched_ns);
+                        let e2e = at.saturating_duration_since(start).saturating_sub(sched);
+                        log.delivered.push((sched, e2e.as_micros() as u64));
                     }
                 }
-            }
-        };
-        match c.recv_timeout(Duration::from_millis(500)).await {
-            Ok(f) => {
-                quiet_since = None;
-                match f.frame {
-                    Some(server_frame::Frame::Deliver(Deliver {
-                        seq,
-                        entry: Some(deliver::Entry::Message(m)),
-                    })) => {
-                        if seq <= last_seq {
-                            log.duplicates += 1;
-                        } else {
-                            last_seq = seq;
-                            let sched_ns: u64 =
-                                m.body.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
-                            let sched = Duration::from_nanos(sched_ns);
-                            let e2e = start.elapsed().saturating_sub(sched);
-                            log.delivered.push((sched, e2e.as_micros() as u64));
-                        }
-                        if c.ack(seq).await.is_err() {
-                            client = None;
-                            log.reconnects += 1;
-                        }
-                    }
-                    Some(server_frame::Frame::Redirect(_)) => {
-                        client = None;
-                        log.reconnects += 1;
-                    }
-                    _ => {}
-                }
-            }
-            Err(chat_client::ClientError::Timeout) => {
+                DeviceEvent::Closed { .. } => log.reconnects += 1,
+                _ => {}
+            },
+            Ok(None) => return log,
+            Err(_) => {
                 if stop.load(Ordering::Acquire) {
                     let q = *quiet_since.get_or_insert_with(Instant::now);
                     if q.elapsed() > Duration::from_secs(2) {
+                        device.stop();
                         return log;
                     }
                 }
-            }
-            Err(_) => {
-                client = None;
-                log.reconnects += 1;
             }
         }
     }

@@ -4,7 +4,6 @@
 //! small tmpfs (so "disk full" is real ENOSPC), the router, the CA. Everything lives in one run
 //! directory. Synchronous: the nemesis calls it from blocking tasks.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -279,15 +278,7 @@ impl Cluster {
             .stderr(log)
             .envs(node_env)
             .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
+        let rx = chat_tests::process::first_line(&mut child);
         n.child = Some(child);
         n.state = NodeState::Running;
         n.generation += 1;

@@ -32,6 +32,11 @@ impl Clock {
     pub fn now(&self) -> Micros {
         self.start.elapsed().as_micros() as Micros
     }
+
+    /// `t` on this clock (0 for a time before the start).
+    pub fn at(&self, t: Instant) -> Micros {
+        t.saturating_duration_since(self.start).as_micros() as Micros
+    }
 }
 
 impl Default for Clock {

@@ -1,6 +1,6 @@
-//! Honest users: each device is a task with one connection at a time through the router, as a
-//! real app would: it reconnects with capped exponential backoff on any error or close, resumes
-//! after the last seq it processed, re-sends every unacknowledged message with the same
+//! Honest users: each device is a task running a [`chat_client::Device`] through the router, as
+//! a real app would: it reconnects with capped exponential backoff on any error or close,
+//! resumes after the last seq it processed, re-sends every unacknowledged message with the same
 //! client_msg_id until ✓ or a definitive refusal, acknowledges every delivery, sends read
 //! markers for some, and records everything in its history. A connection that delivers nothing
 //! (not even a pong) for a few seconds is given up, as a paused node would otherwise hold it.
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_client::v1::ErrorCode;
+use chat_client::{Backoff, ConnectOptions, DeviceConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
@@ -18,13 +19,15 @@ use crate::history::{Clock, DeviceHistory, Event};
 
 mod device;
 
-use device::{Dev, State};
+use device::Dev;
 
 /// Liveness: a connection silent this long (pings go out every [`PING_EVERY`]) is dropped.
 const SILENT_LIMIT: Duration = Duration::from_secs(8);
 const PING_EVERY: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(50),
+    max: Duration::from_secs(2),
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
@@ -49,23 +52,6 @@ pub struct Workload {
     control: Arc<Control>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Codes after which a message is given up: the request itself is wrong, retrying cannot help.
-pub fn is_definitive(code: ErrorCode) -> bool {
-    use ErrorCode::*;
-    matches!(
-        code,
-        BadFrame
-            | UnknownFrame
-            | FrameTooLarge
-            | PermissionDenied
-            | InvalidId
-            | BodyEmpty
-            | BodyTooLarge
-            | InvalidArgument
-            | TooManyDevices
-    )
 }
 
 pub fn code_name(code: i32) -> String {
@@ -116,21 +102,34 @@ impl Workload {
                 &device,
                 cfg.token_ttl_secs,
             );
+            let seed = cfg.seed.wrapping_add(i as u64 * 7919);
+            let config = DeviceConfig {
+                connect: ConnectOptions {
+                    timeout: Duration::from_secs(5),
+                    agent: "chat-chaos".into(),
+                    ..ConnectOptions::default()
+                },
+                backoff: BACKOFF,
+                jitter_seed: seed,
+                ping_every: PING_EVERY,
+                silent_limit: SILENT_LIMIT,
+                ..DeviceConfig::new(cfg.router_url.clone(), token)
+            };
             let dev = Dev {
                 user,
                 device,
-                token,
-                url: cfg.router_url.clone(),
                 users: cfg.users,
                 per_second: per_device,
                 read_share: cfg.read_share,
-                rng: ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(i as u64 * 7919)),
+                rng: ChaCha8Rng::seed_from_u64(seed),
                 history: h,
                 clock,
                 control: control.clone(),
-                st: State::default(),
+                conn: 0,
+                node: None,
+                sent: 0,
             };
-            tasks.push(tokio::spawn(dev.run()));
+            tasks.push(tokio::spawn(dev.run(config)));
         }
         Workload {
             histories,

@@ -1,9 +1,13 @@
 //! Client library for chat nodes: connect and authenticate, send, receive, acknowledge, page
-//! history. Used by the `chat` CLI, the integration tests and the benchmarks.
+//! history. Used by the `chat` CLI, the integration tests, the benchmarks and the chaos suite.
 //!
 //! A [`Client`] is one WebSocket connection speaking protobuf (or JSON, for tests of the JSON
 //! form). It does not hide the protocol: `recv` returns every server frame, so callers see
 //! deliveries, receipts and errors exactly as a node sends them.
+//!
+//! A [`Device`] is what an app runs on top: connections one after another through a router,
+//! resuming, re-sending unanswered messages and acknowledging deliveries, with every step
+//! reported as a [`DeviceEvent`].
 
 use std::time::Duration;
 
@@ -18,6 +22,12 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use chat_proto::v1;
+
+mod backoff;
+mod device;
+
+pub use backoff::Backoff;
+pub use device::{is_definitive, CloseReason, Device, DeviceConfig, DeviceEvent, Stamped};
 
 /// The user a token is for (its `sub` claim), read without checking the signature: only to build
 /// the connect path; the node checks the token.

@@ -1,7 +1,5 @@
 //! A real cluster: etcd on free ports, three node processes, QUIC between them, a router.
 
-use std::time::Duration;
-
 use chat_client::Client;
 use chat_proto::v1::{deliver, server_frame, ErrorCode, ReceiptKind};
 use chat_tests::*;
@@ -35,16 +33,13 @@ async fn cross_node_messages_carry_sent_delivered_and_read() {
         .iter()
         .map(|n| cluster.users_on(n, "u", 1).remove(0))
         .collect();
+    let ring = cluster.ring();
     let mut clients = Vec::new();
     for u in &users {
         let c = Client::connect(&router.ws_url(), &token(u, "phone"))
             .await
             .unwrap();
-        assert_eq!(
-            c.welcome.node,
-            cluster.ring.owner(u),
-            "router sent {u} home"
-        );
+        assert_eq!(c.welcome.node, ring.owner(u), "router sent {u} home");
         clients.push(c);
     }
     for i in 0..3 {
@@ -104,9 +99,10 @@ async fn wrong_node_redirects_and_router_answers_as_the_ring_says() {
     let c = cluster.node("n1").connect(&user, "phone").await;
     assert_eq!(c.welcome.node, "n2");
     assert_eq!(c.url.split("/v1/").next().unwrap(), cluster.node("n2").url);
+    let ring = cluster.ring();
     for i in 0..200 {
         let u = format!("someone-{i}");
-        let owner = cluster.ring.owner(&u);
+        let owner = ring.owner(&u);
         let (st, body) = http_get(&format!("{}/v1/route/{u}", router.url)).unwrap();
         assert_eq!(st, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -129,7 +125,7 @@ async fn wrong_node_redirects_and_router_answers_as_the_ring_says() {
     let (st, _) = http_location(&format!("{}/v1/connect/{too_long}", router.url)).unwrap();
     assert_eq!(st, 400);
     let refused = Client::connect(
-        &cluster.node(cluster.ring.owner(&too_long)).url,
+        &cluster.node(ring.owner(&too_long)).url,
         &token(&too_long, "phone"),
     )
     .await;
@@ -141,20 +137,12 @@ async fn placement_golden_vectors_agree_between_nodes_router_and_chatctl() {
     let members = chat_ring::golden::MEMBERS;
     let cluster = TestCluster::start_with(&members, chat_ring::golden::VNODES_PER_WEIGHT, &[]);
     let router = cluster.start_router();
-    let mut args = vec![
-        "ring",
-        "show",
-        "--json",
-        "--etcd",
-        &cluster.etcd.url,
-        "--prefix",
-        &cluster.prefix,
-    ];
+    let mut args = vec!["ring", "show", "--json"];
     for (u, _) in chat_ring::golden::PLACEMENT {
         args.push("--user");
         args.push(u);
     }
-    let out: serde_json::Value = serde_json::from_str(&chatctl(&args)).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&cluster.chatctl(&args)).unwrap();
     for (user, owner) in chat_ring::golden::PLACEMENT {
         assert_eq!(out["owners"][user], *owner, "chatctl: {user:?}");
         // The router and the nodes take only valid user ids.
@@ -257,16 +245,11 @@ async fn etcd_outage_nodes_keep_serving_and_register_again() {
     let b = cluster.users_on("n3", "b", 1).remove(0);
     cluster.etcd.stop();
     // Nodes notice (readyz stays up: they have a ring; etcd_up goes to 0).
-    let deadline = std::time::Instant::now() + WAIT;
-    while !http_get(&format!("{}/metrics", cluster.node("n1").admin_url))
-        .is_some_and(|(_, b)| b.contains("chat_etcd_up 0"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n1 never noticed etcd was gone"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let n1 = cluster.node("n1").admin_url.clone();
+    wait_until("n1 to notice etcd is gone", WAIT, || {
+        metrics_contain(&n1, "chat_etcd_up 0")
+    })
+    .unwrap();
     // With the last ring: redirects, cross-node messages and receipts all work.
     let mut alice = cluster.node("n3").connect(&a, "phone").await;
     assert_eq!(alice.welcome.node, "n1");
@@ -290,21 +273,18 @@ async fn etcd_outage_nodes_keep_serving_and_register_again() {
         // A lease may expire between the listing and the revoke; either way it is gone.
         let _ = c.lease_revoke(l.id()).await;
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    wait_until_async("the nodes to register again", WAIT, async || {
         let nodes = chat_cluster::list_nodes(&mut c, &cluster.prefix)
             .await
             .unwrap();
         if nodes.len() == 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nodes did not register again: {nodes:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,12 +312,9 @@ async fn a_node_refuses_clients_until_the_ring_exists() {
     let c = Client::connect(&node.url, &token("u", "d")).await.unwrap();
     assert_eq!(c.welcome.node, "n1");
     // A second init is refused: the ring is changed only by compare-and-swap.
-    let out = std::process::Command::new(bin("chatctl"))
-        .args(["cluster", "init", "--etcd", &etcd.url, "--prefix", "/x/"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out =
+        try_chatctl(&["cluster", "init", "--etcd", &etcd.url, "--prefix", "/x/"]).unwrap_err();
+    assert!(out.contains("already exists"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

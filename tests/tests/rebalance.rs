@@ -1,134 +1,89 @@
 //! Moves of the ring as the operator drives them: starting (one at a time), status, abort,
 //! commit refused until every node is done. Real etcd, real nodes, real `chatctl`.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use chat_client::{Device, DeviceConfig, DeviceEvent, Stamped};
 use chat_proto::v1::server_frame;
 use chat_tests::*;
 
-/// Runs `chatctl` and returns whether it succeeded, and its stdout + stderr.
-fn chatctl_try(args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("chatctl"))
-        .args(args)
-        .output()
-        .expect("run chatctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn status(c: &TestCluster) -> serde_json::Value {
-    let out = chatctl(&[
-        "rebalance",
-        "status",
-        "--json",
-        "--etcd",
-        &c.etcd.url,
-        "--prefix",
-        &c.prefix,
-    ]);
+    let out = c.chatctl(&["rebalance", "status", "--json"]);
     serde_json::from_str(&out).expect("status is JSON")
 }
 
 /// Waits until every node reports `chat_ring_epoch` = `epoch`.
 fn wait_epoch(c: &TestCluster, epoch: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let want = format!("chat_ring_epoch {epoch}");
-    for n in &c.nodes {
-        loop {
-            let body = http_get(&format!("{}/metrics", n.admin_url)).map(|(_, b)| b);
-            if body.as_deref().is_some_and(|b| b.contains(&want)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never reached epoch {epoch}",
-                n.id
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    wait_until(&format!("every node at epoch {epoch}"), WAIT, || {
+        match c
+            .nodes
+            .iter()
+            .find(|n| !metrics_contain(&n.admin_url, &want))
+        {
+            Some(n) => Err(format!("{} is not", n.id)),
+            None => Ok(()),
         }
-    }
+    })
+    .unwrap();
+}
+
+/// Waits until no move is in flight and the current ring is `epoch`.
+fn wait_committed(c: &TestCluster, epoch: u64, timeout: Duration) {
+    wait_until(
+        &format!("the move to epoch {epoch} to commit"),
+        timeout,
+        || {
+            let s = status(c);
+            if s["moving"].is_null() && s["current_epoch"] == epoch {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_operators_starting_moves_at_once_one_is_refused() {
     let c = TestCluster::start(&[]);
-    let (etcd, prefix) = (c.etcd.url.clone(), c.prefix.clone());
     // Both start at the same moment, each for a different node.
-    let runs: Vec<_> = ["n1", "n2"]
-        .into_iter()
-        .map(|n| {
-            let (etcd, prefix) = (etcd.clone(), prefix.clone());
-            std::thread::spawn(move || {
-                chatctl_try(&[
-                    "rebalance",
-                    "start",
-                    "--remove",
-                    n,
-                    "--etcd",
-                    &etcd,
-                    "--prefix",
-                    &prefix,
-                ])
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = ["n1", "n2"]
+            .into_iter()
+            .map(|n| {
+                let c = &c;
+                scope.spawn(move || c.try_chatctl(&["rebalance", "start", "--remove", n]))
             })
-        })
-        .collect();
-    let results: Vec<(bool, String)> = runs.into_iter().map(|t| t.join().unwrap()).collect();
-    let ok: Vec<&(bool, String)> = results.iter().filter(|r| r.0).collect();
-    assert_eq!(ok.len(), 1, "exactly one move starts: {results:?}");
-    let refused = results.iter().find(|r| !r.0).unwrap();
-    assert!(refused.1.contains("in flight"), "{}", refused.1);
+            .collect();
+        runs.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "exactly one move starts: {results:?}");
+    let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert!(refused.contains("in flight"), "{refused}");
     // The nodes carry the one move out by themselves: epoch 2, two members.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = status(&c);
-        if s["moving"].is_null() && s["current_epoch"] == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the move never committed: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ring = chatctl(&[
-        "ring", "show", "--json", "--etcd", &etcd, "--prefix", &prefix,
-    ]);
-    let ring: serde_json::Value = serde_json::from_str(&ring).unwrap();
-    assert_eq!(
-        ring["ring"]["current"]["members"].as_array().unwrap().len(),
-        2
-    );
+    wait_committed(&c, 2, Duration::from_secs(60));
+    assert_eq!(c.ring().member_list().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     let mut c = TestCluster::start(&[]);
-    let (etcd, prefix) = (c.etcd.url.clone(), c.prefix.clone());
-    let args = |cmd: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--etcd".into(),
-            etcd.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ]);
-        v
-    };
-    let run = |cmd: &[&str]| {
-        let a = args(cmd);
-        chatctl_try(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
     // Adding a node that is not running is refused before anything is written.
-    let (ok, out) = run(&["rebalance", "start", "--add", "n9"]);
-    assert!(!ok && out.contains("not registered"), "{out}");
+    let out = c
+        .try_chatctl(&["rebalance", "start", "--add", "n9"])
+        .unwrap_err();
+    assert!(out.contains("not registered"), "{out}");
     assert!(status(&c)["moving"].is_null());
 
     // n3 is down: the move to remove it cannot copy, so it stalls, visibly.
     c.node_mut("n3").kill9();
-    let (ok, out) = run(&["rebalance", "start", "--remove", "n3"]);
-    assert!(ok, "{out}");
+    c.try_chatctl(&["rebalance", "start", "--remove", "n3"])
+        .unwrap();
     let s = status(&c);
     let share = s["moving"]["moved_share"].as_f64().unwrap();
     assert!(
@@ -138,26 +93,26 @@ async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     assert_eq!(s["moving"]["nodes"]["n3"]["receives"], 0);
     assert!(s["moving"]["nodes"]["n3"]["gives"].as_u64().unwrap() > 0);
     // The live nodes report that they have seen it; n3 never copies, so a commit is refused.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let s = wait_until("n1 and n2 to see the move", WAIT, || {
         let s = status(&c);
         let seen = |n: &str| s["moving"]["nodes"][n]["progress"]["seen"] == true;
         if seen("n1") && seen("n2") {
-            assert!(s["moving"]["nodes"]["n3"]["progress"].is_null(), "{s}");
-            assert_eq!(s["moving"]["may_commit"], false);
-            break;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(Instant::now() < deadline, "nodes never saw the move: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (ok, out) = run(&["rebalance", "commit"]);
-    assert!(!ok && out.contains("may not commit"), "{out}");
+    })
+    .unwrap();
+    assert!(s["moving"]["nodes"]["n3"]["progress"].is_null(), "{s}");
+    assert_eq!(s["moving"]["may_commit"], false);
+    let out = c.try_chatctl(&["rebalance", "commit"]).unwrap_err();
+    assert!(out.contains("may not commit"), "{out}");
 
-    let (ok, out) = run(&["rebalance", "abort"]);
-    assert!(ok && out.contains("epoch 2"), "{out}");
+    let out = c.try_chatctl(&["rebalance", "abort"]).unwrap();
+    assert!(out.contains("epoch 2"), "{out}");
     assert!(status(&c)["moving"].is_null());
-    let (ok, out) = run(&["rebalance", "abort"]);
-    assert!(!ok && out.contains("no move"), "{out}");
+    let out = c.try_chatctl(&["rebalance", "abort"]).unwrap_err();
+    assert!(out.contains("no move"), "{out}");
     // n3 comes back; every node holds the old members under the spent epoch and serves: a
     // message from a user on n3 reaches a user on n1.
     c.node_mut("n3").restart();
@@ -177,8 +132,10 @@ async fn abort_keeps_the_old_ring_and_spends_the_epoch() {
     let got = receive_messages(&mut cb, 1).await;
     assert_eq!(got[0].1.body, "still here");
     // The next move gets a new epoch.
-    let (ok, out) = run(&["rebalance", "start", "--remove", "n2"]);
-    assert!(ok && out.contains("epoch 3"), "{out}");
+    let out = c
+        .try_chatctl(&["rebalance", "start", "--remove", "n2"])
+        .unwrap();
+    assert!(out.contains("epoch 3"), "{out}");
 }
 
 /// What one recipient saw: every Deliver of a message, in arrival order.
@@ -189,150 +146,110 @@ struct Seen {
     homes: Vec<String>,
 }
 
-/// Sends messages to `to`, one at a time, each until ✓, until `stop` is set (at most 20,000);
-/// reconnects through the router when the session moves or the node refuses. `count` follows
-/// the number acknowledged. Returns the msg ids in send order.
+/// Waits for the ✓ of `cmid` and returns its msg id; panics if the node refuses it for good.
+async fn sent_id(device: &mut Device, cmid: &str) -> String {
+    loop {
+        match device
+            .next()
+            .await
+            .expect("the device runs until stopped")
+            .event
+        {
+            DeviceEvent::Sent(s) if s.client_msg_id == cmid => return s.msg_id,
+            DeviceEvent::SendError {
+                client_msg_id,
+                definitive: true,
+                code,
+                message,
+            } if client_msg_id == cmid => panic!("{cmid} refused for good: {code} {message}"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends messages to `to`, one at a time, each until ✓, until `stop` is set (at most 20,000),
+/// as a device through the router (which reconnects and re-sends when the session moves or the
+/// node refuses). `count` follows the number acknowledged. Returns the msg ids in send order.
 async fn send_steadily(
     router: String,
     user: String,
     to: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
 ) -> Vec<String> {
-    let n = 20_000;
-    use chat_client::Client;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut client: Option<Client> = None;
+    let mut device = Device::start(DeviceConfig::new(router, token(&user, "phone")));
+    // About 200 messages a second per sender: steady load, not a flood.
+    let mut pace = tokio::time::interval(Duration::from_millis(5));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ids = Vec::new();
-    let mut k = 0;
-    while k < n && !stop.load(std::sync::atomic::Ordering::Acquire) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user} stuck at {k}"
-        );
-        let c = match &mut client {
-            Some(c) => c,
-            None => match Client::connect(&router, &token(&user, "phone")).await {
-                Ok(c) => client.insert(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while ids.len() < 20_000 && !stop.load(Ordering::Acquire) {
+        pace.tick().await;
+        let k = ids.len();
         let cmid = k.to_string();
-        if c.send_message(&cmid, &to, &format!("{user}:{k}"))
+        device.send(cmid.as_str(), to.as_str(), format!("{user}:{k}"));
+        let id = tokio::time::timeout_at(deadline, sent_id(&mut device, &cmid))
             .await
-            .is_err()
-        {
-            client = None;
-            continue;
-        }
-        let got = loop {
-            match c.recv_timeout(Duration::from_secs(10)).await {
-                Ok(f) => match f.frame {
-                    Some(server_frame::Frame::Sent(s)) if s.client_msg_id == cmid => {
-                        break Some(s.msg_id)
-                    }
-                    Some(server_frame::Frame::Error(_))
-                    | Some(server_frame::Frame::Redirect(_)) => break None,
-                    _ => {}
-                },
-                Err(_) => break None,
-            }
-        };
-        match got {
-            Some(id) => {
-                ids.push(id);
-                k += 1;
-                count.store(k, std::sync::atomic::Ordering::Release);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            None => {
-                client = None;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+            .unwrap_or_else(|_| panic!("{user} stuck at {k}"));
+        ids.push(id);
+        count.store(ids.len(), Ordering::Release);
     }
+    device.stop();
     ids
 }
 
-/// Receives until `stop` is set and nothing arrived for a while; acknowledges everything.
-async fn receive_steadily(
-    router: String,
-    user: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Seen {
-    use chat_client::Client;
-    let mut seen = Seen::default();
+/// Receives as a device through the router until `stop` is set and nothing arrived for a
+/// while; the device acknowledges everything and resumes after the last seq it processed.
+async fn receive_steadily(router: String, user: String, stop: Arc<AtomicBool>) -> Seen {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let mut client: Option<Client> = None;
+    let mut device = Device::start(DeviceConfig::new(router, token(&user, "phone")));
+    let mut seen = Seen::default();
     loop {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{user} receiver ran out of time"
         );
-        let c = match &mut client {
-            Some(c) => c,
-            None => {
-                // Like a real app: say which seq was processed last, so nothing is sent twice.
-                let opts = chat_client::ConnectOptions {
-                    resume_after: seen.deliveries.iter().map(|d| d.0).max().unwrap_or(0),
-                    ..Default::default()
-                };
-                match Client::connect_with(&router, &token(&user, "phone"), &opts).await {
-                    Ok(c) => {
-                        seen.homes.push(c.welcome.node.clone());
-                        client.insert(c)
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
-        };
-        match c.recv_timeout(Duration::from_millis(1500)).await {
-            Ok(f) => {
-                if let Some((seq, m)) = as_message(&f) {
-                    seen.deliveries
-                        .push((seq, m.msg_id.clone(), m.body.clone()));
-                    if c.ack(seq).await.is_err() {
-                        client = None;
-                        seen.reconnects += 1;
-                    }
-                } else if matches!(f.frame, Some(server_frame::Frame::Redirect(_))) {
-                    client = None;
-                    seen.reconnects += 1;
-                }
-            }
-            Err(chat_client::ClientError::Timeout) => {
-                if stop.load(std::sync::atomic::Ordering::Acquire) {
+        match tokio::time::timeout(Duration::from_millis(1500), device.next()).await {
+            Ok(Some(Stamped { event, .. })) => match event {
+                DeviceEvent::Deliver {
+                    deliver:
+                        chat_proto::v1::Deliver {
+                            seq,
+                            entry: Some(chat_proto::v1::deliver::Entry::Message(m)),
+                        },
+                    ..
+                } => seen.deliveries.push((seq, m.msg_id, m.body)),
+                DeviceEvent::Connected { node, .. } => seen.homes.push(node),
+                DeviceEvent::Closed { .. } => seen.reconnects += 1,
+                _ => {}
+            },
+            Ok(None) => panic!("{user}'s device ended"),
+            Err(_) => {
+                if stop.load(Ordering::Acquire) {
+                    device.stop();
                     return seen;
                 }
-            }
-            Err(_) => {
-                client = None;
-                seen.reconnects += 1;
             }
         }
     }
 }
 
 /// Runs 1:1 traffic between 12 pairs through the router while `start_move` starts a move, waits
-/// for it to commit, keeps the traffic going a little longer, and checks that every
-/// acknowledged message arrived once, in order, and that moved users resumed at their new home.
+/// for it to commit (to a ring of `members_after`), keeps the traffic going a little longer, and
+/// checks that every acknowledged message arrived once, in order, and that moved users resumed
+/// at their new home.
 async fn move_under_load(
     c: &mut TestCluster,
     start_move: impl FnOnce(&mut TestCluster),
-    after: &chat_ring::Ring,
+    members_after: &[&str],
 ) {
+    let before = c.ring();
     let router = c.start_router();
     // Pairs whose users are spread over the three nodes.
     let pairs: Vec<(String, String)> = (0..12)
         .map(|i| (format!("s{i}"), format!("r{i}")))
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for (_, r) in &pairs {
         receivers.push(tokio::spawn(receive_steadily(
@@ -341,10 +258,10 @@ async fn move_under_load(
             stop.clone(),
         )));
     }
-    let stop_sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_sending = Arc::new(AtomicBool::new(false));
     let counts: Vec<_> = pairs
         .iter()
-        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+        .map(|_| Arc::new(AtomicUsize::new(0)))
         .collect();
     let mut senders = Vec::new();
     for ((s, r), count) in pairs.iter().zip(&counts) {
@@ -357,46 +274,39 @@ async fn move_under_load(
         )));
     }
     // Every sender is under way before the move starts, and still sending after it ends.
-    let sent_by_each = |at_least: &[usize]| {
-        counts
-            .iter()
-            .zip(at_least)
-            .all(|(c, n)| c.load(std::sync::atomic::Ordering::Acquire) >= *n)
+    let wait_sent = async |at_least: Vec<usize>| {
+        wait_until_async(
+            "every sender to go on",
+            Duration::from_secs(60),
+            async || {
+                counts
+                    .iter()
+                    .zip(&at_least)
+                    .all(|(c, n)| c.load(Ordering::Acquire) >= *n)
+            },
+        )
+        .await
+        .unwrap();
     };
-    let wait_sent = |at_least: Vec<usize>| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !sent_by_each(&at_least) {
-            assert!(Instant::now() < deadline, "senders stalled");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_sent(vec![10; pairs.len()]);
+    wait_sent(vec![10; pairs.len()]).await;
     start_move(c);
     // The move commits by itself once every node has seen it and copied.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = status(c);
-        if s["moving"].is_null() && s["current_epoch"] == after.epoch() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the move did not commit: {s}\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_committed(c, before.epoch() + 1, Duration::from_secs(60));
+    let after = c.ring();
+    let mut members: Vec<String> = after.member_list().into_iter().map(|m| m.id).collect();
+    members.sort();
+    assert_eq!(members, members_after, "the ring after the move");
     let more: Vec<usize> = counts
         .iter()
-        .map(|c| c.load(std::sync::atomic::Ordering::Acquire) + 20)
+        .map(|c| c.load(Ordering::Acquire) + 20)
         .collect();
-    wait_sent(more);
-    stop_sending.store(true, std::sync::atomic::Ordering::Release);
+    wait_sent(more).await;
+    stop_sending.store(true, Ordering::Release);
     let mut sent = Vec::new();
     for t in senders {
         sent.push(t.await.expect("sender"));
     }
-    stop.store(true, std::sync::atomic::Ordering::Release);
+    stop.store(true, Ordering::Release);
     let mut seen = Vec::new();
     for t in receivers {
         seen.push(t.await.expect("receiver"));
@@ -432,9 +342,9 @@ async fn move_under_load(
                 "{s} ({} -> {}) -> {r} ({} -> {}): delivered {} (by seq) vs {} acknowledged; first difference at {at} \
                  (got {:?}, want {:?}); {missing} missing, {extra} never acknowledged; \
                  deliveries around it: {:?}\n{}",
-                c.ring.owner(s),
+                before.owner(s),
                 after.owner(s),
-                c.ring.owner(r),
+                before.owner(r),
                 after.owner(r),
                 got.len(),
                 want.len(),
@@ -452,7 +362,7 @@ async fn move_under_load(
             "{r}: {resent} deliveries sent twice: {:?}",
             seen.deliveries
         );
-        if c.ring.owner(r) != after.owner(r) {
+        if before.owner(r) != after.owner(r) {
             moved += 1;
             assert_eq!(
                 seen.homes.last().map(String::as_str),
@@ -464,41 +374,29 @@ async fn move_under_load(
     assert!(moved > 0, "some recipients moved");
     // The protocol ran as designed: the new owners were sealed, the old ones copied and then
     // dropped what they gave away.
-    let t = chat_ring::transition::Transition::new(c.ring.clone(), after.clone()).unwrap();
+    let t = chat_ring::transition::Transition::new(before.clone(), after.clone()).unwrap();
     let nodes: Vec<String> = t.nodes().into_iter().map(String::from).collect();
     for n in &nodes {
         let (gives, gets) = (t.copies_of(n).count(), t.receives(n).count());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_until(&format!("{n} to finish its share"), WAIT, || {
             let log = c.node(n).log_text();
-            let done = (gives == 0
-                || log.contains("copy done") && log.contains("dropped moved ranges"))
-                && (gets == 0 || log.contains("every old owner sealed"));
-            if done {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} did not finish its share:\n{}",
-                c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (gives == 0 || log.contains("copy done") && log.contains("dropped moved ranges"))
+                && (gets == 0 || log.contains("every old owner sealed"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     }
     // Each node recorded its finished share in etcd, so the next move may start.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until("every node to record its finished share", WAIT, || {
         let s = status(c);
-        if s["moving"].is_null() && s["unfinished"].as_array().is_some_and(|a| a.is_empty()) {
-            break;
+        let done =
+            s["moving"].is_null() && s["unfinished"].as_array().is_some_and(|a| a.is_empty());
+        if done {
+            Ok(())
+        } else {
+            Err(s)
         }
-        assert!(
-            Instant::now() < deadline,
-            "not every node recorded its finished share: {s}\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     // What each node did, for the test output.
     for n in &c.nodes {
         for line in n
@@ -519,63 +417,33 @@ async fn move_under_load(
     eprintln!("{moved} of {} recipients moved", pairs.len());
 }
 
-fn ring_of(epoch: u64, ids: &[&str]) -> chat_ring::Ring {
-    let members: Vec<chat_ring::Member> = ids
-        .iter()
-        .map(|id| chat_ring::Member {
-            id: id.to_string(),
-            weight: 1,
-        })
-        .collect();
-    chat_ring::Ring::new(epoch, &members, chat_ring::DEFAULT_VNODES_PER_WEIGHT).unwrap()
-}
+const FOUR: &[&str] = &["n1", "n2", "n3", "n4"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_node_under_load_loses_and_duplicates_nothing() {
     let mut c = TestCluster::start(&[]);
-    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
-    move_under_load(
-        &mut c,
-        |c| {
-            // Traffic is flowing: bring up n4 and move a quarter of the users to it.
-            add_n4(c);
-        },
-        &after,
-    )
-    .await;
+    // Traffic is flowing: bring up n4 and move a quarter of the users to it.
+    move_under_load(&mut c, add_n4, FOUR).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
     let mut c = TestCluster::start(&[]);
-    let after = ring_of(2, &["n1", "n2"]);
     move_under_load(
         &mut c,
         |c| {
-            let out = chatctl(&[
-                "rebalance",
-                "start",
-                "--remove",
-                "n3",
-                "--etcd",
-                &c.etcd.url,
-                "--prefix",
-                &c.prefix,
-            ]);
+            let out = c.chatctl(&["rebalance", "start", "--remove", "n3"]);
             assert!(out.contains("epoch 2"), "{out}");
         },
-        &after,
+        &["n1", "n2"],
     )
     .await;
     // n3 forwards what its outbox still holds, then stops; it holds no user data afterwards.
     let admin = c.node("n3").admin_url.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(&format!("{admin}/metrics"))
-        .is_some_and(|(_, b)| b.contains("chat_outbox_depth 0"))
-    {
-        assert!(Instant::now() < deadline, "n3's outbox never emptied");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("n3's outbox to empty", WAIT, || {
+        metrics_contain(&admin, "chat_outbox_depth 0")
+    })
+    .unwrap();
     let n3 = c.node_mut("n3");
     assert!(n3.terminate(), "n3 stops cleanly");
     let store = chat_node::store::Store::open(
@@ -599,36 +467,26 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
 /// Starts n4 and the move that adds it.
 fn add_n4(c: &mut TestCluster) {
     c.start_extra_node("n4");
-    let out = chatctl(&[
-        "rebalance",
-        "start",
-        "--add",
-        "n4",
-        "--etcd",
-        &c.etcd.url,
-        "--prefix",
-        &c.prefix,
-    ]);
+    let out = c.chatctl(&["rebalance", "start", "--add", "n4"]);
     assert!(out.contains("epoch 2"), "{out}");
 }
 
 /// Waits until the move in flight has been seen by `node`.
 fn wait_seen(c: &TestCluster, node: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(&format!("{node} to see the move"), WAIT, || {
         let s = status(c);
         if s["moving"]["nodes"][node]["progress"]["seen"] == true || s["moving"].is_null() {
-            return;
+            Ok(())
+        } else {
+            Err(s)
         }
-        assert!(Instant::now() < deadline, "{node} never saw the move: {s}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
     let mut c = TestCluster::start(&[]);
-    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
     move_under_load(
         &mut c,
         |c| {
@@ -644,7 +502,7 @@ async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
             c.node_mut("n4").restart();
             c.node("n4").wait_ready();
         },
-        &after,
+        FOUR,
     )
     .await;
 }
@@ -652,7 +510,6 @@ async fn the_new_node_killed_during_the_move_stalls_it_until_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_owner_killed_during_the_move_finishes_it_after_a_restart() {
     let mut c = TestCluster::start(&[]);
-    let after = ring_of(2, &["n1", "n2", "n3", "n4"]);
     move_under_load(
         &mut c,
         |c| {
@@ -663,7 +520,7 @@ async fn an_old_owner_killed_during_the_move_finishes_it_after_a_restart() {
             c.node_mut("n1").restart();
             c.node("n1").wait_ready();
         },
-        &after,
+        FOUR,
     )
     .await;
 }
@@ -680,63 +537,37 @@ async fn rebalance_wait_rides_out_an_etcd_outage() {
     c.start_extra_node("n3");
     // Paused, n3 stays registered (until its lease runs out) but cannot take part: the move
     // cannot commit before etcd goes away.
-    let n3 = c.node("n3").pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &n3])
-        .status()
-        .unwrap()
-        .success());
-    let (etcd, prefix) = (c.etcd.url.clone(), c.prefix.clone());
-    chatctl(&[
-        "rebalance",
-        "start",
-        "--add",
-        "n3",
-        "--etcd",
-        &etcd,
-        "--prefix",
-        &prefix,
-    ]);
+    let n3 = c.node("n3").pid();
+    signal(n3, "STOP");
+    c.chatctl(&["rebalance", "start", "--add", "n3"]);
     let out_path = c.dir.path().join("wait.out");
     let err_path = c.dir.path().join("wait.err");
-    let mut wait = Command::new(bin("chatctl"))
-        .args(["rebalance", "wait", "--timeout-secs", "120"])
-        .args(["--etcd", &etcd, "--prefix", &prefix])
+    let mut wait = c
+        .chatctl_command(&["rebalance", "wait", "--timeout-secs", "120"])
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("chatctl rebalance wait");
     c.etcd.stop();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&err_path)
-        .unwrap_or_default()
-        .contains("retrying until the deadline")
-    {
+    let stderr = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    wait_until("wait to notice the outage", Duration::from_secs(60), || {
         assert!(
             wait.try_wait().unwrap().is_none(),
             "wait exited during the outage: {}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
+            stderr()
         );
-        assert!(Instant::now() < deadline, "wait never noticed the outage");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        stderr().contains("retrying until the deadline")
+    })
+    .unwrap();
     c.etcd.restart();
-    assert!(Command::new("kill")
-        .args(["-CONT", &n3])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let exit = loop {
-        if let Some(st) = wait.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = wait.kill();
-            panic!("wait did not end; logs:\n{}", c.logs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    signal(n3, "CONT");
+    let exit = wait_until("wait to end", Duration::from_secs(120), || {
+        wait.try_wait().unwrap()
+    })
+    .unwrap_or_else(|e| {
+        let _ = wait.kill();
+        panic!("{e}; logs:\n{}", c.logs())
+    });
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(exit.success(), "wait failed:\n{out}{err}");
@@ -749,7 +580,7 @@ async fn rebalance_wait_rides_out_an_etcd_outage() {
     );
     let s = status(&c);
     assert!(s["moving"].is_null() && s["current_epoch"] == 2, "{s}");
-    let ring = chatctl(&["ring", "show", "--etcd", &etcd, "--prefix", &prefix]);
+    let ring = c.chatctl(&["ring", "show"]);
     assert!(ring.contains("n3"), "n3 is a member after the move: {ring}");
 }
 
@@ -764,7 +595,13 @@ async fn the_next_move_waits_until_every_node_finished_the_last_one() {
     let cfg = etcd.config("/gate/");
     let mut client = chat_cluster::connect(&cfg).await.unwrap();
     let p = cfg.prefix.as_str();
-    let first = ring_of(1, &["n1", "n2", "n3"]);
+    let members: Vec<chat_ring::Member> = ["n1", "n2", "n3"]
+        .map(|id| chat_ring::Member {
+            id: id.into(),
+            weight: 1,
+        })
+        .to_vec();
+    let first = chat_ring::Ring::new(1, &members, chat_ring::DEFAULT_VNODES_PER_WEIGHT).unwrap();
     let doc = chat_cluster::RingDoc {
         current: chat_cluster::RingVersion::of(&first),
         next: None,

@@ -52,20 +52,22 @@ impl Etcd {
             .map_err(|e| ChaosError::Setup(format!("spawn etcd (install etcd-server): {e}")))?;
         e.child = Some(child);
         let health = format!("http://127.0.0.1:{}/health", e.ops_port);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if chat_tests::http_get(&health).is_some_and(|(st, b)| st == 200 && b.contains("true"))
-            {
-                return Ok(());
-            }
+        // Ok: healthy; Err: etcd exited.
+        let up = chat_tests::wait_until("etcd to be healthy", Duration::from_secs(30), || {
             if let Some(Ok(Some(st))) = e.child.as_mut().map(|c| c.try_wait()) {
+                return Some(Err(st));
+            }
+            chat_tests::http_get(&health)
+                .is_some_and(|(st, b)| st == 200 && b.contains("true"))
+                .then_some(Ok(()))
+        });
+        match up {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(st)) => {
                 e.child = None;
-                return Err(ChaosError::Setup(format!("etcd exited: {st}")));
+                Err(ChaosError::Setup(format!("etcd exited: {st}")))
             }
-            if std::time::Instant::now() > deadline {
-                return Err(ChaosError::Timeout("etcd did not become healthy".into()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(timeout) => Err(ChaosError::Timeout(timeout.to_string())),
         }
     }
 

@@ -1,48 +1,23 @@
-//! One honest device: its connection loop, what it sends, and how it treats every frame.
+//! One honest device: a [`chat_client::Device`] (reconnects, resumes, re-sends, acknowledges),
+//! the traffic it is given (Poisson sends to random users, read markers for some deliveries),
+//! and the record of everything it did and saw in its history.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_client::v1::{
-    client_frame, deliver, server_frame, Ack, ErrorCode, Ping, ReadMarker, Send,
-};
-use chat_client::{Client, ConnectOptions};
+use chat_client::v1::{deliver, ReceiptKind as WireReceiptKind};
+use chat_client::{Device, DeviceConfig, DeviceEvent, Stamped};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{
-    code_name, is_definitive, user_id, Control, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, SILENT_LIMIT,
-};
+use super::{code_name, user_id, Control};
 use crate::history::{Clock, DeviceHistory, Event, ReceiptKind};
-
-struct Pending {
-    cmid: String,
-    to: String,
-    body: String,
-    attempts: u32,
-    /// After a retryable refusal: resend at this time on the same connection.
-    retry_at: Option<Instant>,
-}
-
-#[derive(Default)]
-pub(super) struct State {
-    conn: u32,
-    node: String,
-    last_seq: u64,
-    max_read: u64,
-    pending: VecDeque<Pending>,
-    sent: u64,
-}
 
 pub(super) struct Dev {
     pub(super) user: String,
     pub(super) device: String,
-    pub(super) token: String,
-    pub(super) url: String,
     pub(super) users: usize,
     pub(super) per_second: f64,
     pub(super) read_share: f64,
@@ -50,69 +25,54 @@ pub(super) struct Dev {
     pub(super) history: Arc<Mutex<DeviceHistory>>,
     pub(super) clock: Clock,
     pub(super) control: Arc<Control>,
-    pub(super) st: State,
+    /// Which connection (1-based, counted at each `Welcome`).
+    pub(super) conn: u32,
+    /// The node of the current connection, if one is up.
+    pub(super) node: Option<String>,
+    pub(super) sent: u64,
 }
 
 impl Dev {
-    fn rec(&self, event: Event) {
-        let at = self.clock.now();
+    fn rec(&self, at: std::time::Instant, event: Event) {
         self.history
             .lock()
             .expect("history lock")
-            .push(at, self.st.conn, event);
+            .push(self.clock.at(at), self.conn, event);
     }
 
-    fn stopping(&self) -> bool {
-        *self.control.stop.borrow()
-    }
-
-    pub(super) async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+    pub(super) async fn run(mut self, config: DeviceConfig) {
         let mut stop = self.control.stop.clone();
-        while !self.stopping() {
-            let opts = ConnectOptions {
-                resume_after: self.st.last_seq,
-                timeout: Duration::from_secs(5),
-                agent: "chat-chaos".into(),
-                ..ConnectOptions::default()
-            };
-            let connected = tokio::select! {
-                r = Client::connect_with(&self.url, &self.token, &opts) => r,
-                _ = stop.changed() => break,
-            };
-            let reason = match connected {
-                Ok(c) => {
-                    backoff = BACKOFF_MIN;
-                    self.st.conn += 1;
-                    self.st.node = c.welcome.node.clone();
-                    self.rec(Event::Connected {
-                        node: c.welcome.node.clone(),
-                        cursor: c.welcome.cursor,
-                        inbox_seq: c.welcome.inbox_seq,
-                        resume_after: self.st.last_seq,
-                    });
-                    let reason = self.session(c).await;
-                    self.rec(Event::Closed {
-                        reason: reason.clone(),
-                    });
-                    reason
-                }
-                Err(e) => {
-                    self.rec(Event::ConnectFailed {
-                        error: e.to_string(),
-                    });
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    String::new()
-                }
-            };
-            if reason == "stop" {
-                break;
-            }
-            let jitter = self.rng.random_range(0.5..1.5);
+        if *stop.borrow() {
+            return;
+        }
+        let mut device = Device::start(config);
+        // New messages are made only while a connection is up, as a person types only while
+        // the app is online.
+        let mut next_send = Instant::now();
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                e = device.next() => match e {
+                    Some(e) => {
+                        if matches!(e.event, DeviceEvent::Connected { .. }) {
+                            next_send = Instant::now() + self.next_send_in();
+                        }
+                        self.on_event(e, &device);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_send), if self.node.is_some() => {
+                    next_send = Instant::now() + self.next_send_in();
+                    if self.control.sending.load(Ordering::Acquire) {
+                        self.new_message(&device);
+                    }
+                }
                 _ = stop.changed() => break,
             }
+        }
+        // Stopped: the device closes its connection; record what it reports until it ends.
+        device.stop();
+        while let Some(e) = device.next().await {
+            self.on_event(e, &device);
         }
     }
 
@@ -121,107 +81,7 @@ impl Dev {
         Duration::from_secs_f64((-u.ln() / self.per_second.max(1e-6)).min(3600.0))
     }
 
-    /// One connection, until it ends; why it ended.
-    async fn session(&mut self, c: Client) -> String {
-        let (mut tx, mut rx) = c.into_split();
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<client_frame::Frame>();
-        let writer = tokio::spawn(async move {
-            while let Some(f) = wrx.recv().await {
-                if tx.send(f).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let write = |f: client_frame::Frame| wtx.send(f).is_ok();
-        // Re-assert what this device processed: an ack that reached a node just before it went
-        // away (or an old owner after a move) may never have been applied.
-        if self.st.last_seq > 0 {
-            write(client_frame::Frame::Ack(Ack {
-                up_to_seq: self.st.last_seq,
-            }));
-            self.rec(Event::AckSent {
-                up_to: self.st.last_seq,
-            });
-        }
-        if self.st.max_read > 0 {
-            write(client_frame::Frame::Read(ReadMarker {
-                up_to_seq: self.st.max_read,
-            }));
-            self.rec(Event::ReadSent {
-                up_to: self.st.max_read,
-            });
-        }
-        for i in 0..self.st.pending.len() {
-            self.st.pending[i].retry_at = None;
-            self.resend(i, &write);
-        }
-        let mut stop = self.control.stop.clone();
-        let mut next_send = Instant::now() + self.next_send_in();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let (mut last_rx, mut last_ping, mut nonce) = (Instant::now(), Instant::now(), 0u64);
-        let reason = loop {
-            tokio::select! {
-                _ = stop.changed() => break "stop".to_string(),
-                f = rx.recv() => match f {
-                    Ok(f) => {
-                        last_rx = Instant::now();
-                        if let Some(end) = self.on_frame(f, &write) {
-                            break end;
-                        }
-                    }
-                    Err(e) => break format!("recv: {e}"),
-                },
-                _ = tokio::time::sleep_until(next_send) => {
-                    next_send = Instant::now() + self.next_send_in();
-                    if self.control.sending.load(Ordering::Acquire) {
-                        self.new_message(&write);
-                    }
-                }
-                _ = tick.tick() => {
-                    if last_rx.elapsed() > SILENT_LIMIT {
-                        break format!("nothing received for {SILENT_LIMIT:?}");
-                    }
-                    if last_ping.elapsed() >= PING_EVERY {
-                        nonce += 1;
-                        last_ping = Instant::now();
-                        write(client_frame::Frame::Ping(Ping { nonce }));
-                    }
-                    let now = Instant::now();
-                    for i in 0..self.st.pending.len() {
-                        if self.st.pending[i].retry_at.is_some_and(|t| t <= now) {
-                            self.st.pending[i].retry_at = None;
-                            self.resend(i, &write);
-                        }
-                    }
-                }
-            }
-            if writer.is_finished() {
-                break "write failed".to_string();
-            }
-        };
-        writer.abort();
-        reason
-    }
-
-    fn resend(&mut self, i: usize, write: &impl Fn(client_frame::Frame) -> bool) {
-        let p = &mut self.st.pending[i];
-        p.attempts += 1;
-        let (cmid, to, body, attempt) = (p.cmid.clone(), p.to.clone(), p.body.clone(), p.attempts);
-        self.rec(Event::SendAttempt {
-            client_msg_id: cmid.clone(),
-            to: to.clone(),
-            attempt,
-            body: body.clone(),
-        });
-        write(client_frame::Frame::Send(Send {
-            client_msg_id: cmid,
-            to,
-            body,
-            from: String::new(),
-        }));
-    }
-
-    fn new_message(&mut self, write: &impl Fn(client_frame::Frame) -> bool) {
+    fn new_message(&mut self, device: &Device) {
         if self.users < 2 {
             return;
         }
@@ -230,91 +90,99 @@ impl Dev {
         if to >= me {
             to += 1;
         }
-        self.st.sent += 1;
+        self.sent += 1;
         let to = user_id(to);
-        let cmid = format!("m{}", self.st.sent);
+        let cmid = format!("m{}", self.sent);
         let body = format!("chaos {}/{} #{cmid} to {to}", self.user, self.device);
-        self.st.pending.push_back(Pending {
-            cmid,
-            to,
-            body,
-            attempts: 0,
-            retry_at: None,
-        });
-        let i = self.st.pending.len() - 1;
-        self.resend(i, write);
+        device.send(cmid, to, body);
     }
 
-    /// Handles one frame; `Some(reason)` if the connection is over.
-    fn on_frame(
-        &mut self,
-        f: chat_client::v1::ServerFrame,
-        write: &impl Fn(client_frame::Frame) -> bool,
-    ) -> Option<String> {
-        match f.frame? {
-            server_frame::Frame::Sent(s) => {
-                self.st.pending.retain(|p| p.cmid != s.client_msg_id);
-                let node = self.st.node.clone();
-                self.rec(Event::Acked {
-                    client_msg_id: s.client_msg_id,
-                    msg_id: s.msg_id,
+    /// Records one event of the device, and answers deliveries with read markers.
+    fn on_event(&mut self, Stamped { at, event }: Stamped, device: &Device) {
+        let event = match event {
+            DeviceEvent::Connected {
+                node,
+                cursor,
+                inbox_seq,
+                resume_after,
+                ..
+            } => {
+                self.conn += 1;
+                self.node = Some(node.clone());
+                Event::Connected {
                     node,
-                });
-            }
-            server_frame::Frame::Error(e) => {
-                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
-                let name = code_name(e.code);
-                let Some(i) = self
-                    .st
-                    .pending
-                    .iter()
-                    .position(|p| !e.r#ref.is_empty() && p.cmid == e.r#ref)
-                else {
-                    self.rec(Event::ErrorFrame {
-                        code: name,
-                        message: e.message,
-                    });
-                    return None;
-                };
-                let definitive = is_definitive(code);
-                self.rec(Event::SendError {
-                    client_msg_id: e.r#ref,
-                    code: name,
-                    message: e.message,
-                    definitive,
-                });
-                if definitive {
-                    self.st.pending.remove(i);
-                } else {
-                    let p = &mut self.st.pending[i];
-                    let wait = BACKOFF_MIN * 2u32.saturating_pow(p.attempts.min(6));
-                    p.retry_at = Some(Instant::now() + wait.min(BACKOFF_MAX));
+                    cursor,
+                    inbox_seq,
+                    resume_after,
                 }
             }
-            server_frame::Frame::Deliver(d) => self.on_deliver(d, write),
-            server_frame::Frame::Redirect(r) => {
-                self.rec(Event::Redirected {
-                    url: r.url,
-                    epoch: r.epoch,
-                });
-                return Some("redirect".into());
+            DeviceEvent::ConnectFailed { error } => Event::ConnectFailed {
+                error: error.to_string(),
+            },
+            DeviceEvent::Closed { reason } => {
+                self.node = None;
+                Event::Closed {
+                    reason: reason.to_string(),
+                }
             }
-            _ => {}
-        }
-        None
+            DeviceEvent::SendAttempt {
+                client_msg_id,
+                to,
+                body,
+                attempt,
+            } => Event::SendAttempt {
+                client_msg_id,
+                to,
+                attempt,
+                body,
+            },
+            DeviceEvent::Sent(s) => Event::Acked {
+                client_msg_id: s.client_msg_id,
+                msg_id: s.msg_id,
+                node: self.node.clone().unwrap_or_default(),
+            },
+            DeviceEvent::SendError {
+                client_msg_id,
+                code,
+                message,
+                definitive,
+            } => Event::SendError {
+                client_msg_id,
+                code: code_name(code),
+                message,
+                definitive,
+            },
+            DeviceEvent::Deliver { deliver, repeat } => {
+                self.on_deliver(at, deliver, repeat, device);
+                return;
+            }
+            DeviceEvent::AckWritten { up_to } => Event::AckSent { up_to },
+            DeviceEvent::ReadWritten { up_to } => Event::ReadSent { up_to },
+            DeviceEvent::Error(e) => Event::ErrorFrame {
+                code: code_name(e.code),
+                message: e.message,
+            },
+            DeviceEvent::Redirected(r) => Event::Redirected {
+                url: r.url,
+                epoch: r.epoch,
+            },
+        };
+        self.rec(at, event);
     }
 
     fn on_deliver(
         &mut self,
+        at: std::time::Instant,
         d: chat_client::v1::Deliver,
-        write: &impl Fn(client_frame::Frame) -> bool,
+        repeat: bool,
+        device: &Device,
     ) {
         let seq = d.seq;
         let mut is_message = false;
-        match d.entry {
+        let event = match d.entry {
             Some(deliver::Entry::Message(m)) => {
                 is_message = true;
-                self.rec(Event::Delivered {
+                Event::Delivered {
                     seq,
                     msg_id: m.msg_id,
                     from: m.from,
@@ -322,43 +190,38 @@ impl Dev {
                     to: m.to,
                     client_msg_id: m.client_msg_id,
                     body: m.body,
-                    node: self.st.node.clone(),
-                });
+                    node: self.node.clone().unwrap_or_default(),
+                }
             }
-            Some(deliver::Entry::Receipt(r)) => {
-                let kind = if r.kind == chat_client::v1::ReceiptKind::Read as i32 {
+            Some(deliver::Entry::Receipt(r)) => Event::ReceiptSeen {
+                seq,
+                kind: if r.kind == WireReceiptKind::Read as i32 {
                     ReceiptKind::Read
                 } else {
                     ReceiptKind::Delivered
-                };
-                self.rec(Event::ReceiptSeen {
-                    seq,
-                    kind,
-                    msg_ids: r.msg_ids,
-                    by: r.by,
-                });
+                },
+                msg_ids: r.msg_ids,
+                by: r.by,
+            },
+            Some(deliver::Entry::Failed(f)) => Event::FailedSeen {
+                seq,
+                msg_id: f.msg_id,
+                client_msg_id: f.client_msg_id,
+                reason: f.reason,
+            },
+            None => {
+                if repeat {
+                    self.rec(at, Event::Suppressed { seq });
+                }
+                return;
             }
-            Some(deliver::Entry::Failed(f)) => {
-                self.rec(Event::FailedSeen {
-                    seq,
-                    msg_id: f.msg_id,
-                    client_msg_id: f.client_msg_id,
-                    reason: f.reason,
-                });
-            }
-            None => {}
-        }
-        if seq <= self.st.last_seq {
-            self.rec(Event::Suppressed { seq });
-            return;
-        }
-        self.st.last_seq = seq;
-        write(client_frame::Frame::Ack(Ack { up_to_seq: seq }));
-        self.rec(Event::AckSent { up_to: seq });
-        if is_message && self.rng.random_bool(self.read_share) {
-            self.st.max_read = seq;
-            write(client_frame::Frame::Read(ReadMarker { up_to_seq: seq }));
-            self.rec(Event::ReadSent { up_to: seq });
+        };
+        self.rec(at, event);
+        if repeat {
+            // The device did not acknowledge it again: it had processed that seq already.
+            self.rec(at, Event::Suppressed { seq });
+        } else if is_message && self.rng.random_bool(self.read_share) {
+            device.read(seq);
         }
     }
 }

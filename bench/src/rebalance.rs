@@ -220,10 +220,7 @@ const MESSAGE_DEADLINE: Duration = Duration::from_secs(60);
 /// the latency, so waiting longer than needed would inflate it).
 fn device(url: &str, token: String) -> Device {
     Device::start(DeviceConfig {
-        backoff: Backoff {
-            min: Duration::from_millis(5),
-            max: Duration::from_secs(1),
-        },
+        backoff: Backoff::new(Duration::from_millis(5), Duration::from_secs(1)),
         ..DeviceConfig::new(url, token)
     })
 }

@@ -24,10 +24,7 @@ use device::Dev;
 /// Liveness: a connection silent this long (pings go out every [`PING_EVERY`]) is dropped.
 const SILENT_LIMIT: Duration = Duration::from_secs(8);
 const PING_EVERY: Duration = Duration::from_secs(2);
-const BACKOFF: Backoff = Backoff {
-    min: Duration::from_millis(50),
-    max: Duration::from_secs(2),
-};
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {

@@ -23,10 +23,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use chat_proto::v1;
 
-mod backoff;
 mod device;
 
-pub use backoff::Backoff;
+pub use chat_retry::Backoff;
 pub use device::{is_definitive, CloseReason, Device, DeviceConfig, DeviceEvent, Stamped};
 
 /// The user a token is for (its `sub` claim), read without checking the signature: only to build

@@ -25,8 +25,8 @@ use chat_proto::v1::{Deliver, Redirect, Sent};
 use tokio::sync::mpsc;
 
 pub use self::rules::is_definitive;
-use crate::backoff::Backoff;
 use crate::{ClientError, ConnectOptions};
+use chat_retry::Backoff;
 
 /// How a [`Device`] connects and when it gives up on a connection.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ impl DeviceConfig {
             token: token.into(),
             resume_after: 0,
             connect: ConnectOptions::default(),
-            backoff: Backoff::default(),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             jitter_seed: 0,
             ping_every: Duration::from_secs(2),
             silent_limit: Duration::from_secs(8),

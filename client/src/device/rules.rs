@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chat_proto::v1::{client_frame, server_frame, Ack, ErrorCode, ReadMarker, Send, ServerFrame};
 
 use super::{CloseReason, DeviceEvent};
-use crate::backoff::Backoff;
+use chat_retry::Backoff;
 
 /// Codes after which a message is given up: the request itself is wrong, so sending it again
 /// cannot help. Every other refusal (unavailable, overloaded, not the owner during a move...)

@@ -8,8 +8,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::rules::{Output, Rules};
 use super::{CloseReason, Command, DeviceConfig, DeviceEvent, Stamped};
-use crate::backoff::Jitter;
 use crate::{Client, ConnectOptions};
+use chat_retry::Jitter;
 
 /// The task's ends: the caller's commands in, events out.
 struct Io {

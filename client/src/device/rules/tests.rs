@@ -8,13 +8,10 @@ use chat_proto::v1::{
 };
 
 use super::{Output, Rules};
-use crate::backoff::Backoff;
 use crate::device::{CloseReason, DeviceEvent};
+use chat_retry::Backoff;
 
-const BACKOFF: Backoff = Backoff {
-    min: Duration::from_millis(50),
-    max: Duration::from_secs(2),
-};
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// What the rules asked for, one short line each.
 fn show(rules: &mut Rules) -> Vec<String> {

@@ -139,6 +139,18 @@ impl Ring {
         })
     }
 
+    /// A ring of these members, each with weight 1.
+    pub fn equal(epoch: u64, ids: &[&str], vnodes_per_weight: u32) -> Result<Ring, RingError> {
+        let members: Vec<Member> = ids
+            .iter()
+            .map(|id| Member {
+                id: id.to_string(),
+                weight: 1,
+            })
+            .collect();
+        Ring::new(epoch, &members, vnodes_per_weight)
+    }
+
     /// The ring of one node that a standalone node serves: it owns every key.
     pub fn single(node: &str) -> Ring {
         Ring::new(

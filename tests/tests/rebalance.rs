@@ -595,13 +595,9 @@ async fn the_next_move_waits_until_every_node_finished_the_last_one() {
     let cfg = etcd.config("/gate/");
     let mut client = chat_cluster::connect(&cfg).await.unwrap();
     let p = cfg.prefix.as_str();
-    let members: Vec<chat_ring::Member> = ["n1", "n2", "n3"]
-        .map(|id| chat_ring::Member {
-            id: id.into(),
-            weight: 1,
-        })
-        .to_vec();
-    let first = chat_ring::Ring::new(1, &members, chat_ring::DEFAULT_VNODES_PER_WEIGHT).unwrap();
+    let first =
+        chat_ring::Ring::equal(1, &["n1", "n2", "n3"], chat_ring::DEFAULT_VNODES_PER_WEIGHT)
+            .unwrap();
     let doc = chat_cluster::RingDoc {
         current: chat_cluster::RingVersion::of(&first),
         next: None,

@@ -88,16 +88,8 @@ mod tests {
 
     /// n1 gives part of its ranges to n2 in a move from {n1} to {n1, n2}.
     fn growing() -> Arc<Transition> {
-        let members = |ids: &[&str]| -> Vec<chat_ring::Member> {
-            ids.iter()
-                .map(|id| chat_ring::Member {
-                    id: id.to_string(),
-                    weight: 1,
-                })
-                .collect()
-        };
-        let from = Ring::new(1, &members(&["n1"]), 16).unwrap();
-        let to = Ring::new(2, &members(&["n1", "n2"]), 16).unwrap();
+        let from = Ring::equal(1, &["n1"], 16).unwrap();
+        let to = Ring::equal(2, &["n1", "n2"], 16).unwrap();
         Arc::new(Transition::new(from, to).unwrap())
     }
 

@@ -10,14 +10,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn ring(epoch: u64, ids: &[&str]) -> Ring {
-    let members: Vec<chat_ring::Member> = ids
-        .iter()
-        .map(|id| chat_ring::Member {
-            id: id.to_string(),
-            weight: 1,
-        })
-        .collect();
-    Ring::new(epoch, &members, 8).unwrap()
+    Ring::equal(epoch, ids, 8).unwrap()
 }
 
 /// n0, n1 and n2 take n3 in (epoch 1 → 2): n3 receives from everyone.

@@ -154,16 +154,8 @@ mod tests {
     use chat_ring::Ring;
 
     fn t() -> Arc<Transition> {
-        let m = |ids: &[&str]| -> Vec<chat_ring::Member> {
-            ids.iter()
-                .map(|id| chat_ring::Member {
-                    id: id.to_string(),
-                    weight: 1,
-                })
-                .collect()
-        };
-        let from = Ring::new(1, &m(&["n1"]), 4).unwrap();
-        let to = Ring::new(2, &m(&["n1", "n2"]), 4).unwrap();
+        let from = Ring::equal(1, &["n1"], 4).unwrap();
+        let to = Ring::equal(2, &["n1", "n2"], 4).unwrap();
         Arc::new(Transition::new(from, to).unwrap())
     }
 

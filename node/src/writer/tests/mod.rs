@@ -143,11 +143,7 @@ fn receipts_of(c: &Writer, user: &str) -> Vec<(i32, Vec<String>)> {
 /// A writer that is `self_id` in a two-node ring of n1 and n2.
 fn routed(self_id: &str) -> (Writer, mpsc::UnboundedReceiver<Outboxed>, tempfile::TempDir) {
     let (mut c, _hub, dir) = writer();
-    let members = ["n1", "n2"].map(|id| chat_ring::Member {
-        id: id.into(),
-        weight: 1,
-    });
-    let ring = Ring::new(1, &members, 16).unwrap();
+    let ring = Ring::equal(1, &["n1", "n2"], 16).unwrap();
     let (_tx, view) = watch::channel(ClusterView::fixed(ring, []));
     c.routing = Routing {
         self_id: self_id.into(),

@@ -24,16 +24,8 @@ struct Removal {
 
 impl Removal {
     fn new() -> (Removal, watch::Receiver<ClusterView>) {
-        let members = |ids: &[&str]| -> Vec<chat_ring::Member> {
-            ids.iter()
-                .map(|id| chat_ring::Member {
-                    id: id.to_string(),
-                    weight: 1,
-                })
-                .collect()
-        };
-        let from = Ring::new(1, &members(&["n1", "n2", "n3"]), 16).unwrap();
-        let to = Ring::new(2, &members(&["n1", "n2"]), 16).unwrap();
+        let from = Ring::equal(1, &["n1", "n2", "n3"], 16).unwrap();
+        let to = Ring::equal(2, &["n1", "n2"], 16).unwrap();
         let t = Arc::new(Transition::new(from.clone(), to.clone()).unwrap());
         let mut v = ClusterView::fixed(from.clone(), []);
         v.moving = Some(t.clone());

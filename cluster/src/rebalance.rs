@@ -343,17 +343,10 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_ring::{Member, Ring};
+    use chat_ring::Ring;
 
     fn ring(epoch: u64, ids: &[&str]) -> Ring {
-        let members: Vec<Member> = ids
-            .iter()
-            .map(|id| Member {
-                id: id.to_string(),
-                weight: 1,
-            })
-            .collect();
-        Ring::new(epoch, &members, 16).unwrap()
+        Ring::equal(epoch, ids, 16).unwrap()
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The node's error type, and the one place that maps errors to wire error codes.
 
+use chat_proto::cluster::PeerErrorCode;
 use chat_proto::v1::{server_frame, Error as ErrorFrame, ErrorCode, ServerFrame};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,21 @@ impl ChatError {
         }
     }
 
+    /// The code a peer receives when its request fails here. On the peer path the writer says
+    /// "not yet" with `Unavailable` (a move it has not adopted, a seal before the commit) and
+    /// "outside the move" with `InvalidArgument`.
+    pub fn peer_code(&self) -> PeerErrorCode {
+        use ChatError::*;
+        match self {
+            Unavailable(_) => PeerErrorCode::NotYet,
+            InvalidArgument(_) | InvalidId { .. } => PeerErrorCode::OutOfRange,
+            BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } => PeerErrorCode::BadRequest,
+            Overloaded(_) | StorageFull(_) => PeerErrorCode::Overloaded,
+            ShuttingDown => PeerErrorCode::ShuttingDown,
+            _ => PeerErrorCode::Internal,
+        }
+    }
+
     /// The error frame a client receives. Internal details stay in the node's log.
     pub fn to_frame(&self, reference: &str) -> ServerFrame {
         let message = match self {
@@ -137,6 +153,43 @@ impl From<chat_proto::DecodeError> for ChatError {
         match e {
             chat_proto::DecodeError::Malformed(m) => ChatError::BadFrame(m),
             chat_proto::DecodeError::Unknown(k) => ChatError::UnknownFrame(k),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer can tell "not yet" (retry quietly) from a request outside the move, a bad
+    /// request, load, shutdown and a fault; storage details stay in the message only.
+    #[test]
+    fn peer_codes_say_what_the_sender_can_do() {
+        let cases = [
+            (
+                ChatError::Unavailable("no move to epoch 3 here (yet)".into()),
+                PeerErrorCode::NotYet,
+            ),
+            (
+                ChatError::InvalidArgument("write outside the move".into()),
+                PeerErrorCode::OutOfRange,
+            ),
+            (
+                ChatError::BadFrame("10001 entries".into()),
+                PeerErrorCode::BadRequest,
+            ),
+            (
+                ChatError::StorageFull("below the floor".into()),
+                PeerErrorCode::Overloaded,
+            ),
+            (ChatError::ShuttingDown, PeerErrorCode::ShuttingDown),
+            (
+                ChatError::Internal("commit failed".into()),
+                PeerErrorCode::Internal,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.peer_code(), code, "{e}");
         }
     }
 }

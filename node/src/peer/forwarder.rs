@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_proto::cluster::{
-    peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerRequest,
+    peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerErrorCode, PeerRequest,
 };
 use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
@@ -486,10 +486,13 @@ async fn forward(
             .collect()),
         // The peer failed the request. Part of it may be stored (a storage error mid-batch), so
         // it counts as unknown: retried, never given up.
-        Some(peer_response::Response::Error(e)) => Err(RequestError::Unknown(format!(
-            "{dest} failed the request: {}",
-            e.message
-        ))),
+        Some(peer_response::Response::Error(e)) => {
+            let code = PeerErrorCode::try_from(e.code).unwrap_or(PeerErrorCode::Unspecified);
+            Err(RequestError::Unknown(format!(
+                "{dest} failed the request ({code:?}): {}",
+                e.message
+            )))
+        }
         other => Err(RequestError::Unknown(format!(
             "{dest}: unexpected answer {other:?}"
         ))),

@@ -11,16 +11,21 @@ use chat_proto::cluster::{
     PeerResponse,
 };
 
+use crate::error::ChatError;
 use crate::routing::Routing;
 use crate::writer::WriterHandle;
 
 /// Most entries one forward request may carry.
 pub const MAX_FORWARD_ENTRIES: usize = 10_000;
 
-pub(crate) fn error_response(epoch: u64, message: String) -> PeerResponse {
+/// A failed request's answer: the error's peer code (`ChatError::peer_code`) and its message.
+pub(crate) fn error_response(epoch: u64, e: &ChatError) -> PeerResponse {
     PeerResponse {
         epoch,
-        response: Some(peer_response::Response::Error(PeerError { message })),
+        response: Some(peer_response::Response::Error(PeerError {
+            message: e.to_string(),
+            code: e.peer_code() as i32,
+        })),
     }
 }
 
@@ -36,13 +41,11 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
         },
         Some(peer_request::Request::Forward(f)) => {
             if f.entries.len() > MAX_FORWARD_ENTRIES {
-                return error_response(
-                    epoch,
-                    format!(
-                        "{} entries is over the limit of {MAX_FORWARD_ENTRIES}",
-                        f.entries.len()
-                    ),
-                );
+                let e = ChatError::BadFrame(format!(
+                    "{} entries is over the limit of {MAX_FORWARD_ENTRIES}",
+                    f.entries.len()
+                ));
+                return error_response(epoch, &e);
             }
             let n = f.entries.len();
             match writer.apply(f.entries).await {
@@ -55,7 +58,7 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
                         })),
                     }
                 }
-                Err(e) => error_response(epoch, e.to_string()),
+                Err(e) => error_response(epoch, &e),
             }
         }
         Some(peer_request::Request::Mirror(m)) => match writer.apply_stream(req.from_node, m).await
@@ -64,8 +67,8 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
                 epoch,
                 response: Some(peer_response::Response::Mirror(MirrorAck {})),
             },
-            Err(e) => error_response(epoch, e.to_string()),
+            Err(e) => error_response(epoch, &e),
         },
-        None => error_response(epoch, "unknown request kind".into()),
+        None => error_response(epoch, &ChatError::UnknownFrame("peer request".into())),
     }
 }

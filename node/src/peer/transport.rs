@@ -387,7 +387,10 @@ impl Peers {
                     };
                     let resp = match PeerRequest::decode(buf.as_slice()) {
                         Ok(req) => handle(req).await,
-                        Err(e) => super::error_response(0, format!("bad request: {e}")),
+                        Err(e) => super::error_response(
+                            0,
+                            &crate::error::ChatError::BadFrame(format!("bad request: {e}")),
+                        ),
                     };
                     if send.write_all(&resp.encode_to_vec()).await.is_ok() {
                         let _ = send.finish();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use chat_cluster::ClusterView;
-use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerRequest};
+use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerErrorCode, PeerRequest};
 use tokio::sync::{mpsc, watch};
 
 use super::{aborted, ItemKind, StreamItem};
@@ -56,13 +56,22 @@ pub(crate) async fn run_streams(
                     request: Some(peer_request::Request::Mirror(req)),
                 };
                 let res = peers.request(&dest, &request, timeout).await;
+                // Failures by what the receiver said: "not yet" is expected for a moment (it
+                // adopts the move, or sees the commit, a little after this node).
                 let ok = match res {
                     Ok(r) => match r.response {
                         Some(peer_response::Response::Mirror(_)) => Ok(()),
-                        Some(peer_response::Response::Error(e)) => Err(e.message),
-                        other => Err(format!("unexpected answer {other:?}")),
+                        Some(peer_response::Response::Error(e)) => {
+                            let code = PeerErrorCode::try_from(e.code)
+                                .unwrap_or(PeerErrorCode::Unspecified);
+                            Err((code, format!("{} (its ring epoch {})", e.message, r.epoch)))
+                        }
+                        other => Err((
+                            PeerErrorCode::Internal,
+                            format!("unexpected answer {other:?}"),
+                        )),
                     },
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err((PeerErrorCode::Unspecified, e.to_string())),
                 };
                 (dest, n, ok)
             });
@@ -83,8 +92,11 @@ pub(crate) async fn run_streams(
                             item.done.acked();
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(node = %dest, error = %e, retry_in = ?wait, "stream request failed");
+                    Err((PeerErrorCode::NotYet, e)) => {
+                        tracing::debug!(node = %dest, error = %e, retry_in = ?wait, "stream request early; retrying");
+                    }
+                    Err((code, e)) => {
+                        tracing::warn!(node = %dest, ?code, error = %e, retry_in = ?wait, "stream request failed");
                     }
                 }
             }

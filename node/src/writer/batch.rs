@@ -22,6 +22,8 @@ pub(crate) struct Writes {
     store: Arc<Store>,
     wb: WriteBatch,
     capture: Option<Capture>,
+    /// A write that must survive a crash once answered (all but `delete_relaxed`).
+    durable: bool,
 }
 
 impl Writes {
@@ -30,11 +32,13 @@ impl Writes {
             store,
             wb: WriteBatch::default(),
             capture,
+            durable: false,
         }
     }
 
     pub(crate) fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
+        self.durable = true;
         self.wb.put_cf(self.store.cf(cf), key, value);
         if let Some(c) = &mut self.capture {
             c.write(cf, key, Some(value));
@@ -43,15 +47,25 @@ impl Writes {
 
     pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
+        self.durable = true;
         self.wb.delete_cf(self.store.cf(cf), key);
         if let Some(c) = &mut self.capture {
             c.write(cf, key, None);
         }
     }
 
+    /// A delete that may be lost in a crash (a delivered outbox entry: sent again after a
+    /// restart, and the receiver deduplicates it). A batch of only these is written without an
+    /// fsync, so the forwarder's clean-up costs the disk nothing extra.
+    pub(crate) fn delete_relaxed(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
+        debug_assert!(!cf.moves(), "a moving key is never written without capture");
+        self.wb.delete_cf(self.store.cf(cf), key.as_ref());
+    }
+
     /// Deletes every key whose owner hash lies in `start..=end` from the column families that
     /// move with their owners.
     pub(crate) fn delete_hash_range(&mut self, start: u64, end: u64) {
+        self.durable = true;
         let (from, to) = hash_range_bounds(start, end);
         for cf in Cf::MOVING {
             self.wb.delete_range_cf(self.store.cf(cf), &from, &to);
@@ -65,8 +79,9 @@ impl Writes {
         self.wb.size_in_bytes()
     }
 
-    pub(crate) fn into_parts(self) -> (WriteBatch, Option<Capture>) {
-        (self.wb, self.capture)
+    /// The batch, whether it needs an fsync, and what was captured.
+    pub(crate) fn into_parts(self) -> (WriteBatch, bool, Option<Capture>) {
+        (self.wb, self.durable, self.capture)
     }
 }
 

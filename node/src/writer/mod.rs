@@ -203,12 +203,12 @@ impl Writer {
         let (commands, bytes) = (b.answers.len(), b.writes.size_in_bytes());
         let Batch { writes, .. } = &mut b;
         let writes = std::mem::replace(writes, Writes::new(self.store.clone(), None));
-        let (wb, capture) = writes.into_parts();
+        let (wb, durable, capture) = writes.into_parts();
         let started = std::time::Instant::now();
         let result = match b.abort.take() {
             Some(why) => Err(why),
             None if wb.is_empty() => Ok(()),
-            None => self.store.write(wb, self.sync),
+            None => self.store.write(wb, self.sync && durable),
         };
         let took = started.elapsed();
         metrics::histogram!(crate::admin::COMMIT_SECONDS).record(took.as_secs_f64());

@@ -73,7 +73,7 @@ impl Writer {
         match cmd {
             OutboxCmd::Delivered { entries, reply } => {
                 for (seq, to) in entries {
-                    b.writes.delete(Cf::Outbox, outbox_key(seq));
+                    b.writes.delete_relaxed(Cf::Outbox, outbox_key(seq));
                     b.unoutboxed_to.push(to);
                 }
                 b.answers.push(Answer::Done(reply));

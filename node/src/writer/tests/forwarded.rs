@@ -115,3 +115,34 @@ fn giving_up_tells_the_sender_and_empties_the_outbox() {
         other => panic!("expected Failed, got {other:?}"),
     }
 }
+
+/// The forwarder's clean-up goes through the writer: delivered entries leave the outbox and
+/// the recipient's count, and a batch of only those needs no fsync (a lost delete means the
+/// entry is sent again and deduplicated by the receiver); any other write does.
+#[test]
+fn delivered_entries_leave_the_outbox_without_an_fsync_of_their_own() {
+    use crate::writer::batch::Writes;
+    let (mut c, mut rx, _dir) = routed("n1");
+    let (alice, bob) = (user_on(&c, "n1", "alice"), user_on(&c, "n2", "bob"));
+    let (s1, _) = send(&id(&alice, "p"), "c1", &bob);
+    c.run_batch(std::iter::once(s1));
+    let (seq, entry) = rx.try_recv().unwrap().remove(0);
+    assert!(c.outbox.pending(&bob));
+    let (reply, mut done) = oneshot::channel();
+    let cmd = Command::Outbox(OutboxCmd::Delivered {
+        entries: vec![(seq, entry.to.clone())],
+        reply,
+    });
+    c.run_batch(std::iter::once(cmd));
+    done.try_recv().unwrap().unwrap();
+    assert!(c.store.outbox_from(0, 10).unwrap().is_empty());
+    assert!(!c.outbox.pending(&bob));
+
+    let mut w = Writes::new(c.store.clone(), None);
+    w.delete_relaxed(crate::store::Cf::Outbox, [0u8; 8]);
+    assert!(!w.into_parts().1, "relaxed deletes alone are not synced");
+    let mut w = Writes::new(c.store.clone(), None);
+    w.delete_relaxed(crate::store::Cf::Outbox, [0u8; 8]);
+    w.delete(crate::store::Cf::Meta, b"k");
+    assert!(w.into_parts().1);
+}

@@ -14,7 +14,7 @@ use super::{aborted, in_flight, MoveEvent};
 use crate::config::RebalanceSection;
 use crate::error::ChatError;
 use crate::store::Cf;
-use crate::writer::WriterHandle;
+use crate::writer::{PageRequest, WriterHandle};
 
 /// Follows moves for this node: progress, copy, commit attempts, clean-up.
 pub async fn run_driver(
@@ -159,14 +159,14 @@ async fn share_of_move(
                     return;
                 }
                 let page = writer
-                    .copy_page(
-                        t.clone(),
+                    .copy_page(PageRequest {
+                        transition: t.clone(),
                         cf,
-                        (s.start, s.end),
-                        page_limits,
-                        s.to.clone(),
-                        after.clone(),
-                    )
+                        range: (s.start, s.end),
+                        max: page_limits,
+                        dest: s.to.clone(),
+                        after: after.clone(),
+                    })
                     .await;
                 let page = match page {
                     Ok(page) => page,

@@ -89,19 +89,25 @@ pub(crate) enum OutboxCmd {
     },
 }
 
+/// The next page of one segment in one column family, for one new owner.
+pub struct PageRequest {
+    pub transition: Arc<Transition>,
+    pub cf: Cf,
+    /// The segment's key-hash range.
+    pub range: (u64, u64),
+    /// Most keys and bytes in the page.
+    pub max: (usize, usize),
+    pub dest: String,
+    /// The last key of the previous page (`None`: the start of the range).
+    pub after: Option<Vec<u8>>,
+}
+
 /// Commands from this node's move driver (`crate::rebalance::driver`).
 pub(crate) enum MoveCmd {
     /// Old owner: read the next page of a segment it gives away and put it on the stream to the
     /// new owner, ordered with the dual writes of the batches around it.
     CopyPage {
-        transition: Arc<Transition>,
-        cf: Cf,
-        start: u64,
-        end: u64,
-        /// Most keys and bytes in the page.
-        max: (usize, usize),
-        dest: String,
-        after: Option<Vec<u8>>,
+        page: PageRequest,
         reply: Reply<Page>,
     },
     /// Delete the data of these key-hash ranges (given away and sealed, or received in an
@@ -230,29 +236,10 @@ impl WriterHandle {
         .await
     }
 
-    pub async fn copy_page(
-        &self,
-        transition: Arc<Transition>,
-        cf: Cf,
-        (start, end): (u64, u64),
-        max: (usize, usize),
-        dest: String,
-        after: Option<Vec<u8>>,
-    ) -> Result<Page, ChatError> {
-        self.ask(|reply| {
-            Command::Move(MoveCmd::CopyPage {
-                transition,
-                cf,
-                start,
-                end,
-                max,
-                dest,
-                after,
-                reply,
-            })
-        })
-        .await?
-        .await
+    pub async fn copy_page(&self, page: PageRequest) -> Result<Page, ChatError> {
+        self.ask(|reply| Command::Move(MoveCmd::CopyPage { page, reply }))
+            .await?
+            .await
     }
 
     pub async fn drop_ranges(&self, ranges: Vec<(u64, u64)>) -> Result<(), ChatError> {

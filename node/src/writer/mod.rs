@@ -43,7 +43,7 @@ use crate::throttle::Throttle;
 use batch::{Batch, Writes};
 use cache::Cache;
 use command::Command;
-pub use command::{Attached, Outboxed, Pending, WriterHandle};
+pub use command::{Attached, Outboxed, PageRequest, Pending, WriterHandle};
 use outbox::OutboxState;
 pub use visibility::Hold;
 use visibility::Visibility;
@@ -324,6 +324,11 @@ impl Writer {
     /// Whether `cmd` must wait for a seal: it touches a user of a received segment not sealed
     /// yet, or one a waiting command touches (per-user order).
     fn waits_for_seal(&self, cmd: &Command) -> bool {
+        // Nothing is held outside the short window after a move's commit: no need to list the
+        // command's users (an allocation per command) the rest of the time.
+        if self.held.is_empty() && self.role.sealing().is_none() {
+            return false;
+        }
         cmd.users().iter().any(|u| self.held(u))
     }
 

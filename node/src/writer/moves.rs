@@ -10,7 +10,7 @@ use chat_ring::transition::Transition;
 use tokio::sync::oneshot;
 
 use super::batch::{Answer, Batch};
-use super::command::MoveCmd;
+use super::command::{MoveCmd, PageRequest};
 use super::visibility::Effects;
 use super::{origin, Writer};
 use crate::error::ChatError;
@@ -23,18 +23,8 @@ use crate::store::{Cf, MOVE_MARKER_KEY};
 impl Writer {
     pub(super) fn apply_move(&mut self, cmd: MoveCmd, b: &mut Batch) {
         match cmd {
-            MoveCmd::CopyPage {
-                transition,
-                cf,
-                start,
-                end,
-                max,
-                dest,
-                after,
-                reply,
-            } => {
-                let page = self.copy_page(&transition, cf, (start, end), max, dest, after);
-                let _ = reply.send(page);
+            MoveCmd::CopyPage { page, reply } => {
+                let _ = reply.send(self.copy_page(page));
             }
             MoveCmd::DropRanges { ranges, reply } => {
                 // A later move may already bring some of these ranges back here: keep those.
@@ -258,15 +248,15 @@ impl Writer {
 
     /// Giver: reads a copy page and puts it on the stream (before the current batch's own
     /// moving writes, which it does not include: the page is read from what is on disk).
-    fn copy_page(
-        &self,
-        t: &Arc<Transition>,
-        cf: Cf,
-        (start, end): (u64, u64),
-        (max_keys, max_bytes): (usize, usize),
-        dest: String,
-        after: Option<Vec<u8>>,
-    ) -> Result<Page, ChatError> {
+    fn copy_page(&self, req: PageRequest) -> Result<Page, ChatError> {
+        let PageRequest {
+            transition: t,
+            cf,
+            range: (start, end),
+            max: (max_keys, max_bytes),
+            dest,
+            after,
+        } = req;
         if !self.role.may_copy(t.to().epoch()) {
             return Err(ChatError::Unavailable("the move is not in flight".into()));
         }
@@ -299,7 +289,7 @@ impl Writer {
         } else {
             let _ = tx.send(StreamItem::writes(
                 dest,
-                t,
+                &t,
                 Vec::new(),
                 writes,
                 Done::Notify(ack_tx),

@@ -12,6 +12,11 @@ use crate::layout::{node_key, nodes_prefix, ring_key, ClusterView, NodeInfo, Rin
 use crate::ClusterError;
 use chat_retry::Backoff;
 
+/// The default etcd client URL (a local etcd), for every process and tool.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// The default prefix of the cluster's etcd keys.
+pub const DEFAULT_PREFIX: &str = "/chat/";
+
 /// Where the cluster's state lives.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {

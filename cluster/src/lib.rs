@@ -16,6 +16,7 @@ pub mod rebalance;
 
 pub use etcd::{
     connect, init_ring, list_nodes, read_ring, register, watch, EtcdConfig, Registration,
+    DEFAULT_ENDPOINT as DEFAULT_ETCD_ENDPOINT, DEFAULT_PREFIX,
 };
 pub use etcd_client;
 pub use layout::{

@@ -2,14 +2,10 @@
 //! Prometheus metrics. `docs/operations.md` explains each metric.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use chat_cluster::ClusterView;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -36,61 +32,26 @@ pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
 pub const ETCD_UP: &str = "chat_etcd_up";
 pub const REGISTERED: &str = "chat_registered";
 pub const RING_EPOCH: &str = "chat_ring_epoch";
-pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
-pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
-pub const PROCESS_MAX_RSS: &str = "process_max_resident_memory_bytes";
+pub use chat_service::admin::{PROCESS_CPU, PROCESS_MAX_RSS, PROCESS_RSS};
 
-/// CPU time this process (all its threads) has used, in seconds: utime + stime from
-/// `/proc/self/stat`, which Linux reports in USER_HZ = 100 ticks per second.
-pub fn process_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state).
-    let rest = s.get(s.rfind(')')? + 1..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Resident and peak resident memory of this process, in bytes (`/proc/self/status`).
-pub fn process_memory() -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = |field: &str| -> Option<u64> {
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((kib("VmRSS:")? * 1024, kib("VmHWM:")? * 1024))
-}
-
-/// The process-wide Prometheus recorder (installed once).
+/// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(COMMIT_SECONDS.into()),
-                    &[
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                        0.25, 0.5, 1.0, 2.5,
-                    ],
-                )
-                .expect("valid buckets")
-                .set_buckets_for_metric(
-                    Matcher::Full(FORWARD_SECONDS.into()),
-                    &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0,
-                    ],
-                )
-                .expect("valid buckets")
-                .install_recorder()
-                .expect("the only metrics recorder of the process")
-        })
-        .clone()
+    chat_service::admin::recorder(&[
+        (
+            COMMIT_SECONDS,
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ],
+        ),
+        (
+            FORWARD_SECONDS,
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ],
+        ),
+    ])
 }
 
 /// The outcomes `chat_forwarded_entries_total{result}` counts.
@@ -144,83 +105,47 @@ pub struct Health {
     pub metrics: PrometheusHandle,
 }
 
-impl Health {
+impl chat_service::admin::Status for Health {
     /// Ready = storage open (the node exists), registered, ring loaded, not draining.
-    fn problems(&self) -> Vec<&'static str> {
+    fn not_ready(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.shutting_down.load(Ordering::Relaxed) {
-            p.push("shutting down");
+            p.push("shutting down".to_string());
         }
         if let Some(r) = &self.registered {
             if !*r.borrow() {
-                p.push("not registered in etcd");
+                p.push("not registered in etcd".to_string());
             }
         }
         if self.view.borrow().ring.is_none() {
-            p.push("no ring (run `chatctl cluster init`)");
+            p.push("no ring (run `chatctl cluster init`)".to_string());
         }
         p
     }
+
+    fn before_scrape(&self) {
+        let (up, epoch) = {
+            let v = self.view.borrow();
+            (v.etcd_up, v.epoch())
+        };
+        metrics::gauge!(RING_EPOCH).set(epoch as f64);
+        // A standalone node has no etcd: neither gauge would mean anything.
+        if let Some(r) = &self.registered {
+            metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
+            metrics::gauge!(REGISTERED).set(if *r.borrow() { 1.0 } else { 0.0 });
+        }
+    }
 }
 
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    // The recorder keeps histogram samples until upkeep folds them in: run it between scrapes.
-    let handle = health.metrics.clone();
-    let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render))
-        .with_state(health);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let metrics = health.metrics.clone();
+    let app = chat_service::admin::routes(health, metrics.clone());
+    if let Err(e) = chat_service::admin::serve(listener, app, metrics, shutdown).await {
         tracing::error!(error = %e, "admin listener failed");
     }
-    upkeep.abort();
-}
-
-async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
-    let p = h.problems();
-    if p.is_empty() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", p.join("; ")),
-        )
-    }
-}
-
-async fn render(State(h): State<Arc<Health>>) -> String {
-    let (up, epoch) = {
-        let v = h.view.borrow();
-        (v.etcd_up, v.epoch())
-    };
-    metrics::gauge!(RING_EPOCH).set(epoch as f64);
-    // A standalone node has no etcd: neither gauge would mean anything.
-    if let Some(r) = &h.registered {
-        metrics::gauge!(ETCD_UP).set(if up { 1.0 } else { 0.0 });
-        metrics::gauge!(REGISTERED).set(if *r.borrow() { 1.0 } else { 0.0 });
-    }
-    // Read at scrape time, so that a load generator can tell the node's cost from its own.
-    if let Some(cpu) = process_cpu_seconds() {
-        metrics::gauge!(PROCESS_CPU).set(cpu);
-    }
-    if let Some((rss, max)) = process_memory() {
-        metrics::gauge!(PROCESS_RSS).set(rss as f64);
-        metrics::gauge!(PROCESS_MAX_RSS).set(max as f64);
-    }
-    h.metrics.render()
 }

@@ -7,7 +7,6 @@ use anyhow::Context;
 use chat_node::config::{LogFormat, NodeConfig, Overrides};
 use chat_node::server::Node;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "chat-node", version, about = "A chat cluster node")]
@@ -67,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
-    init_logging(&cfg);
+    chat_service::log::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -81,28 +80,5 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node = Node::bind(cfg).await?;
     // One line on stdout for scripts and tests that start nodes with port 0; logs go to stderr.
     println!("chat-node ready {} {}", node.client_url(), node.admin_url());
-    node.run(shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-fn init_logging(cfg: &NodeConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    node.run(chat_service::signal::shutdown()).await
 }

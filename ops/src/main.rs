@@ -27,11 +27,11 @@ struct Etcd {
         long,
         env = "CHAT_ETCD",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = chat_cluster::DEFAULT_ETCD_ENDPOINT
     )]
     etcd: Vec<String>,
     /// The cluster's key prefix in etcd.
-    #[arg(long, env = "CHAT_PREFIX", default_value = "/chat/")]
+    #[arg(long, env = "CHAT_PREFIX", default_value = chat_cluster::DEFAULT_PREFIX)]
     prefix: String,
 }
 

@@ -17,13 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chat_cluster::{ClusterView, EtcdConfig};
+use chat_service::config::EtcdSection;
+use chat_service::log::{LogFormat, LogSection};
 use clap::Parser;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// The router's configuration: defaults, then the TOML file, then `CHAT_ROUTER_<SECTION>__<KEY>`,
 /// then flags. Unknown keys are refused.
@@ -31,7 +29,8 @@ use tracing_subscriber::EnvFilter;
 #[serde(deny_unknown_fields, default)]
 struct RouterConfig {
     router: RouterSection,
-    cluster: ClusterSection,
+    /// Where the cluster's state lives (the nodes' `cluster.etcd_endpoints` and `cluster.prefix`).
+    cluster: EtcdSection,
     log: LogSection,
 }
 
@@ -50,42 +49,6 @@ impl Default for RouterSection {
         RouterSection {
             listen: "127.0.0.1:7000".parse().expect("valid address"),
             max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ClusterSection {
-    /// etcd client URLs.
-    etcd_endpoints: Vec<String>,
-    /// Every etcd key of the cluster starts with this (the nodes' `cluster.prefix`).
-    prefix: String,
-}
-
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
-            prefix: "/chat/".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct LogSection {
-    /// `tracing` env-filter directives (`RUST_LOG` wins when set).
-    filter: String,
-    /// `text` or `json`.
-    format: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            filter: "info".into(),
-            format: "text".into(),
         }
     }
 }
@@ -109,22 +72,16 @@ struct Args {
     /// Overrides cluster.prefix.
     #[arg(long)]
     prefix: Option<String>,
+    /// Overrides log.format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Check the configuration, print it and exit.
     #[arg(long)]
     check_config: bool,
 }
 
 fn load(args: &Args) -> anyhow::Result<RouterConfig> {
-    let mut fig = Figment::from(Serialized::defaults(RouterConfig::default()));
-    if let Some(p) = &args.config {
-        fig = fig.merge(Toml::file_exact(p));
-    }
-    fig = fig.merge(
-        Env::prefixed("CHAT_ROUTER_")
-            .split("__")
-            .ignore(&["config"]),
-    );
-    let mut cfg: RouterConfig = fig.extract()?;
+    let mut cfg: RouterConfig = chat_service::config::load(args.config.as_deref(), "CHAT_ROUTER_")?;
     if let Some(v) = args.listen {
         cfg.router.listen = v;
     }
@@ -134,29 +91,40 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
     if let Some(v) = &args.prefix {
         cfg.cluster.prefix = v.clone();
     }
+    if let Some(v) = args.log_format {
+        cfg.log.format = v;
+    }
     anyhow::ensure!(
         (1..=1024).contains(&cfg.router.max_id_bytes),
         "router.max_id_bytes must be 1 to 1024 (as the nodes' limits.max_id_bytes)"
     );
-    anyhow::ensure!(
-        !cfg.cluster.etcd_endpoints.is_empty(),
-        "cluster.etcd_endpoints must list at least one etcd URL"
-    );
-    anyhow::ensure!(
-        cfg.cluster.prefix.starts_with('/') && cfg.cluster.prefix.ends_with('/'),
-        "cluster.prefix must start and end with '/'"
-    );
-    anyhow::ensure!(
-        matches!(cfg.log.format.as_str(), "text" | "json"),
-        "log.format: text or json"
-    );
+    cfg.cluster.check("cluster")?;
     Ok(cfg)
 }
 
 struct AppState {
     view: watch::Receiver<ClusterView>,
     max_id_bytes: usize,
-    metrics: PrometheusHandle,
+}
+
+impl chat_service::admin::Status for AppState {
+    fn not_ready(&self) -> Vec<String> {
+        if self.view.borrow().ring.is_some() {
+            Vec::new()
+        } else {
+            vec!["no ring".into()]
+        }
+    }
+
+    fn before_scrape(&self) {
+        let (up, epoch, nodes) = {
+            let v = self.view.borrow();
+            (v.etcd_up, v.epoch(), v.nodes.len())
+        };
+        metrics::gauge!("chat_etcd_up").set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("chat_ring_epoch").set(epoch as f64);
+        metrics::gauge!("chat_router_nodes").set(nodes as f64);
+    }
 }
 
 #[derive(Serialize)]
@@ -232,25 +200,6 @@ async fn connect(State(state): State<Arc<AppState>>, Path(user): Path<String>) -
     }
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    if state.view.borrow().ring.is_some() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no ring\n")
-    }
-}
-
-async fn render(State(state): State<Arc<AppState>>) -> String {
-    let (up, epoch, nodes) = {
-        let v = state.view.borrow();
-        (v.etcd_up, v.epoch(), v.nodes.len())
-    };
-    metrics::gauge!("chat_etcd_up").set(if up { 1.0 } else { 0.0 });
-    metrics::gauge!("chat_ring_epoch").set(epoch as f64);
-    metrics::gauge!("chat_router_nodes").set(nodes as f64);
-    state.metrics.render()
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = load(&args).context("configuration")?;
@@ -258,16 +207,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    chat_service::log::init(&cfg.log);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -276,46 +216,25 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
-    let metrics = PrometheusBuilder::new().install_recorder()?;
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    let metrics = chat_service::admin::recorder(&[]);
     let view = chat_cluster::watch(EtcdConfig {
         endpoints: cfg.cluster.etcd_endpoints.clone(),
         prefix: cfg.cluster.prefix.clone(),
     });
     let state = Arc::new(AppState {
         view,
-        metrics,
         max_id_bytes: cfg.router.max_id_bytes,
     });
     let app = Router::new()
         .route("/v1/route/{user}", get(route_json))
         .route("/v1/connect/{user}", get(connect))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(chat_service::admin::routes(state, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.router.listen).await?;
     let addr = listener.local_addr()?;
     // One line on stdout for scripts and tests that start the router with port 0.
     println!("chat-router ready http://{addr}");
     tracing::info!(%addr, "routing");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-        .await?;
+    chat_service::admin::serve(listener, app, metrics, chat_service::signal::shutdown()).await?;
     Ok(())
 }

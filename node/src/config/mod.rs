@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod sections;
 mod tuning;
 
+pub use chat_service::config::ConfigError;
+pub use chat_service::log::{LogFormat, LogSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 
@@ -47,23 +47,10 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Parse(#[from] Box<figment::Error>),
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
-
 impl NodeConfig {
     /// Defaults, then the file (if any), then the environment, then `overrides`; then validated.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
-        if let Some(path) = file {
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        fig = fig.merge(Env::prefixed("CHAT_NODE_").split("__").ignore(&["config"]));
-        let mut cfg: NodeConfig = fig.extract().map_err(Box::new)?;
+        let mut cfg: NodeConfig = chat_service::config::load(file, "CHAT_NODE_")?;
         cfg.apply(overrides);
         cfg.resolve()?;
         Ok(cfg)
@@ -157,15 +144,7 @@ impl NodeConfig {
         self.check_tuning()?;
         if !self.node.standalone {
             let c = &mut self.cluster;
-            if c.etcd_endpoints.is_empty() || c.etcd_endpoints.iter().any(|e| e.is_empty()) {
-                return bad("cluster.etcd_endpoints must list at least one etcd URL".into());
-            }
-            if !c.prefix.starts_with('/') || !c.prefix.ends_with('/') {
-                return bad(format!(
-                    "cluster.prefix {:?} must start and end with '/'",
-                    c.prefix
-                ));
-            }
+            chat_service::config::check_etcd(&c.etcd_endpoints, &c.prefix, "cluster")?;
             if c.weight == 0 || c.weight > 1000 {
                 return bad("cluster.weight must be 1..=1000".into());
             }

@@ -31,7 +31,7 @@ impl Default for NodeSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// etcd client URLs.
+    /// etcd client URLs (checked as the router's: `chat_service::config::EtcdSection`).
     pub etcd_endpoints: Vec<String>,
     /// Every etcd key of the cluster starts with this.
     pub prefix: String,
@@ -55,8 +55,8 @@ pub struct ClusterSection {
 impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
-            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
-            prefix: "/chat/".into(),
+            etcd_endpoints: vec![chat_service::config::DEFAULT_ETCD_ENDPOINT.into()],
+            prefix: chat_service::config::DEFAULT_PREFIX.into(),
             weight: 1,
             lease_ttl_secs: 10,
             quic_listen: "127.0.0.1:7500".parse().expect("valid address"),
@@ -217,31 +217,4 @@ impl Default for LimitsSection {
             session_queue: 1024,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// tracing env-filter directives; `RUST_LOG` overrides.
-    pub filter: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }

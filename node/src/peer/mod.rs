@@ -7,8 +7,8 @@ pub mod tls;
 pub mod transport;
 
 use chat_proto::cluster::{
-    peer_request, peer_response, ForwardAck, MirrorAck, PeerError, PeerPong, PeerRequest,
-    PeerResponse,
+    peer_request, peer_response, ForwardAck, ForwardStatus, MirrorAck, PeerError, PeerPong,
+    PeerRequest, PeerResponse,
 };
 
 use crate::error::ChatError;
@@ -51,6 +51,13 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
             match writer.apply(f.entries).await {
                 Ok(status) => {
                     metrics::counter!(crate::admin::FORWARD_RECEIVED).increment(n as u64);
+                    let refused = status
+                        .iter()
+                        .filter(|s| **s == ForwardStatus::NotOwner)
+                        .count();
+                    if refused > 0 {
+                        tracing::debug!(peer = %req.from_node, refused, epoch, sender_epoch = req.epoch, "forwarded entries for users this node does not own");
+                    }
                     PeerResponse {
                         epoch,
                         response: Some(peer_response::Response::Forward(ForwardAck {

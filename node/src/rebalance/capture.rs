@@ -39,9 +39,9 @@ impl Capture {
 
     /// A put (`Some(value)`) or delete of `key` in `cf`.
     pub(crate) fn write(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
-        if !cf.moves() {
+        let Some(wire_cf) = cf.to_wire() else {
             return;
-        }
+        };
         let Some(h) = owner_hash(key) else { return };
         let Some(s) = self.transition.segment_of(h).filter(|s| s.from == self.me) else {
             return;
@@ -51,7 +51,7 @@ impl Capture {
             chunks.push(Chunk::default());
         }
         chunks.last_mut().expect("one chunk").writes.push(RawWrite {
-            cf: cf.name().to_string(),
+            cf: wire_cf as i32,
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec).unwrap_or_default(),
             delete: value.is_none(),
@@ -84,6 +84,7 @@ impl Capture {
 mod tests {
     use super::*;
     use crate::store::keys::inbox_key;
+    use chat_proto::cluster::MovingCf;
     use chat_ring::Ring;
 
     /// n1 gives part of its ranges to n2 in a move from {n1} to {n1, n2}.
@@ -115,8 +116,8 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         let w = &chunks[0].writes;
         assert_eq!(w.len(), 2);
-        assert_eq!((w[0].cf.as_str(), w[0].delete), ("inbox", false));
-        assert_eq!((w[1].cf.as_str(), w[1].delete), ("meta", true));
+        assert_eq!((w[0].cf(), w[0].delete), (MovingCf::Inbox, false));
+        assert_eq!((w[1].cf(), w[1].delete), (MovingCf::Meta, true));
     }
 
     #[test]

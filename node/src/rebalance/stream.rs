@@ -175,7 +175,7 @@ mod tests {
 
     fn w(k: u8) -> RawWrite {
         RawWrite {
-            cf: "inbox".into(),
+            cf: chat_proto::cluster::MovingCf::Inbox as i32,
             key: vec![k; 9],
             value: vec![k],
             delete: false,

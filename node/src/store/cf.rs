@@ -1,5 +1,7 @@
 //! The column families: one per record kind, named once here.
 
+use chat_proto::cluster::MovingCf;
+
 /// A column family of the node's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
@@ -20,7 +22,7 @@ impl Cf {
     /// The column families whose keys begin with their owner's hash and move with it.
     pub const MOVING: [Cf; 3] = [Cf::Meta, Cf::Inbox, Cf::Dedup];
 
-    /// The name in RocksDB, and on the wire in a move's stream (`RawWrite.cf`).
+    /// The name in RocksDB.
     pub const fn name(self) -> &'static str {
         match self {
             Cf::Inbox => "inbox",
@@ -35,9 +37,26 @@ impl Cf {
         Cf::MOVING.contains(&self)
     }
 
-    /// The moving column family with this name (a stream's writes name only these).
-    pub fn moving(name: &str) -> Option<Cf> {
-        Cf::MOVING.into_iter().find(|c| c.name() == name)
+    /// How a move's stream names this column family (`RawWrite.cf`); `None` for one that does
+    /// not move.
+    pub fn to_wire(self) -> Option<MovingCf> {
+        match self {
+            Cf::Meta => Some(MovingCf::Meta),
+            Cf::Inbox => Some(MovingCf::Inbox),
+            Cf::Dedup => Some(MovingCf::Dedup),
+            Cf::Outbox | Cf::Node => None,
+        }
+    }
+
+    /// The moving column family a stream's write names (`RawWrite.cf`, a raw enum value from
+    /// the wire); `None` for anything else.
+    pub fn from_wire(cf: i32) -> Option<Cf> {
+        match MovingCf::try_from(cf).ok()? {
+            MovingCf::Meta => Some(Cf::Meta),
+            MovingCf::Inbox => Some(Cf::Inbox),
+            MovingCf::Dedup => Some(Cf::Dedup),
+            MovingCf::Unspecified => None,
+        }
     }
 }
 
@@ -49,9 +68,15 @@ mod tests {
     fn names_are_distinct_and_only_owner_keyed_families_move() {
         let names: std::collections::HashSet<_> = Cf::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), Cf::ALL.len());
-        assert_eq!(Cf::moving("inbox"), Some(Cf::Inbox));
-        assert_eq!(Cf::moving("outbox"), None);
-        assert_eq!(Cf::moving("node"), None);
+        for cf in Cf::ALL {
+            let wire = cf.to_wire();
+            assert_eq!(wire.is_some(), cf.moves(), "{cf:?}");
+            if let Some(w) = wire {
+                assert_eq!(Cf::from_wire(w as i32), Some(cf));
+            }
+        }
+        assert_eq!(Cf::from_wire(MovingCf::Unspecified as i32), None);
+        assert_eq!(Cf::from_wire(99), None, "from a newer node");
         assert!(!Cf::Outbox.moves() && !Cf::Node.moves());
     }
 }

@@ -202,9 +202,9 @@ impl Writer {
         }
         let mut writes = Vec::with_capacity(req.writes.len());
         for w in &req.writes {
-            let Some(cf) = Cf::moving(&w.cf) else {
+            let Some(cf) = Cf::from_wire(w.cf) else {
                 return Err(ChatError::InvalidArgument(format!(
-                    "cf {:?} does not move",
+                    "column family {} does not move",
                     w.cf
                 )));
             };
@@ -273,10 +273,11 @@ impl Writer {
         } else {
             kvs.last().map(|(k, _)| k.clone())
         };
+        let wire_cf = cf.to_wire().map_or(0, |c| c as i32);
         let writes = kvs
             .into_iter()
             .map(|(key, value)| RawWrite {
-                cf: cf.name().to_string(),
+                cf: wire_cf,
                 key,
                 value,
                 delete: false,

@@ -12,14 +12,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_proto::cluster::{
-    peer_request, peer_response, Forward, ForwardEntry, ForwardStatus, PeerErrorCode, PeerRequest,
-};
+use chat_proto::cluster::{peer_request, Forward, ForwardEntry, ForwardStatus, PeerRequest};
 use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::send::{apply_here, forward, registered, Answer};
 use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
 use crate::admin;
@@ -27,6 +26,8 @@ use crate::config::ForwardSection;
 use crate::routing::Routing;
 use crate::store::Store;
 use crate::writer::{Outboxed, WriterHandle};
+
+mod send;
 
 /// Entries read from the outbox per step when (re)loading queues.
 const SCAN_PAGE: usize = 4096;
@@ -53,7 +54,7 @@ struct Done {
     dest: String,
     items: Batch,
     started: Instant,
-    result: Result<Vec<ForwardStatus>, RequestError>,
+    result: Result<Answer, RequestError>,
 }
 
 pub struct Forwarder {
@@ -145,6 +146,9 @@ impl Forwarder {
                     d.spill_from = None;
                 }
                 self.reload(None);
+                // Waits were for the old ring's owners (a NOT_OWNER from a peer that had this
+                // ring first): the new destinations are tried now.
+                self.lanes.retry_now();
             }
             if !rebuild {
                 self.dispatch(&mut tasks);
@@ -328,7 +332,7 @@ impl Forwarder {
             let handle = tasks.spawn(async move {
                 let started = Instant::now();
                 let result = if dest == self_id {
-                    apply_here(&writer, entries).await
+                    apply_here(&writer, entries, epoch).await
                 } else {
                     let req = PeerRequest {
                         from_node: self_id,
@@ -360,7 +364,10 @@ impl Forwarder {
         }
         tracing::trace!(%dest, first = items.first().map(|i| i.0), n = items.len(), ok = result.is_ok(), "forward answered");
         match result {
-            Ok(statuses) => {
+            Ok(Answer {
+                statuses,
+                epoch: peer_epoch,
+            }) => {
                 metrics::histogram!(admin::FORWARD_SECONDS).record(started.elapsed().as_secs_f64());
                 let (mut done_seqs, mut done_to) = (Vec::new(), Vec::new());
                 let (mut not_owner, mut invalid) = (0, 0);
@@ -407,7 +414,14 @@ impl Forwarder {
                 if not_owner > 0 {
                     metrics::counter!(admin::FORWARDED, "result" => "not_owner")
                         .increment(not_owner);
-                    tracing::info!(peer = %dest, not_owner, "peer does not own some recipients; re-routing after backoff");
+                    // The epochs say whose ring is stale. Either way the entries wait (backoff):
+                    // a newer ring here re-routes them at once when it arrives (the rebuild
+                    // ends every wait); an older one at the peer is retried at the same peer.
+                    if peer_epoch > self.epoch {
+                        tracing::info!(peer = %dest, not_owner, peer_epoch, epoch = self.epoch, "peer has a newer ring; re-routing once this node has it");
+                    } else {
+                        tracing::info!(peer = %dest, not_owner, peer_epoch, epoch = self.epoch, "peer does not own some recipients under its ring; retrying after backoff");
+                    }
                 }
                 self.lanes.done(&dest, not_owner == 0, Instant::now());
             }
@@ -457,56 +471,4 @@ impl Forwarder {
             }
         }
     }
-}
-
-/// The registered peers and their addresses, to notice a peer that (re)registers.
-fn registered(v: &chat_cluster::ClusterView) -> Vec<(String, String)> {
-    v.nodes
-        .values()
-        .map(|n| (n.id.clone(), n.quic_addr.clone()))
-        .collect()
-}
-
-async fn forward(
-    peers: &Peers,
-    dest: &str,
-    req: &PeerRequest,
-    timeout: Duration,
-) -> Result<Vec<ForwardStatus>, RequestError> {
-    let n = match &req.request {
-        Some(peer_request::Request::Forward(f)) => f.entries.len(),
-        _ => 0,
-    };
-    let resp = peers.request(dest, req, timeout).await?;
-    match resp.response {
-        Some(peer_response::Response::Forward(ack)) if ack.status.len() == n => Ok(ack
-            .status
-            .into_iter()
-            .map(|s| ForwardStatus::try_from(s).unwrap_or(ForwardStatus::Unspecified))
-            .collect()),
-        // The peer failed the request. Part of it may be stored (a storage error mid-batch), so
-        // it counts as unknown: retried, never given up.
-        Some(peer_response::Response::Error(e)) => {
-            let code = PeerErrorCode::try_from(e.code).unwrap_or(PeerErrorCode::Unspecified);
-            Err(RequestError::Unknown(format!(
-                "{dest} failed the request ({code:?}): {}",
-                e.message
-            )))
-        }
-        other => Err(RequestError::Unknown(format!(
-            "{dest}: unexpected answer {other:?}"
-        ))),
-    }
-}
-
-/// Entries whose recipient this node owns now (the ring changed under them): applied locally.
-async fn apply_here(
-    writer: &WriterHandle,
-    entries: Vec<ForwardEntry>,
-) -> Result<Vec<ForwardStatus>, RequestError> {
-    // A failed command may have been partly applied: unknown, never given up.
-    writer
-        .apply(entries)
-        .await
-        .map_err(|e| RequestError::Unknown(e.to_string()))
 }

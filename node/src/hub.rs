@@ -37,6 +37,8 @@ pub struct Signals {
     pub max_dropped: AtomicU64,
     /// A newer connection of the same device took over: close this one.
     pub replaced: AtomicBool,
+    /// The ring changed and this user's home may be another node: check the route.
+    pub moved: AtomicBool,
     pub notify: Notify,
 }
 
@@ -113,6 +115,27 @@ impl Hub {
         }
     }
 
+    /// Tells every session of the connected users `moved` picks that its user may have moved;
+    /// returns how many users it picked. One pass over the connected users per ring change,
+    /// instead of every session waking to check its own.
+    pub fn signal_moved(&self, moved: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            let shard = shard.lock().expect("hub lock");
+            for (user, subs) in shard.iter() {
+                if !moved(user) {
+                    continue;
+                }
+                n += 1;
+                for s in subs {
+                    s.signals.moved.store(true, Ordering::Release);
+                    s.signals.notify.notify_one();
+                }
+            }
+        }
+        n
+    }
+
     /// Connected devices (for metrics and tests).
     pub fn connected(&self) -> usize {
         self.shards
@@ -175,5 +198,19 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(hub.connected(), 1);
+    }
+
+    #[test]
+    fn only_the_sessions_of_moved_users_are_signalled() {
+        let hub = Hub::new(8);
+        let alice = hub.subscribe("alice", "phone");
+        let bob = [
+            hub.subscribe("bob", "phone"),
+            hub.subscribe("bob", "laptop"),
+        ];
+        assert_eq!(hub.signal_moved(|u| u == "bob"), 1);
+        assert!(!alice.signals.moved.load(Ordering::Acquire));
+        assert!(bob.iter().all(|s| s.signals.moved.load(Ordering::Acquire)));
+        assert_eq!(hub.signal_moved(|u| u == "carol"), 0, "not connected");
     }
 }

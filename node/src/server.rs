@@ -217,6 +217,12 @@ impl Node {
                 Box::pin(peer::handle(req, writer_h.clone(), routing.clone()))
             }));
             let server = tokio::spawn(c.peers.clone().serve());
+            // Standalone, the ring never changes: no one to move.
+            tokio::spawn(crate::gateway::signal_moved(
+                shared.hub.clone(),
+                shared.routing.clone(),
+                notify_shutdown.subscribe(),
+            ));
             let forwarder = tokio::spawn(c.forwarder.run(c.outbox_rx, notify_shutdown.subscribe()));
             let maintain = tokio::spawn(c.peers.clone().maintain());
             let id = shared.cfg.node.id.clone();

@@ -1,13 +1,16 @@
 //! Client connections: [`conn`] (frames over the WebSocket, write deadlines), [`hello`]
 //! (authentication), [`session`] (one task per connection: attach, then frames in and entries
 //! out), [`delivery`] (the no-gap, no-duplicate cursor, with no I/O) and [`handlers`] (one per
-//! frame kind).
+//! frame kind). [`moved`] tells the sessions of users a ring change moves away to redirect them.
 
 mod conn;
 mod delivery;
 mod handlers;
 mod hello;
+mod moved;
 mod session;
+
+pub use moved::signal_moved;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 use chat_proto::cluster::PeerErrorCode;
 use chat_proto::v1::{server_frame, Error as ErrorFrame, ErrorCode, ServerFrame};
 
+use crate::store::engine::StorageError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error("malformed frame: {0}")]
@@ -37,8 +39,8 @@ pub enum ChatError {
     ShuttingDown,
     #[error("unavailable: {0}")]
     Unavailable(String),
-    #[error("storage error: {0}")]
-    Storage(#[from] rocksdb::Error),
+    #[error("{0}")]
+    Storage(StorageError),
     /// A write failed because the disk is full: nothing of it was stored.
     #[error("the node's disk is full: {0}")]
     StorageFull(String),
@@ -127,14 +129,15 @@ impl ChatError {
     pub fn is_internal(&self) -> bool {
         matches!(self, ChatError::Storage(_) | ChatError::Internal(_))
     }
+}
 
-    /// The error a failed batch write answers with: STORAGE_FULL when the disk is full (RocksDB
-    /// reports ENOSPC as an I/O error "No space left on device"), else INTERNAL.
-    pub fn from_failed_write(e: &str) -> ChatError {
-        if e.contains("No space left on device") || e.contains("NoSpace") {
-            ChatError::StorageFull(e.to_string())
-        } else {
-            ChatError::Internal(format!("commit failed: {e}"))
+/// STORAGE_FULL when the disk is full (a write refused below the free-space floor), else
+/// INTERNAL with the details in the node's log only.
+impl From<StorageError> for ChatError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Full(m) => ChatError::StorageFull(m),
+            other => ChatError::Storage(other),
         }
     }
 }

@@ -103,7 +103,8 @@ impl Session {
         let before = h.before_seq;
         let res = tokio::task::spawn_blocking(move || store.inbox_before(&user, before, limit))
             .await
-            .unwrap_or_else(|e| Err(ChatError::Internal(e.to_string())));
+            .map_err(|e| ChatError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(ChatError::from));
         let (entries, more) = match res {
             Ok(r) => r,
             Err(e) => return self.conn.refuse(&e, &h.request_id).await,

@@ -45,10 +45,6 @@ pub(super) struct Session {
 /// The state of an authenticated connection.
 pub(super) struct Live {
     pub who: Identity,
-    /// The cluster view, to notice when this user moves to another node. `None` once its
-    /// sender is gone (a standalone node never has one; a stopping node drops it): nothing
-    /// more will change, and a closed channel must not be polled again (it is always ready).
-    view: Option<tokio::sync::watch::Receiver<chat_cluster::ClusterView>>,
     sub: Subscription,
     pub cursor: Cursor,
     page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
@@ -108,6 +104,11 @@ impl Session {
         }
         // Subscribe before reading the cursor: see `delivery`.
         let sub = self.ctx.hub.subscribe(&who.user, &who.device);
+        // Once subscribed, a ring change is signalled (`moved`); one that came between the
+        // check above and the subscription is seen here.
+        if let Err(end) = self.redirect_unless_here(&who.user, "redirect").await {
+            return end;
+        }
         let max = self.ctx.cfg.limits.max_devices_per_user;
         let attached = match self.ctx.writer.attach(who.clone(), max).await {
             Ok(a) => a,
@@ -136,7 +137,6 @@ impl Session {
             "attached"
         );
         let mut live = Live {
-            view: Some(self.ctx.routing.view.clone()),
             who,
             sub,
             // What the device says it has processed is not sent again (but not acknowledged
@@ -191,7 +191,7 @@ impl Session {
                 if let Some(from) = live.cursor.page_to_read() {
                     let (store, user) = (self.ctx.store.clone(), live.who.user.clone());
                     live.page = Some(tokio::task::spawn_blocking(move || {
-                        store.inbox_from(&user, from, PAGE)
+                        store.inbox_from(&user, from, PAGE).map_err(ChatError::from)
                     }));
                 }
             }
@@ -203,21 +203,17 @@ impl Session {
                     let _ = self.conn.send(&ChatError::ShuttingDown.to_frame("")).await;
                     Err(End::Close(CloseCode::Away, "node shutting down"))
                 }
-                _ = live.sub.signals.notify.notified() => self.on_signal(live),
-                changed = async { live.view.as_mut().expect("guarded").changed().await },
-                    if live.view.is_some() => match changed {
-                    // The ring changed: a user this node no longer owns (a committed move) is
-                    // sent to its new home, where it resumes from its cursor.
-                    Ok(()) => match self.ctx.routing.route(&live.who.user) {
+                _ = live.sub.signals.notify.notified() => match self.on_signal(live) {
+                    // The ring changed and this node no longer owns the user (a committed
+                    // move): it is sent to its new home, where it resumes from its cursor.
+                    Ok(true) => match self.ctx.routing.route(&live.who.user) {
                         Route::Here | Route::Unavailable(_) => Ok(()),
                         Route::Elsewhere { .. } => {
                             self.redirect_unless_here(&live.who.user, "moved to another node").await
                         }
                     },
-                    Err(_) => {
-                        live.view = None;
-                        Ok(())
-                    }
+                    Ok(false) => Ok(()),
+                    Err(end) => Err(end),
                 },
                 Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
                     self.on_sent(&cmid, res).await.map_err(End::from)
@@ -275,7 +271,8 @@ impl Session {
         }
     }
 
-    fn on_signal(&mut self, live: &mut Live) -> Result<(), End> {
+    /// The hub's signals; `Ok(true)` when the user may have moved to another node.
+    fn on_signal(&mut self, live: &mut Live) -> Result<bool, End> {
         if live.sub.signals.replaced.load(Ordering::Acquire) {
             return Err(End::Close(
                 CloseCode::Policy,
@@ -285,7 +282,7 @@ impl Session {
         if let Some(d) = live.dropped() {
             live.cursor.lagged(d);
         }
-        Ok(())
+        Ok(live.sub.signals.moved.swap(false, Ordering::AcqRel))
     }
 
     async fn on_push(&mut self, live: &mut Live, push: Push) -> Result<(), End> {

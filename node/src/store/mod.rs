@@ -1,25 +1,27 @@
-//! The node's storage: one RocksDB with a column family per record kind ([`Cf`]).
+//! The node's storage: a small engine ([`engine::Engine`]: RocksDB in the node, ordered maps in
+//! unit tests) with a column family per record kind ([`Cf`]), and typed reads of the node's
+//! records ([`reads`]).
 //!
 //! Every write goes through the writer (`crate::writer`), which batches them; this module opens
-//! the database and serves reads (`reads`). Reads are blocking calls: async callers use
-//! `spawn_blocking`.
+//! the database, writes the writer's batches and serves reads. Reads are blocking calls: async
+//! callers use `spawn_blocking`.
 
 mod cf;
+pub mod engine;
 pub mod keys;
+mod memory;
 mod reads;
+mod rocks;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
-
 use chat_proto::store::InboxEntry;
 
 use crate::error::ChatError;
 pub use cf::Cf;
-use keys::*;
+use engine::{Engine, EngineBatch, StorageError};
 
 /// Where an older version kept the move marker: a file beside the database (read once, for an
 /// upgrade in the middle of a move).
@@ -48,99 +50,67 @@ pub struct StoredEntry {
 }
 
 pub struct Store {
-    db: DB,
+    engine: Box<dyn Engine>,
     retention_ms: i64,
-    dir: std::path::PathBuf,
+    /// The data directory (`None` in memory): its free space is checked before each write.
+    dir: Option<std::path::PathBuf>,
     min_free_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// Drops values whose timestamp header is older than the retention. Runs inside compactions, so
-/// expiry costs no scan; reads also skip expired entries, so the result does not depend on when
-/// compaction happens to run.
-fn retention_filter(retention_ms: i64) -> impl FnMut(u32, &[u8], &[u8]) -> Decision {
-    move |_level, _key, value| match split_timed(value) {
-        Some((ts, _)) if ts < chat_proto::now_ms() - retention_ms => Decision::Remove,
-        _ => Decision::Keep,
-    }
-}
-
 impl Store {
+    /// Opens (or creates) the node's RocksDB in `path`.
     pub fn open(path: &Path, opts: &StoreOptions) -> Result<Arc<Store>, ChatError> {
         std::fs::create_dir_all(path)
             .map_err(|e| ChatError::Internal(format!("create {}: {e}", path.display())))?;
-        let retention_ms = opts.retention.as_millis().min(i64::MAX as u128) as i64;
-        let cache = Cache::new_lru_cache(opts.block_cache_mib.max(1) * 1024 * 1024);
-        let cf_opts = |expiring: bool, lookups_miss: bool| {
-            let mut o = Options::default();
-            let mut t = BlockBasedOptions::default();
-            t.set_block_cache(&cache);
-            t.set_bloom_filter(10.0, false);
-            o.set_block_based_table_factory(&t);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if lookups_miss {
-                // Most lookups here are for keys that do not exist (a new client_msg_id, a new
-                // forwarded entry): a memtable bloom filter answers them without a skiplist walk.
-                o.set_memtable_whole_key_filtering(true);
-                o.set_memtable_prefix_bloom_ratio(0.02);
-            }
-            if expiring {
-                o.set_compaction_filter("retention", retention_filter(retention_ms));
-                // Rewrite files at least this often even without new writes, so expired entries
-                // leave the disk within about retention + a quarter of it (a week at most),
-                // without rewriting the whole database every day.
-                o.set_periodic_compaction_seconds(
-                    (opts.retention.as_secs() / 4).clamp(60, 7 * 24 * 3600),
-                );
-            }
-            o
-        };
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.increase_parallelism(2);
-        // Write flushed and compacted files out in 1 MiB steps instead of all at their end: a
-        // memtable flush otherwise leaves tens of MB dirty, and the WAL fsync behind every ✓
-        // waits for that writeback (second-long ✓ stalls once per flush on this machine).
-        db_opts.set_bytes_per_sync(1 << 20);
-        let cfs = Cf::ALL.map(|cf| {
-            let (expiring, lookups_miss) = match cf {
-                Cf::Inbox => (true, false),
-                Cf::Dedup => (true, true),
-                Cf::Meta | Cf::Outbox | Cf::Node => (false, false),
-            };
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts(expiring, lookups_miss))
-        });
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        let store = Store {
-            db,
-            retention_ms,
-            dir: path.to_path_buf(),
+        let engine = rocks::RocksEngine::open(path, opts.retention, opts.block_cache_mib)?;
+        Ok(Store::with_engine(
+            Box::new(engine),
+            Some(path.to_path_buf()),
+            opts,
+        ))
+    }
+
+    /// A store that keeps everything in memory (unit tests): no disk, no free-space floor.
+    pub fn in_memory(opts: &StoreOptions) -> Arc<Store> {
+        Store::with_engine(
+            Box::new(memory::MemoryEngine::new(opts.retention)),
+            None,
+            opts,
+        )
+    }
+
+    fn with_engine(
+        engine: Box<dyn Engine>,
+        dir: Option<std::path::PathBuf>,
+        opts: &StoreOptions,
+    ) -> Arc<Store> {
+        Arc::new(Store {
+            engine,
+            retention_ms: opts.retention.as_millis().min(i64::MAX as u128) as i64,
+            dir,
             min_free_bytes: opts.min_free_bytes.into(),
-        };
-        Ok(Arc::new(store))
+        })
     }
 
-    #[cfg(test)]
-    pub(crate) fn db(&self) -> &DB {
-        &self.db
-    }
-
-    pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("column family opened")
+    /// An empty batch for [`Store::write`].
+    pub(crate) fn batch(&self) -> Box<dyn EngineBatch> {
+        self.engine.batch()
     }
 
     /// Writes a batch the writer assembled (with a WAL fsync when `sync`). Below the
-    /// free-space floor it is refused first; a storage failure stops the node ([`fail_stop`]).
-    pub(crate) fn write(&self, wb: rocksdb::WriteBatch, sync: bool) -> Result<(), String> {
+    /// free-space floor it is refused first; an engine that stops taking writes stops the node
+    /// ([`fail_stop`]).
+    pub(crate) fn write(
+        &self,
+        batch: Box<dyn EngineBatch>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         if let Some(why) = self.below_floor() {
-            return Err(why);
+            return Err(StorageError::Full(why));
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(sync);
-        match self.db.write_opt(wb, &wo) {
-            Ok(()) => Ok(()),
-            Err(e) if storage_failed(&e) => fail_stop(&e),
-            Err(e) => Err(e.to_string()),
+        match self.engine.write(batch, sync) {
+            Err(StorageError::Failed(e)) => fail_stop(&e),
+            r => r,
         }
     }
 
@@ -151,7 +121,7 @@ impl Store {
 
     /// Free space for this process on the data directory's filesystem.
     pub fn free_bytes(&self) -> Option<u64> {
-        free_bytes(&self.dir)
+        free_bytes(self.dir.as_deref()?)
     }
 
     /// Why a write must be refused now, if it must: free disk is under the floor. Every write
@@ -163,7 +133,7 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed);
         self.free_bytes().filter(|f| *f < floor).map(|_| {
             format!(
-                "No space left on device: less than {} MiB free in the data directory",
+                "less than {} MiB free in the data directory",
                 floor / (1024 * 1024)
             )
         })
@@ -178,37 +148,38 @@ impl Store {
     /// The move this node has an unfinished share of (see `crate::rebalance::role`), written by
     /// the writer in the batch that adopts the move.
     pub fn move_marker(&self) -> Result<Option<Vec<u8>>, ChatError> {
-        if let Some(v) = self.db.get_cf(self.cf(Cf::Node), MOVE_MARKER_KEY)? {
+        if let Some(v) = self.engine.get(Cf::Node, MOVE_MARKER_KEY)? {
             return Ok(Some(v));
         }
-        Ok(std::fs::read(self.dir.join(LEGACY_MOVE_MARKER)).ok())
+        Ok(self
+            .dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join(LEGACY_MOVE_MARKER)).ok()))
     }
 
     /// Removes an older version's marker file once the marker it held is settled.
     pub(crate) fn remove_legacy_marker(&self) {
-        let _ = std::fs::remove_file(self.dir.join(LEGACY_MOVE_MARKER));
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_file(d.join(LEGACY_MOVE_MARKER));
+        }
     }
 
     /// Compacts the inbox and dedup column families now (retention applies at once). Operators
     /// rarely need it; tests use it.
     pub fn compact_now(&self) {
         for cf in [Cf::Inbox, Cf::Dedup] {
-            self.db
-                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+            self.engine.compact(cf);
         }
     }
 
     /// Flushes memtables to SST files (the WAL already holds every acknowledged write).
     pub fn flush(&self) -> Result<(), ChatError> {
-        for cf in Cf::MOVING {
-            self.db.flush_cf(self.cf(cf))?;
-        }
-        Ok(())
+        Ok(self.engine.flush()?)
     }
 }
 
-pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, ChatError> {
-    M::decode(bytes).map_err(|e| ChatError::Internal(format!("corrupt record: {e}")))
+pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, StorageError> {
+    M::decode(bytes).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
 /// Free space for this process on the filesystem of `dir` (`statvfs`: blocks available to
@@ -224,20 +195,10 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Whether a failed write leaves RocksDB unable to take more: an I/O error while writing its
-/// log or files (ENOSPC between the free-space check and the write, a failing disk) sets a
-/// background error after which every write fails until the database is reopened.
-pub fn storage_failed(e: &rocksdb::Error) -> bool {
-    matches!(
-        e.kind(),
-        rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption
-    )
-}
-
 /// Stops the node at once (see [`crate::error::EXIT_STORAGE_FAILED`]): nothing of the failed
 /// write was acknowledged, and a restart is the one way back to a writable store. The binding
 /// has no `DB::Resume`, and reopening in place would need every reader to let go first.
-pub fn fail_stop(e: &rocksdb::Error) -> ! {
+pub fn fail_stop(e: &str) -> ! {
     tracing::error!(
         error = %e,
         "storage failed: RocksDB takes no more writes; stopping so a restart recovers from its log"

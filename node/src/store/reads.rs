@@ -2,19 +2,18 @@
 
 use chat_proto::cluster::ForwardEntry;
 use chat_proto::store::{DeviceState, SentRecord, UserState};
-use rocksdb::ReadOptions;
 
+use super::engine::{Scan, StorageError};
 use super::keys::*;
 use super::{decode, Cf, KeyValue, Store, StoredEntry};
-use crate::error::ChatError;
 
 impl Store {
     /// Whether a forwarded entry with this id was already stored for `user` (within the retention).
-    pub fn forward_seen(&self, user: &str, entry_id: &str) -> Result<bool, ChatError> {
+    pub fn forward_seen(&self, user: &str, entry_id: &str) -> Result<bool, StorageError> {
         Ok(
             match self
-                .db
-                .get_pinned_cf(self.cf(Cf::Dedup), forward_dedup_key(user, entry_id))?
+                .engine
+                .get(Cf::Dedup, &forward_dedup_key(user, entry_id))?
             {
                 Some(v) => {
                     matches!(split_timed(&v), Some((ts, _)) if ts >= self.retention_floor_ms())
@@ -29,31 +28,31 @@ impl Store {
         &self,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, ForwardEntry)>, ChatError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Outbox));
-        it.seek(outbox_key(from));
+    ) -> Result<Vec<(u64, ForwardEntry)>, StorageError> {
         let mut out = Vec::new();
-        while it.valid() && out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let seq = outbox_seq(k).ok_or_else(corrupt)?;
-            out.push((seq, decode(v)?));
-            it.next();
+        if limit == 0 {
+            return Ok(out);
         }
-        it.status()?;
+        self.engine
+            .scan(Cf::Outbox, Scan::forward(&outbox_key(from)), &mut |k, v| {
+                let seq = outbox_seq(k).ok_or_else(corrupt)?;
+                out.push((seq, decode(v)?));
+                Ok(out.len() < limit)
+            })?;
         Ok(out)
     }
 
     /// The highest outbox seq in use (0 when the outbox is empty).
-    pub fn last_outbox_seq(&self) -> Result<u64, ChatError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Outbox));
-        it.seek_to_last();
-        let last = match it.key() {
-            Some(k) => outbox_seq(k).ok_or_else(corrupt)?,
-            None => 0,
-        };
-        it.status()?;
+    pub fn last_outbox_seq(&self) -> Result<u64, StorageError> {
+        let mut last = 0;
+        self.engine.scan(
+            Cf::Outbox,
+            Scan::reverse(&outbox_key(u64::MAX), &[]),
+            &mut |k, _| {
+                last = outbox_seq(k).ok_or_else(corrupt)?;
+                Ok(false)
+            },
+        )?;
         Ok(last)
     }
 
@@ -67,7 +66,7 @@ impl Store {
         after: Option<&[u8]>,
         max_keys: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<KeyValue>, bool), ChatError> {
+    ) -> Result<(Vec<KeyValue>, bool), StorageError> {
         let first = match after {
             Some(k) => {
                 let mut k = k.to_vec();
@@ -76,67 +75,56 @@ impl Store {
             }
             None => start.to_be_bytes().to_vec(),
         };
-        let mut it = self.db.raw_iterator_cf(self.cf(cf));
-        it.seek(&first);
-        let (mut out, mut bytes) = (Vec::new(), 0usize);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
+        let (mut out, mut bytes, mut ended) = (Vec::new(), 0usize, true);
+        self.engine.scan(cf, Scan::forward(&first), &mut |k, v| {
             let hash = owner_hash(k).unwrap_or(u64::MAX);
             if hash > end {
-                return Ok((out, true));
+                return Ok(false);
             }
             if out.len() >= max_keys || bytes >= max_bytes {
-                return Ok((out, false));
+                ended = false;
+                return Ok(false);
             }
             bytes += k.len() + v.len();
             out.push((k.to_vec(), v.to_vec()));
-            it.next();
-        }
-        it.status()?;
-        Ok((out, true))
+            Ok(true)
+        })?;
+        Ok((out, ended))
     }
 
-    pub fn user_state(&self, user: &str) -> Result<UserState, ChatError> {
-        Ok(
-            match self
-                .db
-                .get_pinned_cf(self.cf(Cf::Meta), user_state_key(user))?
-            {
-                Some(v) => decode(&v)?,
-                None => UserState {
-                    next_seq: 1,
-                    ..Default::default()
-                },
+    pub fn user_state(&self, user: &str) -> Result<UserState, StorageError> {
+        Ok(match self.engine.get(Cf::Meta, &user_state_key(user))? {
+            Some(v) => decode(&v)?,
+            None => UserState {
+                next_seq: 1,
+                ..Default::default()
             },
-        )
+        })
     }
 
-    pub fn device_state(&self, user: &str, device: &str) -> Result<Option<DeviceState>, ChatError> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(Cf::Meta), device_key(user, device))?
-        {
+    pub fn device_state(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> Result<Option<DeviceState>, StorageError> {
+        match self.engine.get(Cf::Meta, &device_key(user, device))? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
     }
 
     /// Every device of `user` with its state.
-    pub fn devices(&self, user: &str) -> Result<Vec<(String, DeviceState)>, ChatError> {
+    pub fn devices(&self, user: &str) -> Result<Vec<(String, DeviceState)>, StorageError> {
         let prefix = device_prefix(user);
-        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Meta));
-        it.seek(&prefix);
         let mut out = Vec::new();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let Some(name) = k.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            out.push((String::from_utf8_lossy(name).into_owned(), decode(v)?));
-            it.next();
-        }
-        it.status()?;
+        self.engine
+            .scan(Cf::Meta, Scan::forward(&prefix), &mut |k, v| {
+                let Some(name) = k.strip_prefix(prefix.as_slice()) else {
+                    return Ok(false);
+                };
+                out.push((String::from_utf8_lossy(name).into_owned(), decode(v)?));
+                Ok(true)
+            })?;
         Ok(out)
     }
 
@@ -145,9 +133,9 @@ impl Store {
         user: &str,
         device: &str,
         client_msg_id: &str,
-    ) -> Result<Option<SentRecord>, ChatError> {
+    ) -> Result<Option<SentRecord>, StorageError> {
         let key = dedup_key(user, device, client_msg_id);
-        match self.db.get_pinned_cf(self.cf(Cf::Dedup), key)? {
+        match self.engine.get(Cf::Dedup, &key)? {
             Some(v) => {
                 let (ts, rec) = split_timed(&v).ok_or_else(corrupt)?;
                 // Past the retention it is gone, whether or not compaction has run yet.
@@ -167,24 +155,21 @@ impl Store {
         user: &str,
         from_seq: u64,
         max: usize,
-    ) -> Result<Vec<StoredEntry>, ChatError> {
+    ) -> Result<Vec<StoredEntry>, StorageError> {
         let prefix = owner_prefix(user);
         let floor = self.retention_floor_ms();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(inbox_key(user, u64::MAX));
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(Cf::Inbox), ro);
-        it.seek(inbox_key(user, from_seq));
         let mut out = Vec::new();
-        while out.len() < max {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if let Some(e) = parse_entry(&prefix, k, v, floor)? {
-                out.push(e);
-            }
-            it.next();
+        if max == 0 {
+            return Ok(out);
         }
-        it.status()?;
+        let (from, end) = (inbox_key(user, from_seq), inbox_key(user, u64::MAX));
+        self.engine
+            .scan(Cf::Inbox, Scan::forward_until(&from, &end), &mut |k, v| {
+                if let Some(e) = parse_entry(&prefix, k, v, floor)? {
+                    out.push(e);
+                }
+                Ok(out.len() < max)
+            })?;
         Ok(out)
     }
 
@@ -195,7 +180,7 @@ impl Store {
         user: &str,
         before_seq: u64,
         max: usize,
-    ) -> Result<(Vec<StoredEntry>, bool), ChatError> {
+    ) -> Result<(Vec<StoredEntry>, bool), StorageError> {
         let prefix = owner_prefix(user);
         let floor = self.retention_floor_ms();
         let upper = if before_seq == 0 {
@@ -203,34 +188,29 @@ impl Store {
         } else {
             before_seq
         };
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(inbox_key(user, 0));
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(Cf::Inbox), ro);
-        it.seek_for_prev(inbox_key(user, upper - 1));
-        let mut out = Vec::new();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let Some(e) = parse_entry(&prefix, k, v, floor)? {
-                if out.len() == max {
-                    return Ok((out, true));
+        let (from, lower) = (inbox_key(user, upper - 1), inbox_key(user, 0));
+        let (mut out, mut more) = (Vec::new(), false);
+        self.engine
+            .scan(Cf::Inbox, Scan::reverse(&from, &lower), &mut |k, v| {
+                if let Some(e) = parse_entry(&prefix, k, v, floor)? {
+                    if out.len() == max {
+                        more = true;
+                        return Ok(false);
+                    }
+                    out.push(e);
                 }
-                out.push(e);
-            }
-            it.prev();
-        }
-        it.status()?;
-        Ok((out, false))
+                Ok(true)
+            })?;
+        Ok((out, more))
     }
 
     /// Keys physically present in a column family, expired or not (diagnostics and tests).
-    pub fn count_keys(&self, cf: Cf) -> Result<usize, ChatError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(cf));
-        it.seek_to_first();
+    pub fn count_keys(&self, cf: Cf) -> Result<usize, StorageError> {
         let mut n = 0;
-        while it.valid() {
+        self.engine.scan(cf, Scan::forward(&[]), &mut |_, _| {
             n += 1;
-            it.next();
-        }
-        it.status()?;
+            Ok(true)
+        })?;
         Ok(n)
     }
 }
@@ -240,7 +220,7 @@ fn parse_entry(
     key: &[u8],
     value: &[u8],
     floor_ms: i64,
-) -> Result<Option<StoredEntry>, ChatError> {
+) -> Result<Option<StoredEntry>, StorageError> {
     let Some(seq) = inbox_seq(prefix, key) else {
         return Ok(None);
     };
@@ -255,6 +235,6 @@ fn parse_entry(
     }))
 }
 
-fn corrupt() -> ChatError {
-    ChatError::Internal("corrupt record: short value".into())
+fn corrupt() -> StorageError {
+    StorageError::Corrupt("short value".into())
 }

@@ -8,19 +8,18 @@ use chat_proto::cluster::{ForwardEntry, ForwardStatus};
 use chat_proto::store::{DeviceState, InboxEntry};
 use chat_proto::v1::Sent;
 use chat_ring::Ring;
-use rocksdb::WriteBatch;
 
 use super::command::{Attached, Outboxed, Reply};
 use crate::error::ChatError;
 use crate::rebalance::capture::Capture;
+use crate::store::engine::{EngineBatch, StorageError};
 use crate::store::{hash_range_bounds, Cf, Store};
 
 /// The writes of one batch, by column family. While this node gives segments away, every write
 /// in them is captured for the new owner at the moment it is made: there is no write that a
 /// call site could forget to mirror.
 pub(crate) struct Writes {
-    store: Arc<Store>,
-    wb: WriteBatch,
+    wb: Box<dyn EngineBatch>,
     capture: Option<Capture>,
     /// A write that must survive a crash once answered (all but `delete_relaxed`).
     durable: bool,
@@ -29,8 +28,7 @@ pub(crate) struct Writes {
 impl Writes {
     pub(crate) fn new(store: Arc<Store>, capture: Option<Capture>) -> Writes {
         Writes {
-            store,
-            wb: WriteBatch::default(),
+            wb: store.batch(),
             capture,
             durable: false,
         }
@@ -39,7 +37,7 @@ impl Writes {
     pub(crate) fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.durable = true;
-        self.wb.put_cf(self.store.cf(cf), key, value);
+        self.wb.put(cf, key, value);
         if let Some(c) = &mut self.capture {
             c.write(cf, key, Some(value));
         }
@@ -48,7 +46,7 @@ impl Writes {
     pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.durable = true;
-        self.wb.delete_cf(self.store.cf(cf), key);
+        self.wb.delete(cf, key);
         if let Some(c) = &mut self.capture {
             c.write(cf, key, None);
         }
@@ -59,7 +57,7 @@ impl Writes {
     /// fsync, so the forwarder's clean-up costs the disk nothing extra.
     pub(crate) fn delete_relaxed(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         debug_assert!(!cf.moves(), "a moving key is never written without capture");
-        self.wb.delete_cf(self.store.cf(cf), key.as_ref());
+        self.wb.delete(cf, key.as_ref());
     }
 
     /// Deletes every key whose owner hash lies in `start..=end` from the column families that
@@ -68,7 +66,7 @@ impl Writes {
         self.durable = true;
         let (from, to) = hash_range_bounds(start, end);
         for cf in Cf::MOVING {
-            self.wb.delete_range_cf(self.store.cf(cf), &from, &to);
+            self.wb.delete_range(cf, &from, &to);
         }
         if let Some(c) = &mut self.capture {
             c.delete_range(start, end);
@@ -80,8 +78,37 @@ impl Writes {
     }
 
     /// The batch, whether it needs an fsync, and what was captured.
-    pub(crate) fn into_parts(self) -> (WriteBatch, bool, Option<Capture>) {
+    pub(crate) fn into_parts(self) -> (Box<dyn EngineBatch>, bool, Option<Capture>) {
         (self.wb, self.durable, self.capture)
+    }
+}
+
+/// Why a batch did not commit. Nothing of it is stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum BatchError {
+    /// A command failed after adding writes to the batch (the batch is not half-applied).
+    #[error("{0}")]
+    Aborted(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl BatchError {
+    /// The error each command of the failed batch answers with: STORAGE_FULL when the disk is
+    /// full, else INTERNAL.
+    pub(crate) fn answer(&self) -> ChatError {
+        match self {
+            BatchError::Storage(StorageError::Full(m)) => ChatError::StorageFull(m.clone()),
+            other => ChatError::Internal(format!("commit failed: {other}")),
+        }
+    }
+
+    /// The `reason` label of `chat_commit_failures_total`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            BatchError::Storage(StorageError::Full(_)) => "storage_full",
+            _ => "error",
+        }
     }
 }
 
@@ -137,7 +164,7 @@ pub(crate) struct Batch {
     /// Forward dedup keys written in this batch.
     pub forwarded: HashSet<Vec<u8>>,
     /// A command failed after adding writes to the batch: nothing of the batch may commit.
-    pub abort: Option<String>,
+    pub abort: Option<BatchError>,
     /// Raw writes applied (a move's stream, range drops): the caches no longer match storage.
     pub clear_caches: bool,
     /// Recipients of outbox entries this batch removes (delivered or given up).

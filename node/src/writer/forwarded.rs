@@ -4,7 +4,7 @@
 use chat_proto::cluster::{forward_entry, ForwardEntry, ForwardStatus};
 use chat_proto::store::{inbox_entry, InboxEntry};
 
-use super::batch::{Answer, Batch};
+use super::batch::{Answer, Batch, BatchError};
 use super::command::PeerCmd;
 use super::Writer;
 use crate::error::ChatError;
@@ -22,7 +22,9 @@ impl Writer {
                     match self.apply_forwarded(e, b) {
                         Ok(st) => statuses.push(st),
                         Err(err) => {
-                            b.abort = Some(format!("applying forwarded entries: {err}"));
+                            b.abort = Some(BatchError::Aborted(format!(
+                                "applying forwarded entries: {err}"
+                            )));
                             let _ = reply.send(Err(err));
                             return;
                         }

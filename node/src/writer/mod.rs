@@ -40,7 +40,7 @@ use crate::routing::Routing;
 use crate::store::keys::user_state_key;
 use crate::store::{Cf, Store};
 use crate::throttle::Throttle;
-use batch::{Batch, Writes};
+use batch::{Batch, BatchError, Writes};
 use cache::Cache;
 use command::Command;
 pub use command::{Attached, Outboxed, PageRequest, Pending, WriterHandle};
@@ -208,7 +208,10 @@ impl Writer {
         let result = match b.abort.take() {
             Some(why) => Err(why),
             None if wb.is_empty() => Ok(()),
-            None => self.store.write(wb, self.sync && durable),
+            None => self
+                .store
+                .write(wb, self.sync && durable)
+                .map_err(BatchError::from),
         };
         let took = started.elapsed();
         metrics::histogram!(crate::admin::COMMIT_SECONDS).record(took.as_secs_f64());
@@ -285,12 +288,8 @@ impl Writer {
 
     /// Nothing of the batch is on disk: forget what it handed out in memory, and fail its
     /// commands.
-    fn failed(&mut self, b: Batch, e: &str, outbox_seq_before: u64) {
-        let reason = match ChatError::from_failed_write(e) {
-            ChatError::StorageFull(_) => "storage_full",
-            _ => "error",
-        };
-        metrics::counter!(crate::admin::COMMIT_FAILURES, "reason" => reason).increment(1);
+    fn failed(&mut self, b: Batch, e: &BatchError, outbox_seq_before: u64) {
+        metrics::counter!(crate::admin::COMMIT_FAILURES, "reason" => e.reason()).increment(1);
         static REFUSED: Throttle = Throttle::new(LOG_EVERY);
         if let Some(held) = REFUSED.allow(std::time::Instant::now()) {
             tracing::error!(error = %e, commands = b.answers.len(), held_back = held, "commit failed");
@@ -298,7 +297,7 @@ impl Writer {
         self.cache.forget();
         self.outbox.seq = outbox_seq_before;
         for a in b.answers {
-            a.fail(ChatError::from_failed_write(e));
+            a.fail(e.answer());
         }
     }
 

@@ -10,7 +10,7 @@ use chat_proto::store::{inbox_entry, InboxEntry};
 use chat_proto::v1::Failed;
 use prost::Message as _;
 
-use super::batch::{Answer, Batch};
+use super::batch::{Answer, Batch, BatchError};
 use super::command::OutboxCmd;
 use super::Writer;
 use crate::error::ChatError;
@@ -87,7 +87,7 @@ impl Writer {
             } => match self.give_up(&entries, &reason, b) {
                 Ok(()) => b.answers.push(Answer::Done(reply)),
                 Err(e) => {
-                    b.abort = Some(format!("giving up entries: {e}"));
+                    b.abort = Some(BatchError::Aborted(format!("giving up entries: {e}")));
                     let _ = reply.send(Err(e));
                 }
             },

@@ -5,7 +5,7 @@ use crate::writer::command::OutboxCmd;
 
 #[test]
 fn entries_for_users_owned_elsewhere_go_to_the_outbox_in_the_same_batch() {
-    let (mut c, mut rx, _dir) = routed("n1");
+    let (mut c, mut rx) = routed("n1");
     let alice = user_on(&c, "n1", "alice");
     let bob = user_on(&c, "n2", "bob");
     let (s1, mut r1) = send(&id(&alice, "p"), "c1", &bob);
@@ -40,7 +40,7 @@ fn entries_for_users_owned_elsewhere_go_to_the_outbox_in_the_same_batch() {
 
 #[test]
 fn forwarded_entries_are_stored_once_and_only_by_the_owner() {
-    let (mut c, _rx, _dir) = routed("n1");
+    let (mut c, _rx) = routed("n1");
     let alice = user_on(&c, "n1", "alice");
     let bob = user_on(&c, "n2", "bob");
     let (a1, mut r1) = apply(vec![forwarded(&alice, "m1"), forwarded(&alice, "m1")]);
@@ -81,7 +81,7 @@ fn forwarded_entries_are_stored_once_and_only_by_the_owner() {
 
 #[test]
 fn giving_up_tells_the_sender_and_empties_the_outbox() {
-    let (mut c, _rx, _dir) = routed("n1");
+    let (mut c, _rx) = routed("n1");
     let alice = user_on(&c, "n1", "alice");
     let bob = user_on(&c, "n2", "bob");
     let (s1, mut r1) = send(&id(&alice, "p"), "c1", &bob);
@@ -122,7 +122,7 @@ fn giving_up_tells_the_sender_and_empties_the_outbox() {
 #[test]
 fn delivered_entries_leave_the_outbox_without_an_fsync_of_their_own() {
     use crate::writer::batch::Writes;
-    let (mut c, mut rx, _dir) = routed("n1");
+    let (mut c, mut rx) = routed("n1");
     let (alice, bob) = (user_on(&c, "n1", "alice"), user_on(&c, "n2", "bob"));
     let (s1, _) = send(&id(&alice, "p"), "c1", &bob);
     c.run_batch(std::iter::once(s1));

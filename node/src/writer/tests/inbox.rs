@@ -10,7 +10,7 @@ use chat_proto::v1::ReceiptKind;
 
 #[test]
 fn retries_in_one_batch_get_the_same_sent_and_store_one_message() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub) = writer();
     let alice = id("alice", "phone");
     let (a, ra) = send(&alice, "x", "bob");
     let (b, rb) = send(&alice, "x", "bob");
@@ -33,7 +33,7 @@ fn retries_in_one_batch_get_the_same_sent_and_store_one_message() {
 #[test]
 fn receipts_from_recent_entries_and_from_storage_agree() {
     let run = |forget_at: Option<usize>| {
-        let (mut c, _hub, _dir) = writer();
+        let (mut c, _hub) = writer();
         let (alice, carol, bob) = (id("alice", "a"), id("carol", "c"), id("bob", "phone"));
         let (p, _) = attach(&bob, 8);
         c.run_batch(vec![p].into_iter());
@@ -91,7 +91,7 @@ fn receipts_from_recent_entries_and_from_storage_agree() {
 
 #[test]
 fn receipts_are_produced_once_even_for_acks_in_one_batch() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub) = writer();
     let (alice, phone, laptop) = (id("alice", "a"), id("bob", "phone"), id("bob", "laptop"));
     let (p, _) = attach(&phone, 8);
     let (l, _) = attach(&laptop, 8);
@@ -131,7 +131,7 @@ fn receipts_are_produced_once_even_for_acks_in_one_batch() {
 
 #[test]
 fn acks_beyond_what_is_committed_do_not_skip_receipts() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub) = writer();
     let (alice, bob) = (id("alice", "a"), id("bob", "phone"));
     let (p, _) = attach(&bob, 8);
     let (s1, _) = send(&alice, "1", "bob");
@@ -149,7 +149,7 @@ fn acks_beyond_what_is_committed_do_not_skip_receipts() {
 
 #[test]
 fn a_stale_device_deleted_in_a_batch_is_not_resurrected_by_a_later_command() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub) = writer();
     let stale = id("carol", "old");
     // A device last seen long before the retention.
     let rec = DeviceState {
@@ -157,14 +157,9 @@ fn a_stale_device_deleted_in_a_batch_is_not_resurrected_by_a_later_command() {
         first_seen_ms: 1,
         last_seen_ms: 1,
     };
-    c.store
-        .db()
-        .put_cf(
-            c.store.cf(Cf::Meta),
-            device_key("carol", "old"),
-            rec.encode_to_vec(),
-        )
-        .unwrap();
+    let mut wb = c.store.batch();
+    wb.put(Cf::Meta, &device_key("carol", "old"), &rec.encode_to_vec());
+    c.store.write(wb, false).unwrap();
     let (x, rx) = attach(&id("carol", "new"), 2);
     let (again, ragain) = attach(&stale, 2);
     c.run_batch(vec![x, again].into_iter());
@@ -180,7 +175,7 @@ fn a_stale_device_deleted_in_a_batch_is_not_resurrected_by_a_later_command() {
 
 #[test]
 fn an_ack_from_a_forgotten_device_registers_it_again() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub) = writer();
     let (alice, bob) = (id("alice", "a"), id("bob", "phone"));
     let (s1, _) = send(&alice, "1", "bob");
     c.run_batch(vec![s1].into_iter());
@@ -195,7 +190,7 @@ fn an_ack_from_a_forgotten_device_registers_it_again() {
 /// of it is stored; once space is back the same retry is accepted.
 #[test]
 fn writes_are_refused_with_storage_full_below_the_free_space_floor() {
-    let (mut c, _hub, _dir) = writer();
+    let (mut c, _hub, _dir) = writer_on_disk();
     c.store.set_min_free_bytes(u64::MAX);
     let alice = id("alice", "p");
     let (s1, mut r1) = send(&alice, "c1", "bob");
@@ -218,7 +213,7 @@ fn writes_are_refused_with_storage_full_below_the_free_space_floor() {
 /// by the writer's clock (no waiting on real time); every record of a batch has its time.
 #[test]
 fn devices_unseen_for_the_retention_are_forgotten_at_the_next_attach() {
-    let (mut c, _hub, _dir, clock) = writer_with_clock();
+    let (mut c, _hub, clock) = writer_with_clock();
     let start = (c.env.now_ms)();
     for device in ["old", "tablet"] {
         let (a, r) = attach(&id("dan", device), 2);

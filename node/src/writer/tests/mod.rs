@@ -4,6 +4,7 @@
 mod forwarded;
 mod inbox;
 mod moves;
+mod retention;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,22 +53,30 @@ fn now() -> i64 {
     chat_proto::now_ms()
 }
 
-fn writer() -> (Writer, Arc<Hub>, tempfile::TempDir) {
-    let (w, hub, dir, _) = writer_with_clock();
+fn writer() -> (Writer, Arc<Hub>) {
+    let (w, hub, _) = writer_with_clock();
+    (w, hub)
+}
+
+const STORE: StoreOptions = StoreOptions {
+    retention: Duration::from_millis(RETENTION_MS as u64),
+    block_cache_mib: 8,
+    min_free_bytes: 0,
+};
+
+/// A writer on an in-memory store (its batches are the same; nothing touches the disk).
+fn writer_with_clock() -> (Writer, Arc<Hub>, TestEnv) {
+    writer_on(Store::in_memory(&STORE))
+}
+
+/// A writer on RocksDB in a temporary directory: for what only a disk has (its free space).
+fn writer_on_disk() -> (Writer, Arc<Hub>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, hub, _) = writer_on(Store::open(dir.path(), &STORE).unwrap());
     (w, hub, dir)
 }
 
-fn writer_with_clock() -> (Writer, Arc<Hub>, tempfile::TempDir, TestEnv) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions {
-            retention: Duration::from_millis(RETENTION_MS as u64),
-            block_cache_mib: 8,
-            min_free_bytes: 0,
-        },
-    )
-    .unwrap();
+fn writer_on(store: Arc<Store>) -> (Writer, Arc<Hub>, TestEnv) {
     let hub = Hub::new(1024);
     let clock = TestEnv {
         now: Arc::new(AtomicI64::new(now())),
@@ -84,7 +93,7 @@ fn writer_with_clock() -> (Writer, Arc<Hub>, tempfile::TempDir, TestEnv) {
         events_tx: None,
     };
     let w = Writer::new(store, hub.clone(), opts).unwrap();
-    (w, hub, dir, clock)
+    (w, hub, clock)
 }
 
 fn id(user: &str, device: &str) -> Identity {
@@ -141,8 +150,8 @@ fn receipts_of(c: &Writer, user: &str) -> Vec<(i32, Vec<String>)> {
 }
 
 /// A writer that is `self_id` in a two-node ring of n1 and n2.
-fn routed(self_id: &str) -> (Writer, mpsc::UnboundedReceiver<Outboxed>, tempfile::TempDir) {
-    let (mut c, _hub, dir) = writer();
+fn routed(self_id: &str) -> (Writer, mpsc::UnboundedReceiver<Outboxed>) {
+    let (mut c, _hub) = writer();
     let ring = Ring::equal(1, &["n1", "n2"], 16).unwrap();
     let (_tx, view) = watch::channel(ClusterView::fixed(ring, []));
     c.routing = Routing {
@@ -152,7 +161,7 @@ fn routed(self_id: &str) -> (Writer, mpsc::UnboundedReceiver<Outboxed>, tempfile
     c.role = crate::rebalance::role::MoveRole::new(self_id, None);
     let (tx, rx) = mpsc::unbounded_channel();
     c.outbox_tx = Some(tx);
-    (c, rx, dir)
+    (c, rx)
 }
 
 /// The first user `<stem>-<i>` that `node` owns in `c`'s ring.

@@ -152,7 +152,7 @@ fn settled(evs: &[MoveEvent]) -> Vec<u64> {
 #[test]
 fn a_receipt_for_a_user_held_for_a_seal_survives_the_old_owners_writes() {
     let (r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub) = writer();
     let mut w = wire(c, "n2", view);
     let (mover, carol) = (r.mover.clone(), r.carol.clone());
     // Carol has a message from the mover (forwarded before the commit).
@@ -187,7 +187,7 @@ fn a_receipt_for_a_user_held_for_a_seal_survives_the_old_owners_writes() {
         ..UserState::default()
     };
     let write = |cf: Cf, key: Vec<u8>, value: Vec<u8>| RawWrite {
-        cf: cf.name().into(),
+        cf: cf.to_wire().expect("a moving cf") as i32,
         key,
         value,
         delete: false,
@@ -236,7 +236,7 @@ fn a_receipt_for_a_user_held_for_a_seal_survives_the_old_owners_writes() {
 #[test]
 fn outbox_entries_handed_over_with_the_seal_go_ahead_of_the_movers_next_sends() {
     let (r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub) = writer();
     let mut w = wire(c, "n2", view);
     wake(&mut w.c);
     r.commit();
@@ -303,7 +303,7 @@ fn outbox_entries_handed_over_with_the_seal_go_ahead_of_the_movers_next_sends() 
 #[test]
 fn a_move_is_adopted_only_once_its_marker_is_stored() {
     let (_r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub, _dir) = writer_on_disk();
     let mut w = wire(c, "n2", view);
     w.c.store.set_min_free_bytes(u64::MAX);
     wake(&mut w.c);
@@ -327,7 +327,7 @@ fn a_move_is_adopted_only_once_its_marker_is_stored() {
 #[test]
 fn a_new_owner_is_settled_only_once_every_seal_is_in() {
     let (r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub) = writer();
     let mut w = wire(c, "n2", view);
     wake(&mut w.c);
     assert_eq!(
@@ -356,7 +356,7 @@ fn a_new_owner_is_settled_only_once_every_seal_is_in() {
 #[test]
 fn a_new_owner_restarted_after_the_commit_waits_for_the_seals_again() {
     let (r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub) = writer();
     let mut w = wire(c, "n2", view.clone());
     wake(&mut w.c);
     r.commit();
@@ -381,7 +381,7 @@ fn a_new_owner_restarted_after_the_commit_waits_for_the_seals_again() {
 #[test]
 fn an_old_owner_restarted_after_the_commit_copies_again_and_seals() {
     let (r, view) = Removal::new();
-    let (c, _hub, _dir) = writer();
+    let (c, _hub) = writer();
     let mut w = wire(c, "n3", view.clone());
     // The mover wrote something on n3 during the move: a dual write for n2.
     wake(&mut w.c);

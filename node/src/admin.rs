@@ -32,8 +32,6 @@ pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
 pub const ETCD_UP: &str = "chat_etcd_up";
 pub const REGISTERED: &str = "chat_registered";
 pub const RING_EPOCH: &str = "chat_ring_epoch";
-pub use chat_service::admin::{PROCESS_CPU, PROCESS_MAX_RSS, PROCESS_RSS};
-
 /// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
 pub fn metrics_handle() -> PrometheusHandle {
     chat_service::admin::recorder(&[

@@ -136,7 +136,8 @@ impl Hub {
         n
     }
 
-    /// Connected devices (for metrics and tests).
+    /// Connected devices.
+    #[cfg(test)]
     pub fn connected(&self) -> usize {
         self.shards
             .iter()

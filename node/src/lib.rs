@@ -12,17 +12,32 @@
 //! owner, whose `peer` handler applies them through its own writer. `rebalance` is this node's
 //! part in a move of the ring. `admin` serves health and metrics.
 
-pub mod admin;
+//!
+//! Only what the `chat-node` binary and the other crates need is public; everything else is
+//! `pub(crate)`. The `testing` feature opens what the integration tests reach into (`testing`).
+
 pub mod config;
-pub mod context;
 pub mod error;
-pub mod gateway;
-pub mod hub;
-pub mod peer;
-pub mod rebalance;
-pub mod routing;
 pub mod server;
-pub mod store;
-pub mod throttle;
-pub mod validate;
-pub mod writer;
+
+pub(crate) mod admin;
+pub(crate) mod context;
+pub(crate) mod gateway;
+pub(crate) mod hub;
+pub(crate) mod peer;
+pub(crate) mod rebalance;
+pub(crate) mod routing;
+pub(crate) mod store;
+pub(crate) mod throttle;
+pub(crate) mod validate;
+pub(crate) mod writer;
+
+pub use store::free_bytes;
+
+/// What the integration tests reach into: a node's store (to look at what a node holds after a
+/// move) and the cluster's TLS (to dial a node as a stranger would).
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::peer::tls;
+    pub use crate::store::{Cf, Store, StoreOptions};
+}

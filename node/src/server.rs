@@ -74,7 +74,7 @@ impl Node {
             (Routing::standalone(&cfg.node.id), None, None)
         } else {
             let c = &cfg.cluster;
-            let identity = tls::Identity::load(&c.ca_file, &c.cert_file, &c.key_file)?;
+            let identity = tls::Credentials::load(&c.ca_file, &c.cert_file, &c.key_file)?;
             let routing = Routing {
                 self_id: cfg.node.id.clone(),
                 view: chat_cluster::watch(etcd.clone()),

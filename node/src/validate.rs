@@ -4,8 +4,6 @@ use crate::error::ChatError;
 
 #[derive(Debug, Clone, Copy)]
 pub enum IdKind {
-    User,
-    Device,
     ClientMsgId,
     Recipient,
 }
@@ -13,8 +11,6 @@ pub enum IdKind {
 impl IdKind {
     fn name(self) -> &'static str {
         match self {
-            IdKind::User => "user id",
-            IdKind::Device => "device id",
             IdKind::ClientMsgId => "client_msg_id",
             IdKind::Recipient => "recipient",
         }
@@ -51,12 +47,12 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert!(check_id(IdKind::User, "alice@example.com", 64).is_ok());
-        assert!(check_id(IdKind::User, "", 64).is_err());
-        assert!(check_id(IdKind::User, "a b", 64).is_err());
-        assert!(check_id(IdKind::User, "é", 64).is_err());
-        assert!(check_id(IdKind::User, &"x".repeat(65), 64).is_err());
-        assert!(check_id(IdKind::User, &"x".repeat(64), 64).is_ok());
+        assert!(check_id(IdKind::Recipient, "alice@example.com", 64).is_ok());
+        assert!(check_id(IdKind::Recipient, "", 64).is_err());
+        assert!(check_id(IdKind::Recipient, "a b", 64).is_err());
+        assert!(check_id(IdKind::Recipient, "é", 64).is_err());
+        assert!(check_id(IdKind::Recipient, &"x".repeat(65), 64).is_err());
+        assert!(check_id(IdKind::Recipient, &"x".repeat(64), 64).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use chat_node::peer::tls;
+use chat_node::testing::tls;
 use chat_proto::cluster::{peer_request, peer_response, PeerPing, PeerRequest, PeerResponse};
 use chat_tests::*;
 use prost::Message as _;
@@ -58,7 +58,7 @@ async fn peers_without_a_cluster_certificate_are_refused() {
         .parse()
         .unwrap();
     let certs = &cluster.certs;
-    let ca = tls::Identity::load(
+    let ca = tls::Credentials::load(
         &certs.join("ca.pem"),
         &certs.join("n2.pem"),
         &certs.join("n2.key"),
@@ -87,7 +87,7 @@ async fn peers_without_a_cluster_certificate_are_refused() {
     let o = other.display().to_string();
     chatctl(&["certs", "init", "--dir", &o]);
     chatctl(&["certs", "issue", "n2", "--dir", &o]);
-    let foreign = tls::Identity::load(
+    let foreign = tls::Credentials::load(
         &other.join("ca.pem"),
         &other.join("n2.pem"),
         &other.join("n2.key"),

@@ -168,16 +168,16 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
     .unwrap();
     let n3 = c.node_mut("n3");
     assert!(n3.terminate(), "n3 stops cleanly");
-    let store = chat_node::store::Store::open(
+    let store = chat_node::testing::Store::open(
         &n3.data_dir,
-        &chat_node::store::StoreOptions {
+        &chat_node::testing::StoreOptions {
             retention: Duration::from_secs(3600),
             block_cache_mib: 8,
             min_free_bytes: 0,
         },
     )
     .unwrap();
-    for cf in chat_node::store::Cf::ALL {
+    for cf in chat_node::testing::Cf::ALL {
         assert_eq!(
             store.count_keys(cf).unwrap(),
             0,

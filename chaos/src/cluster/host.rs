@@ -171,7 +171,7 @@ const SLACK: u64 = 4 << 20;
 
 /// Bytes available to unprivileged writers on the file system of `dir`.
 pub fn available(dir: &Path) -> std::io::Result<u64> {
-    chat_node::store::free_bytes(dir).ok_or_else(std::io::Error::last_os_error)
+    chat_node::free_bytes(dir).ok_or_else(std::io::Error::last_os_error)
 }
 
 /// Grows or shrinks `dir/reserve` so that about [`FREE_SPACE`] stays free on `dir`'s file system.

@@ -31,14 +31,14 @@ pub enum TlsError {
 }
 
 /// The PEM files of one node: the cluster CA and the node's own certificate and key.
-pub struct Identity {
+pub struct Credentials {
     pub ca: Vec<CertificateDer<'static>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
 
-impl Identity {
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+impl Credentials {
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials, TlsError> {
         let pem = |p: &Path| {
             let path = p.display().to_string();
             move |err| TlsError::Pem { path, err }
@@ -49,7 +49,7 @@ impl Identity {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(pem(p))
         };
-        Ok(Identity {
+        Ok(Credentials {
             ca: certs(ca)?,
             chain: certs(cert)?,
             key: PrivateKeyDer::from_pem_file(key).map_err(pem(key))?,
@@ -84,7 +84,7 @@ fn default_transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// Accepts QUIC connections only from peers with a certificate signed by the cluster CA.
-pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(id: &Credentials) -> Result<quinn::ServerConfig, TlsError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&id.ca)?, provider()).build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())

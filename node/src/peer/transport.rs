@@ -85,7 +85,7 @@ impl Peers {
     /// Binds the node's QUIC endpoint with its cluster identity.
     pub fn bind(
         listen: SocketAddr,
-        id: &tls::Identity,
+        id: &tls::Credentials,
         self_id: &str,
         view: watch::Receiver<ClusterView>,
         opts: &PeerSection,

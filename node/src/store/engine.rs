@@ -86,6 +86,7 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: Box<dyn EngineBatch>, sync: bool) -> Result<(), StorageError>;
     /// Drops what the retention says has expired from `cf` now (normally left to background
     /// compaction).
+    #[cfg(test)]
     fn compact(&self, cf: Cf);
     /// Moves what is only in memory and the write-ahead log to the engine's files.
     fn flush(&self) -> Result<(), StorageError>;

@@ -9,6 +9,7 @@
 mod cf;
 pub mod engine;
 pub mod keys;
+#[cfg(test)]
 mod memory;
 mod reads;
 mod rocks;
@@ -71,6 +72,7 @@ impl Store {
     }
 
     /// A store that keeps everything in memory (unit tests): no disk, no free-space floor.
+    #[cfg(test)]
     pub fn in_memory(opts: &StoreOptions) -> Arc<Store> {
         Store::with_engine(
             Box::new(memory::MemoryEngine::new(opts.retention)),
@@ -140,6 +142,7 @@ impl Store {
     }
 
     /// Changes the free-space floor (tests).
+    #[cfg(test)]
     pub fn set_min_free_bytes(&self, bytes: u64) {
         self.min_free_bytes
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -164,8 +167,9 @@ impl Store {
         }
     }
 
-    /// Compacts the inbox and dedup column families now (retention applies at once). Operators
-    /// rarely need it; tests use it.
+    /// Compacts the inbox and dedup column families now (retention applies at once, instead of
+    /// in the next background compaction).
+    #[cfg(test)]
     pub fn compact_now(&self) {
         for cf in [Cf::Inbox, Cf::Dedup] {
             self.engine.compact(cf);

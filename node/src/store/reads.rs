@@ -204,7 +204,9 @@ impl Store {
         Ok((out, more))
     }
 
-    /// Keys physically present in a column family, expired or not (diagnostics and tests).
+    /// Keys physically present in a column family, expired or not (tests: what a node still
+    /// holds).
+    #[cfg(any(test, feature = "testing"))]
     pub fn count_keys(&self, cf: Cf) -> Result<usize, StorageError> {
         let mut n = 0;
         self.engine.scan(cf, Scan::forward(&[]), &mut |_, _| {

@@ -141,6 +141,7 @@ impl Engine for RocksEngine {
         Ok(self.db.write_opt(batch.wb, &wo)?)
     }
 
+    #[cfg(test)]
     fn compact(&self, cf: Cf) {
         self.db
             .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);

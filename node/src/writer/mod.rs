@@ -43,7 +43,7 @@ use crate::throttle::Throttle;
 use batch::{Batch, BatchError, Writes};
 use cache::Cache;
 use command::Command;
-pub use command::{Attached, Outboxed, PageRequest, Pending, WriterHandle};
+pub use command::{Outboxed, PageRequest, WriterHandle};
 use outbox::OutboxState;
 pub use visibility::Hold;
 use visibility::Visibility;

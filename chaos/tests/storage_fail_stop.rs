@@ -99,7 +99,7 @@ async fn a_node_stops_when_rocksdb_fails_a_write_and_recovers_after_a_restart() 
         .unwrap_or_else(|| panic!("the node did not stop; log:\n{}", node.log_text()));
     assert_eq!(
         status.code(),
-        Some(chat_node::error::EXIT_STORAGE_FAILED),
+        Some(chat_node::EXIT_STORAGE_FAILED),
         "log:\n{}",
         node.log_text()
     );

@@ -3,6 +3,7 @@
 use chat_proto::cluster::PeerErrorCode;
 use chat_proto::v1::{server_frame, Error as ErrorFrame, ErrorCode, ServerFrame};
 
+use crate::rebalance::MoveError;
 use crate::store::engine::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum ChatError {
     Unavailable(String),
     #[error("{0}")]
     Storage(StorageError),
+    /// A move's request refused (peers only; never a client's answer).
+    #[error("{0}")]
+    Move(#[from] MoveError),
     /// A write failed because the disk is full: nothing of it was stored.
     #[error("the node's disk is full: {0}")]
     StorageFull(String),
@@ -77,17 +81,19 @@ impl ChatError {
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
             StorageFull(_) => ErrorCode::StorageFull,
+            Move(_) => ErrorCode::Unavailable,
             Storage(_) | Internal(_) => ErrorCode::Internal,
         }
     }
 
-    /// The code a peer receives when its request fails here. On the peer path the writer says
-    /// "not yet" with `Unavailable` (a move it has not adopted, a seal before the commit) and
-    /// "outside the move" with `InvalidArgument`.
+    /// The code a peer receives when its request fails here.
     pub fn peer_code(&self) -> PeerErrorCode {
         use ChatError::*;
         match self {
-            Unavailable(_) => PeerErrorCode::NotYet,
+            Move(MoveError::NotYet(_) | MoveError::NotInFlight(_)) | Unavailable(_) => {
+                PeerErrorCode::NotYet
+            }
+            Move(MoveError::OutOfRange(_)) => PeerErrorCode::OutOfRange,
             InvalidArgument(_) | InvalidId { .. } => PeerErrorCode::OutOfRange,
             BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } => PeerErrorCode::BadRequest,
             Overloaded(_) | StorageFull(_) => PeerErrorCode::Overloaded,
@@ -170,11 +176,18 @@ mod tests {
     fn peer_codes_say_what_the_sender_can_do() {
         let cases = [
             (
-                ChatError::Unavailable("no move to epoch 3 here (yet)".into()),
+                MoveError::NotYet("no move to epoch 3 here (yet)".into()).into(),
                 PeerErrorCode::NotYet,
             ),
             (
-                ChatError::InvalidArgument("write outside the move".into()),
+                MoveError::OutOfRange("a write".into()).into(),
+                PeerErrorCode::OutOfRange,
+            ),
+            (
+                ChatError::InvalidId {
+                    what: "recipient",
+                    reason: "empty".into(),
+                },
                 PeerErrorCode::OutOfRange,
             ),
             (

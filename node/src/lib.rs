@@ -17,11 +17,11 @@
 //! `pub(crate)`. The `testing` feature opens what the integration tests reach into (`testing`).
 
 pub mod config;
-pub mod error;
 pub mod server;
 
 pub(crate) mod admin;
 pub(crate) mod context;
+pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod hub;
 pub(crate) mod peer;
@@ -32,6 +32,7 @@ pub(crate) mod throttle;
 pub(crate) mod validate;
 pub(crate) mod writer;
 
+pub use error::EXIT_STORAGE_FAILED;
 pub use store::free_bytes;
 
 /// What the integration tests reach into: a node's store (to look at what a node holds after a

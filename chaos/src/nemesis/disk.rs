@@ -86,7 +86,7 @@ impl Nemesis {
                 let back = self.bring_back(&id, "its fail-stop on the full disk").await;
                 restarted = format!(
                     "{restarted}; it had stopped itself on a storage error (exit {}), {back}",
-                    chat_node::error::EXIT_STORAGE_FAILED
+                    chat_node::EXIT_STORAGE_FAILED
                 );
             }
             match self.probe(&id, port, Duration::from_secs(5)).await {

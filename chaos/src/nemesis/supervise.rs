@@ -31,7 +31,7 @@ impl Nemesis {
                     .lock()
                     .expect("disk faulted lock")
                     .contains(&id);
-                if full && status.code() == Some(chat_node::error::EXIT_STORAGE_FAILED) {
+                if full && status.code() == Some(chat_node::EXIT_STORAGE_FAILED) {
                     // The documented fail-stop: the disk fault brings it back once space returns.
                     eprintln!("chaos: {id} stopped itself on a storage error (full disk)");
                     self.log

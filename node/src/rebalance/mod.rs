@@ -28,6 +28,22 @@ use tokio::sync::oneshot;
 
 use crate::writer::Hold;
 
+/// Why a move's request (a stream item, a copy page) was refused, by what the sender can do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MoveError {
+    /// This node has not seen what the request belongs to yet (a move it has not adopted, a
+    /// seal before it saw the commit): expected for a moment; the sender retries.
+    #[error("not yet: {0}")]
+    NotYet(String),
+    /// The request writes outside what the sender gives this node: nothing was applied; the
+    /// two nodes' views of the move differ.
+    #[error("outside the move: {0}")]
+    OutOfRange(String),
+    /// This node has no share of that move (any more): a copy page it cannot serve.
+    #[error("not in flight: {0}")]
+    NotInFlight(String),
+}
+
 /// One item of the ordered stream to a new owner.
 pub struct StreamItem {
     pub dest: String,

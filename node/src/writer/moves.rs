@@ -16,7 +16,7 @@ use super::{origin, Writer};
 use crate::error::ChatError;
 use crate::rebalance::capture::Capture;
 use crate::rebalance::role::{Step, StreamTarget};
-use crate::rebalance::{encode_marker, Done, MoveEvent, Page, StreamItem};
+use crate::rebalance::{encode_marker, Done, MoveError, MoveEvent, Page, StreamItem};
 use crate::store::keys::owner_hash;
 use crate::store::{Cf, MOVE_MARKER_KEY};
 
@@ -186,10 +186,9 @@ impl Writer {
             StreamTarget::Apply(t) => t,
             StreamTarget::AlreadyApplied => return Ok(()),
             StreamTarget::NotYet => {
-                return Err(ChatError::Unavailable(format!(
-                    "no move to epoch {} here (yet)",
-                    req.epoch
-                )))
+                return Err(
+                    MoveError::NotYet(format!("no move to epoch {} here (yet)", req.epoch)).into(),
+                )
             }
         };
         let me = &self.routing.self_id;
@@ -198,18 +197,17 @@ impl Writer {
                 .is_some_and(|s| s.from == from && &s.to == me)
         };
         if req.reset.iter().any(|r| !ours(r.start) || !ours(r.end)) {
-            return Err(ChatError::InvalidArgument("reset outside the move".into()));
+            return Err(MoveError::OutOfRange("a reset".into()).into());
         }
         let mut writes = Vec::with_capacity(req.writes.len());
         for w in &req.writes {
             let Some(cf) = Cf::from_wire(w.cf) else {
-                return Err(ChatError::InvalidArgument(format!(
-                    "column family {} does not move",
-                    w.cf
-                )));
+                return Err(
+                    MoveError::OutOfRange(format!("column family {} does not move", w.cf)).into(),
+                );
             };
             if !owner_hash(&w.key).is_some_and(ours) {
-                return Err(ChatError::InvalidArgument("write outside the move".into()));
+                return Err(MoveError::OutOfRange("a write".into()).into());
             }
             writes.push((cf, w));
         }
@@ -219,9 +217,9 @@ impl Writer {
             .iter()
             .any(|e| e.to.is_empty() || !origin(e).is_some_and(|u| ours(chat_ring::key_hash(u))))
         {
-            return Err(ChatError::InvalidArgument(
-                "outbox entry of a user outside the move".into(),
-            ));
+            return Err(
+                MoveError::OutOfRange("an outbox entry of a user not moving".into()).into(),
+            );
         }
         for r in &req.reset {
             b.writes.delete_hash_range(r.start, r.end);
@@ -258,10 +256,12 @@ impl Writer {
             after,
         } = req;
         if !self.role.may_copy(t.to().epoch()) {
-            return Err(ChatError::Unavailable("the move is not in flight".into()));
+            return Err(
+                MoveError::NotInFlight(format!("the move to epoch {}", t.to().epoch())).into(),
+            );
         }
         let Some(tx) = &self.streams_tx else {
-            return Err(ChatError::Unavailable("no stream to new owners".into()));
+            return Err(MoveError::NotInFlight("no stream to new owners".into()).into());
         };
         let (kvs, done) =
             self.store

@@ -155,7 +155,7 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 #[derive(Debug, PartialEq, Clone, Copy)]
-enum Phase {
+enum MoveFate {
     Flight,
     Committed,
     Aborted,
@@ -165,7 +165,7 @@ struct World {
     t: Arc<Transition>,
     me: String,
     role: MoveRole,
-    phase: Phase,
+    phase: MoveFate,
     disk: Option<Marker>,
     /// The driver learnt of the adoption (it reports `seen`, needed for the commit).
     reported: bool,
@@ -181,14 +181,14 @@ struct World {
 impl World {
     fn ring(&self) -> Ring {
         match self.phase {
-            Phase::Flight => self.t.from().clone(),
-            Phase::Committed => self.t.to().clone(),
-            Phase::Aborted => aborted_ring(&self.t),
+            MoveFate::Flight => self.t.from().clone(),
+            MoveFate::Committed => self.t.to().clone(),
+            MoveFate::Aborted => aborted_ring(&self.t),
         }
     }
 
     fn moving(&self) -> Option<Arc<Transition>> {
-        (self.phase == Phase::Flight).then(|| self.t.clone())
+        (self.phase == MoveFate::Flight).then(|| self.t.clone())
     }
 
     fn givers(&self) -> Vec<String> {
@@ -212,7 +212,7 @@ impl World {
         let mut steps = self.role.observe(moving.as_ref(), Some(&ring));
         // The receiver's safety: once it has seen the commit, commands for the received
         // segments wait until every giver's seal is in.
-        if self.phase == Phase::Committed {
+        if self.phase == MoveFate::Committed {
             let all_in = self.givers().iter().all(|g| self.acked.contains(g));
             for s in self.t.receives(&self.me) {
                 prop_assert_eq!(self.role.held(s.start), !all_in, "held at {}", s.start);
@@ -250,7 +250,7 @@ impl World {
             }
         }
         if let Some(e) = self.role.settled(Some(ring.epoch())) {
-            if e == self.t.to().epoch() && self.phase == Phase::Committed {
+            if e == self.t.to().epoch() && self.phase == MoveFate::Committed {
                 prop_assert!(
                     self.givers().iter().all(|g| self.acked.contains(g)),
                     "settled before every seal"
@@ -267,16 +267,16 @@ impl World {
         let epoch = self.t.to().epoch();
         match ev {
             Event::Batch(ok) => self.batch(ok, |_| (Vec::new(), None))?,
-            Event::Commit if self.phase == Phase::Flight && self.reported => {
-                self.phase = Phase::Committed
+            Event::Commit if self.phase == MoveFate::Flight && self.reported => {
+                self.phase = MoveFate::Committed
             }
-            Event::Abort if self.phase == Phase::Flight => self.phase = Phase::Aborted,
+            Event::Abort if self.phase == MoveFate::Flight => self.phase = MoveFate::Aborted,
             Event::Restart => {
                 self.role = MoveRole::new(&self.me, self.disk.clone());
                 // The driver's seal acknowledgements die with it.
                 self.sealed = false;
             }
-            Event::SealFrom(i) if self.phase == Phase::Committed => {
+            Event::SealFrom(i) if self.phase == MoveFate::Committed => {
                 let givers = self.givers();
                 let Some(g) = givers.get(i % givers.len().max(1)).cloned() else {
                     return Ok(());
@@ -297,7 +297,7 @@ impl World {
                 prop_assert!(!acked_unapplied, "a seal acknowledged unapplied");
             }
             Event::DriverSeal
-                if self.phase == Phase::Committed && self.role.seal(epoch).is_some() =>
+                if self.phase == MoveFate::Committed && self.role.seal(epoch).is_some() =>
             {
                 self.sealed = true;
             }
@@ -313,11 +313,11 @@ impl World {
     /// Everything left happens, without faults: the move ends and the node settles.
     fn heal(&mut self) -> Result<(), TestCaseError> {
         self.step(Event::Batch(true))?;
-        if self.phase == Phase::Flight {
+        if self.phase == MoveFate::Flight {
             self.phase = if self.reported {
-                Phase::Committed
+                MoveFate::Committed
             } else {
-                Phase::Aborted
+                MoveFate::Aborted
             };
         }
         self.step(Event::Batch(true))?;
@@ -373,7 +373,7 @@ proptest! {
             t,
             role: MoveRole::new(&me, None),
             me,
-            phase: Phase::Flight,
+            phase: MoveFate::Flight,
             disk: None,
             reported: false,
             acked: BTreeSet::new(),

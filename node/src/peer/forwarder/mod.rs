@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use self::send::{apply_here, forward, registered, Answer};
+use self::send::{apply_here, forward, registered, ForwardReply};
 use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
 use crate::admin;
@@ -48,13 +48,13 @@ impl Dest {
 }
 
 /// Outbox entries of one request, with their seqs, in order.
-type Batch = Vec<(u64, Arc<ForwardEntry>)>;
+type Carried = Vec<(u64, Arc<ForwardEntry>)>;
 
-struct Done {
+struct Finished {
     dest: String,
-    items: Batch,
+    items: Carried,
     started: Instant,
-    result: Result<Answer, RequestError>,
+    result: Result<ForwardReply, RequestError>,
 }
 
 pub struct Forwarder {
@@ -68,7 +68,7 @@ pub struct Forwarder {
     lanes: Lanes,
     inflight: HashSet<u64>,
     /// What each running request carries, to retry it if its task fails.
-    running: HashMap<tokio::task::Id, (String, Batch)>,
+    running: HashMap<tokio::task::Id, (String, Carried)>,
     /// Entries a request may have carried to a peer without an answer: never given up.
     uncertain: HashSet<u64>,
     /// The highest seq read from disk at startup: anything up to it that the writer also
@@ -129,7 +129,7 @@ impl Forwarder {
             self.uncertain.extend(d.queue.keys());
         }
         tracing::info!(entries = self.depth, "outbox loaded");
-        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
         // Set when the ring changed: queues are rebuilt once no request is in flight, so an
         // entry coming back from the old owner cannot fall behind a later one sent to the new.
         let mut rebuild = false;
@@ -183,7 +183,7 @@ impl Forwarder {
                         if let Some((dest, items)) = self.running.remove(&e.id()) {
                             let result = Err(RequestError::Unknown(format!("task failed: {e}")));
                             let started = Instant::now();
-                            self.on_done(Done { dest, items, started, result }).await;
+                            self.on_done(Finished { dest, items, started, result }).await;
                         }
                     }
                 },
@@ -293,7 +293,7 @@ impl Forwarder {
     }
 
     /// Starts a request for every destination that has entries and is not busy or backing off.
-    fn dispatch(&mut self, tasks: &mut JoinSet<Done>) {
+    fn dispatch(&mut self, tasks: &mut JoinSet<Finished>) {
         let now = Instant::now();
         let ready: Vec<String> = self
             .dests
@@ -341,7 +341,7 @@ impl Forwarder {
                     };
                     forward(&peers, &dest, &req, timeout).await
                 };
-                Done {
+                Finished {
                     dest,
                     items,
                     started,
@@ -352,8 +352,8 @@ impl Forwarder {
         }
     }
 
-    async fn on_done(&mut self, done: Done) {
-        let Done {
+    async fn on_done(&mut self, done: Finished) {
+        let Finished {
             dest,
             items,
             started,
@@ -364,7 +364,7 @@ impl Forwarder {
         }
         tracing::trace!(%dest, first = items.first().map(|i| i.0), n = items.len(), ok = result.is_ok(), "forward answered");
         match result {
-            Ok(Answer {
+            Ok(ForwardReply {
                 statuses,
                 epoch: peer_epoch,
             }) => {

@@ -12,7 +12,7 @@ use crate::writer::WriterHandle;
 /// A peer's answer to a forward: one status per entry, and the peer's ring epoch, so that a
 /// `NOT_OWNER` can be told apart: a peer ahead of this node means this node's ring is stale
 /// (the entries wait for the new ring), a peer behind means the peer's is (retry it later).
-pub(super) struct Answer {
+pub(super) struct ForwardReply {
     pub statuses: Vec<ForwardStatus>,
     pub epoch: u64,
 }
@@ -30,14 +30,14 @@ pub(super) async fn forward(
     dest: &str,
     req: &PeerRequest,
     timeout: Duration,
-) -> Result<Answer, RequestError> {
+) -> Result<ForwardReply, RequestError> {
     let n = match &req.request {
         Some(peer_request::Request::Forward(f)) => f.entries.len(),
         _ => 0,
     };
     let resp = peers.request(dest, req, timeout).await?;
     match resp.response {
-        Some(peer_response::Response::Forward(ack)) if ack.status.len() == n => Ok(Answer {
+        Some(peer_response::Response::Forward(ack)) if ack.status.len() == n => Ok(ForwardReply {
             statuses: ack
                 .status
                 .into_iter()
@@ -65,11 +65,11 @@ pub(super) async fn apply_here(
     writer: &WriterHandle,
     entries: Vec<ForwardEntry>,
     epoch: u64,
-) -> Result<Answer, RequestError> {
+) -> Result<ForwardReply, RequestError> {
     // A failed command may have been partly applied: unknown, never given up.
     writer
         .apply(entries)
         .await
-        .map(|statuses| Answer { statuses, epoch })
+        .map(|statuses| ForwardReply { statuses, epoch })
         .map_err(|e| RequestError::Unknown(e.to_string()))
 }

@@ -306,6 +306,44 @@ async fn rebalance_wait_rides_out_an_etcd_outage() {
     assert!(ring.contains("n3"), "n3 is a member after the move: {ring}");
 }
 
+/// Once a move commits, a connected device of a moved user is sent a Redirect to its new home
+/// (its session is signalled through the hub); a device of a user who stays keeps its
+/// connection and is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_moved_users_are_redirected_when_a_move_commits() {
+    let c = TestCluster::start(&[]);
+    let mover = c.users_on("n3", "mover", 1).remove(0);
+    let stayer = c.users_on("n1", "stayer", 1).remove(0);
+    let mut cm = c.node("n3").connect(&mover, "phone").await;
+    let mut cs = c.node("n1").connect(&stayer, "phone").await;
+    c.chatctl(&["rebalance", "start", "--remove", "n3"]);
+    wait_committed(&c, 2, Duration::from_secs(60));
+    let home = c.ring().owner(&mover).to_string();
+    assert_ne!(home, "n3");
+    let (redirect, _) = recv_until(&mut cm, "the mover's redirect", |f| {
+        matches!(f.frame, Some(server_frame::Frame::Redirect(_)))
+    })
+    .await;
+    let Some(server_frame::Frame::Redirect(r)) = redirect.frame else {
+        unreachable!()
+    };
+    assert_eq!(r.epoch, 2);
+    assert_eq!(r.url, c.node(&home).url, "to the mover's new home");
+    // The stayer's connection was left alone: it still answers, with no redirect before.
+    let before = until_pong(&mut cs, 7).await;
+    assert!(
+        !before
+            .iter()
+            .any(|f| matches!(f.frame, Some(server_frame::Frame::Redirect(_)))),
+        "{before:?}"
+    );
+    cs.send_message("after", &stayer, "still home")
+        .await
+        .unwrap();
+    let got = receive_messages(&mut cs, 1).await;
+    assert_eq!(got[0].1.body, "still home");
+}
+
 /// Nodes follow one move at a time: once a move commits, the next may start only after every
 /// node with a share in it has finished (old owners sealed and dropped, new owners got every
 /// seal) and said so in etcd. Real etcd; the nodes' part is played by the library calls they use.

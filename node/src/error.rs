@@ -115,6 +115,7 @@ impl ChatError {
             ChatError::Overloaded(_)
             | ChatError::ShuttingDown
             | ChatError::Unavailable(_)
+            | ChatError::Move(_)
             | ChatError::StorageFull(_) => RETRY_AFTER_MS,
             _ => 0,
         };

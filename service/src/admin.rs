@@ -136,8 +136,16 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_time_and_memory() {
-        let cpu = process_cpu_seconds().expect("linux /proc");
-        assert!(cpu >= 0.0);
+        let start = process_cpu_seconds().expect("linux /proc");
+        // Work until the counter moves (it counts 10 ms ticks), bounded in time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while process_cpu_seconds().expect("linux /proc") <= start {
+            assert!(std::time::Instant::now() < deadline, "CPU time never grew");
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
         let (rss, max) = process_memory().expect("linux /proc");
         assert!(rss > 0 && max >= rss);
     }

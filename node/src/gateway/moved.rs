@@ -12,16 +12,9 @@ use crate::routing::{Route, Routing};
 
 pub async fn signal_moved(hub: Arc<Hub>, routing: Routing, mut shutdown: broadcast::Receiver<()>) {
     let mut view = routing.view.clone();
-    view.mark_unchanged();
     loop {
-        tokio::select! {
-            changed = view.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = shutdown.recv() => return,
-        }
+        // A pass at start too: sessions may connect before this task first runs, and a change
+        // that came before that would otherwise count as seen.
         let epoch = view.borrow_and_update().epoch();
         let moved = hub.signal_moved(|u| matches!(routing.route(u), Route::Elsewhere { .. }));
         if moved > 0 {
@@ -30,6 +23,14 @@ pub async fn signal_moved(hub: Arc<Hub>, routing: Routing, mut shutdown: broadca
                 users = moved,
                 "connected users moved to another node"
             );
+        }
+        tokio::select! {
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.recv() => return,
         }
     }
 }

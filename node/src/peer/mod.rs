@@ -29,7 +29,7 @@ pub(crate) fn error_response(epoch: u64, e: &ChatError) -> PeerResponse {
     }
 }
 
-/// Answers one request from a peer.
+/// Answers one request from a peer; every answer carries this node's ring epoch.
 pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) -> PeerResponse {
     let epoch = routing.view.borrow().epoch();
     match req.request {
@@ -48,7 +48,10 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
                 return error_response(epoch, &e);
             }
             let n = f.entries.len();
-            match writer.apply(f.entries).await {
+            let applied = writer.apply(f.entries).await;
+            // The ring the entries were judged by is at most this one: read after applying.
+            let epoch = routing.view.borrow().epoch();
+            match applied {
                 Ok(status) => {
                     metrics::counter!(crate::admin::FORWARD_RECEIVED).increment(n as u64);
                     let refused = status

@@ -80,6 +80,16 @@ impl Engine for MemoryEngine {
             .into_any()
             .downcast::<MemoryBatch>()
             .expect("a batch of this engine");
+        // As the RocksDB engine: a range that ends before it starts fails the whole batch.
+        if batch
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::DeleteRange(_, from, to) if from > to))
+        {
+            return Err(StorageError::Other(
+                "invalid range delete: end key comes before start key".into(),
+            ));
+        }
         let mut trees = self.trees.write().expect("engine lock");
         for op in batch.ops {
             match op {
@@ -91,11 +101,8 @@ impl Engine for MemoryEngine {
                 }
                 Op::DeleteRange(cf, from, to) => {
                     let tree = trees.get_mut(&cf).expect("every cf");
-                    let doomed: Vec<Vec<u8>> = if from < to {
-                        tree.range(from..to).map(|(k, _)| k.clone()).collect()
-                    } else {
-                        Vec::new()
-                    };
+                    let doomed: Vec<Vec<u8>> =
+                        tree.range(from..to).map(|(k, _)| k.clone()).collect();
                     for k in doomed {
                         tree.remove(&k);
                     }

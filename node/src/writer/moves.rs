@@ -196,7 +196,11 @@ impl Writer {
             t.segment_of(h)
                 .is_some_and(|s| s.from == from && &s.to == me)
         };
-        if req.reset.iter().any(|r| !ours(r.start) || !ours(r.end)) {
+        if req
+            .reset
+            .iter()
+            .any(|r| r.start > r.end || !ours(r.start) || !ours(r.end))
+        {
             return Err(MoveError::OutOfRange("a reset".into()).into());
         }
         let mut writes = Vec::with_capacity(req.writes.len());

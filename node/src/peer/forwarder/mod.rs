@@ -146,8 +146,9 @@ impl Forwarder {
                     d.spill_from = None;
                 }
                 self.reload(None);
-                // Waits were for the old ring's owners (a NOT_OWNER from a peer that had this
-                // ring first): the new destinations are tried now.
+                // Destinations change with the ring, so every wait ends: entries a peer with
+                // this ring refused (NOT_OWNER) go to their new owners now, and an unreachable
+                // peer gets one early attempt.
                 self.lanes.retry_now();
             }
             if !rebuild {
@@ -328,11 +329,12 @@ impl Forwarder {
             let (peers, writer, timeout) =
                 (self.peers.clone(), self.writer.clone(), self.opts.timeout());
             let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
+            let view = self.routing.view.clone();
             let (task_dest, task_items) = (dest.clone(), items.clone());
             let handle = tasks.spawn(async move {
                 let started = Instant::now();
                 let result = if dest == self_id {
-                    apply_here(&writer, entries, epoch).await
+                    apply_here(&writer, entries, &view).await
                 } else {
                     let req = PeerRequest {
                         from_node: self_id,

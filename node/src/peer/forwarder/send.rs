@@ -60,16 +60,18 @@ pub(super) async fn forward(
     }
 }
 
-/// Entries whose recipient this node owns now (the ring changed under them): applied locally.
+/// Entries whose recipient this node owns now (the ring changed under them): applied locally,
+/// answered as a peer would (with this node's epoch after applying).
 pub(super) async fn apply_here(
     writer: &WriterHandle,
     entries: Vec<ForwardEntry>,
-    epoch: u64,
+    view: &tokio::sync::watch::Receiver<chat_cluster::ClusterView>,
 ) -> Result<ForwardReply, RequestError> {
     // A failed command may have been partly applied: unknown, never given up.
-    writer
+    let statuses = writer
         .apply(entries)
         .await
-        .map(|statuses| ForwardReply { statuses, epoch })
-        .map_err(|e| RequestError::Unknown(e.to_string()))
+        .map_err(|e| RequestError::Unknown(e.to_string()))?;
+    let epoch = view.borrow().epoch();
+    Ok(ForwardReply { statuses, epoch })
 }

@@ -33,6 +33,13 @@ impl Cf {
         }
     }
 
+    /// The column families whose records carry a timestamp and expire with the retention.
+    pub const EXPIRING: [Cf; 2] = [Cf::Inbox, Cf::Dedup];
+
+    pub fn expires(self) -> bool {
+        Cf::EXPIRING.contains(&self)
+    }
+
     pub fn moves(self) -> bool {
         Cf::MOVING.contains(&self)
     }

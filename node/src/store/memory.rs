@@ -23,7 +23,7 @@ impl MemoryEngine {
     pub fn new(retention: Duration) -> MemoryEngine {
         MemoryEngine {
             trees: RwLock::new(Cf::ALL.into_iter().map(|c| (c, Tree::new())).collect()),
-            retention_ms: retention.as_millis().min(i64::MAX as u128) as i64,
+            retention_ms: super::millis(retention),
         }
     }
 }
@@ -113,7 +113,7 @@ impl Engine for MemoryEngine {
     }
 
     fn compact(&self, cf: Cf) {
-        if !matches!(cf, Cf::Inbox | Cf::Dedup) {
+        if !cf.expires() {
             return;
         }
         let floor = chat_proto::now_ms().saturating_sub(self.retention_ms);

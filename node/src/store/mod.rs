@@ -88,7 +88,7 @@ impl Store {
     ) -> Arc<Store> {
         Arc::new(Store {
             engine,
-            retention_ms: opts.retention.as_millis().min(i64::MAX as u128) as i64,
+            retention_ms: millis(opts.retention),
             dir,
             min_free_bytes: opts.min_free_bytes.into(),
         })
@@ -171,7 +171,7 @@ impl Store {
     /// in the next background compaction).
     #[cfg(test)]
     pub fn compact_now(&self) {
-        for cf in [Cf::Inbox, Cf::Dedup] {
+        for cf in Cf::EXPIRING {
             self.engine.compact(cf);
         }
     }
@@ -180,6 +180,11 @@ impl Store {
     pub fn flush(&self) -> Result<(), ChatError> {
         Ok(self.engine.flush()?)
     }
+}
+
+/// A duration in milliseconds, as the stored timestamps count (saturating).
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
 }
 
 pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, StorageError> {

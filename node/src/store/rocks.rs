@@ -16,11 +16,6 @@ pub struct RocksEngine {
     db: Arc<DB>,
 }
 
-/// The column families whose records expire with the retention.
-fn expiring(cf: Cf) -> bool {
-    matches!(cf, Cf::Inbox | Cf::Dedup)
-}
-
 /// Drops values whose timestamp header is older than the retention. Runs inside compactions, so
 /// expiry costs no scan; reads also skip expired entries, so the result does not depend on when
 /// compaction happens to run.
@@ -51,7 +46,7 @@ impl RocksEngine {
         retention: Duration,
         block_cache_mib: usize,
     ) -> Result<RocksEngine, StorageError> {
-        let retention_ms = retention.as_millis().min(i64::MAX as u128) as i64;
+        let retention_ms = super::millis(retention);
         let cache = Cache::new_lru_cache(block_cache_mib.max(1) * 1024 * 1024);
         let cf_opts = |cf: Cf| {
             let mut o = Options::default();
@@ -66,7 +61,7 @@ impl RocksEngine {
                 o.set_memtable_whole_key_filtering(true);
                 o.set_memtable_prefix_bloom_ratio(0.02);
             }
-            if expiring(cf) {
+            if cf.expires() {
                 o.set_compaction_filter("retention", retention_filter(retention_ms));
                 // Rewrite files at least this often even without new writes, so expired entries
                 // leave the disk within about retention + a quarter of it (a week at most),

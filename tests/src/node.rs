@@ -128,7 +128,12 @@ impl TestNode {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info,chat_node=debug")
+            // `CHAT_TEST_NODE_LOG` lets a developer trace one flaky run.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_TEST_NODE_LOG")
+                    .unwrap_or_else(|_| "info,chat_node=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

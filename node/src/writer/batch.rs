@@ -167,8 +167,8 @@ pub(crate) struct Batch {
     pub abort: Option<BatchError>,
     /// Raw writes applied (a move's stream, range drops): the caches no longer match storage.
     pub clear_caches: bool,
-    /// Recipients of outbox entries this batch removes (delivered or given up).
-    pub unoutboxed_to: Vec<String>,
+    /// Outbox entries this batch removes (delivered or given up): seq and recipient.
+    pub unoutboxed: Vec<(u64, String)>,
 }
 
 impl Batch {
@@ -188,7 +188,7 @@ impl Batch {
             forwarded: HashSet::new(),
             abort: None,
             clear_caches: false,
-            unoutboxed_to: Vec::new(),
+            unoutboxed: Vec::new(),
         }
     }
 

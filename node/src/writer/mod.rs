@@ -256,8 +256,8 @@ impl Writer {
             self.cache.remember(user, *seq, *ts, entry.clone());
         }
         self.outbox.counted(
-            b.outboxed.iter().map(|(_, e)| e.to.as_str()),
-            &b.unoutboxed_to,
+            b.outboxed.iter().map(|(seq, e)| (*seq, e.to.as_str())),
+            &b.unoutboxed,
         );
         // An adoption's resets go on the streams before the adopting batch's own writes.
         let mut after = Vec::new();

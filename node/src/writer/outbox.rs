@@ -2,7 +2,7 @@
 //! and removed once their owner stored them (or given up). The writer owns the queue's state:
 //! the last seq and how many entries wait per recipient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chat_proto::cluster::{forward_entry, ForwardEntry};
@@ -20,50 +20,68 @@ use crate::store::{Cf, Store};
 pub(super) struct OutboxState {
     /// The last outbox seq handed out.
     pub seq: u64,
+    /// The seqs of the entries in the outbox. The forwarder may report an entry delivered more
+    /// than once (it sends an entry again when it cannot know whether its removal was written,
+    /// e.g. after a queue rebuild): only the first report counts.
+    queued: HashSet<u64>,
     /// Recipients with entries waiting, and how many. An entry for a user this node owns goes
     /// through the outbox too while older ones for that user wait there (after the ring moved
-    /// the user here), so it cannot overtake them.
+    /// the user here), so it cannot overtake them: this count must never fall below the truth.
     waiting: HashMap<String, u32>,
 }
 
 impl OutboxState {
     pub(super) fn load(store: &Store) -> Result<OutboxState, ChatError> {
-        let mut waiting: HashMap<String, u32> = HashMap::new();
+        let mut state = OutboxState {
+            seq: store.last_outbox_seq()?,
+            queued: HashSet::new(),
+            waiting: HashMap::new(),
+        };
         let mut from = 0;
         loop {
             let page = store.outbox_from(from, 10_000)?;
             let Some((last, _)) = page.last() else { break };
             from = last + 1;
-            for (_, e) in &page {
-                *waiting.entry(e.to.clone()).or_default() += 1;
+            for (seq, e) in &page {
+                state.add(*seq, &e.to);
             }
         }
-        Ok(OutboxState {
-            seq: store.last_outbox_seq()?,
-            waiting,
-        })
+        Ok(state)
     }
 
     pub(super) fn pending(&self, to: &str) -> bool {
         self.waiting.contains_key(to)
     }
 
-    /// A committed batch added entries for `added` and removed entries for `removed`.
+    fn add(&mut self, seq: u64, to: &str) {
+        if self.queued.insert(seq) {
+            *self.waiting.entry(to.to_string()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, seq: u64, to: &str) {
+        if !self.queued.remove(&seq) {
+            return;
+        }
+        if let Some(n) = self.waiting.get_mut(to) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(to);
+            }
+        }
+    }
+
+    /// A committed batch added the entries `added` and removed the entries `removed`.
     pub(super) fn counted<'a>(
         &mut self,
-        added: impl IntoIterator<Item = &'a str>,
-        removed: &[String],
+        added: impl IntoIterator<Item = (u64, &'a str)>,
+        removed: &[(u64, String)],
     ) {
-        for t in added {
-            *self.waiting.entry(t.to_string()).or_default() += 1;
+        for (seq, to) in added {
+            self.add(seq, to);
         }
-        for t in removed {
-            if let Some(n) = self.waiting.get_mut(t) {
-                *n -= 1;
-                if *n == 0 {
-                    self.waiting.remove(t);
-                }
-            }
+        for (seq, to) in removed {
+            self.remove(*seq, to);
         }
     }
 }
@@ -74,7 +92,7 @@ impl Writer {
             OutboxCmd::Delivered { entries, reply } => {
                 for (seq, to) in entries {
                     b.writes.delete_relaxed(Cf::Outbox, outbox_key(seq));
-                    b.unoutboxed_to.push(to);
+                    b.unoutboxed.push((seq, to));
                 }
                 b.answers.push(Answer::Done(reply));
             }
@@ -112,7 +130,7 @@ impl Writer {
         let now = b.now_ms;
         for (seq, e) in entries {
             b.writes.delete(Cf::Outbox, outbox_key(*seq));
-            b.unoutboxed_to.push(e.to.clone());
+            b.unoutboxed.push((*seq, e.to.clone()));
             let Some(forward_entry::Item::Message(m)) = &e.item else {
                 // A receipt that cannot be delivered is dropped: the message it is about stays
                 // delivered or read either way.

@@ -8,7 +8,7 @@
 //! no request carrying it may have reached the peer: an entry whose fate is unknown is retried
 //! until the peer answers, because the receiver may already have stored it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::queues::Dest;
 use self::send::{apply_here, forward, registered, ForwardReply};
 use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
@@ -27,25 +28,13 @@ use crate::routing::Routing;
 use crate::store::Store;
 use crate::writer::{Outboxed, WriterHandle};
 
+mod queues;
 mod send;
 
 /// Entries read from the outbox per step when (re)loading queues.
 const SCAN_PAGE: usize = 4096;
 /// Encoded bytes of entries per request, well below the transport's frame limit.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-#[derive(Default)]
-struct Dest {
-    queue: BTreeMap<u64, Arc<ForwardEntry>>,
-    /// Entries of this destination from this seq on may be on disk only.
-    spill_from: Option<u64>,
-}
-
-impl Dest {
-    fn has_work(&self) -> bool {
-        !self.queue.is_empty() || self.spill_from.is_some()
-    }
-}
 
 /// Outbox entries of one request, with their seqs, in order.
 type Carried = Vec<(u64, Arc<ForwardEntry>)>;
@@ -71,9 +60,13 @@ pub struct Forwarder {
     running: HashMap<tokio::task::Id, (String, Carried)>,
     /// Entries a request may have carried to a peer without an answer: never given up.
     uncertain: HashSet<u64>,
-    /// The highest seq read from disk at startup: anything up to it that the writer also
-    /// hands over is already queued (and counted).
-    loaded_upto: u64,
+    /// Entries reported delivered whose removal from the outbox is not known to be written yet:
+    /// a reload must not queue them again.
+    removing: HashSet<u64>,
+    /// The highest seq known to be visible: read from disk at startup, or handed over by the
+    /// writer (in seq order, once its batch is visible). Reloads read no further, so an entry is
+    /// never sent before its batch is visible, nor queued twice (once from disk, once handed).
+    visible_upto: u64,
     /// Entries in the outbox on disk.
     depth: u64,
     epoch: u64,
@@ -101,7 +94,8 @@ impl Forwarder {
             inflight: HashSet::new(),
             running: HashMap::new(),
             uncertain: HashSet::new(),
-            loaded_upto: 0,
+            removing: HashSet::new(),
+            visible_upto: 0,
             depth: 0,
             epoch: 0,
             ring: None,
@@ -119,10 +113,8 @@ impl Forwarder {
             self.epoch = v.epoch();
             self.ring = v.ring.clone();
         }
-        self.loaded_upto = self.store.last_outbox_seq().unwrap_or(0);
-        let (count, max_seen) = self.reload(None);
-        self.depth = count as u64;
-        self.loaded_upto = self.loaded_upto.max(max_seen);
+        self.visible_upto = self.store.last_outbox_seq().unwrap_or(0);
+        self.depth = self.reload(None) as u64;
         // Whether an entry found at startup was sent before a crash or restart is not known: it
         // may be stored at its peer already, so it is never given up (only retried).
         for d in self.dests.values() {
@@ -130,6 +122,8 @@ impl Forwarder {
         }
         tracing::info!(entries = self.depth, "outbox loaded");
         let mut tasks: JoinSet<Finished> = JoinSet::new();
+        // Waits for the writer to remove delivered entries; yields their seqs.
+        let mut removals: JoinSet<Vec<u64>> = JoinSet::new();
         // Set when the ring changed: queues are rebuilt once no request is in flight, so an
         // entry coming back from the old owner cannot fall behind a later one sent to the new.
         let mut rebuild = false;
@@ -164,9 +158,11 @@ impl Forwarder {
                 m = rx.recv() => match m {
                     Some(batch) => {
                         for (seq, e) in batch {
-                            if seq <= self.loaded_upto || self.inflight.contains(&seq) {
+                            // Up to `visible_upto`: read from disk at startup already.
+                            if seq <= self.visible_upto {
                                 continue;
                             }
+                            self.visible_upto = seq;
                             self.depth += 1;
                             self.enqueue(seq, e, false);
                         }
@@ -176,7 +172,7 @@ impl Forwarder {
                 Some(done) = tasks.join_next_with_id() => match done {
                     Ok((id, done)) => {
                         self.running.remove(&id);
-                        self.on_done(done).await;
+                        self.on_done(done, &mut removals).await;
                     }
                     Err(e) => {
                         // A request that panicked: its outcome is unknown, so retry its entries.
@@ -184,7 +180,8 @@ impl Forwarder {
                         if let Some((dest, items)) = self.running.remove(&e.id()) {
                             let result = Err(RequestError::Unknown(format!("task failed: {e}")));
                             let started = Instant::now();
-                            self.on_done(Finished { dest, items, started, result }).await;
+                            let finished = Finished { dest, items, started, result };
+                            self.on_done(finished, &mut removals).await;
                         }
                     }
                 },
@@ -208,6 +205,11 @@ impl Forwarder {
                         self.lanes.retry_now();
                     }
                 }
+                Some(Ok(seqs)) = removals.join_next() => {
+                    for s in seqs {
+                        self.removing.remove(&s);
+                    }
+                }
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.recv() => break,
             }
@@ -215,82 +217,6 @@ impl Forwarder {
         // Entries still in flight stay in the outbox; they are sent again after a restart and the
         // receivers deduplicate them.
         tasks.abort_all();
-    }
-
-    /// The owner under the ring the queues are built for (not the live view: an entry routed
-    /// by a newer ring than the queues could overtake older ones still queued for the old owner;
-    /// the switch to a new ring happens in one place, the rebuild).
-    fn owner(&self, user: &str) -> Option<String> {
-        self.ring.as_ref().map(|r| r.owner(user).to_string())
-    }
-
-    /// Queues an entry for its destination. Entries coming back from a request (`retry`) always
-    /// go back in; others wait on disk once the queue is full (`spill_from`).
-    fn enqueue(&mut self, seq: u64, entry: Arc<ForwardEntry>, retry: bool) {
-        let Some(dest) = self.owner(&entry.to) else {
-            return;
-        };
-        let max_queued = self.opts.max_queued;
-        let d = self.dests.entry(dest).or_default();
-        if !retry {
-            if d.spill_from.is_some_and(|from| seq >= from) {
-                return;
-            }
-            if d.queue.len() >= max_queued {
-                d.spill_from = Some(d.spill_from.map_or(seq, |from| from.min(seq)));
-                return;
-            }
-        }
-        d.queue.insert(seq, entry);
-    }
-
-    /// Reads the outbox into the queues: every destination (`None`), or one that spilled.
-    /// Returns the number of entries seen and the highest seq seen.
-    fn reload(&mut self, only: Option<&str>) -> (usize, u64) {
-        let from = only
-            .and_then(|d| self.dests.get(d))
-            .and_then(|d| d.spill_from)
-            .unwrap_or(0);
-        if let Some(d) = only.and_then(|d| self.dests.get_mut(d)) {
-            d.spill_from = None;
-        }
-        let mut next = from;
-        let (mut seen, mut max_seen) = (0, 0);
-        loop {
-            let page = match self.store.outbox_from(next, SCAN_PAGE) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox read failed; will read again");
-                    // Keep the unread range marked as on disk only.
-                    if let Some(d) = only.and_then(|d| self.dests.get_mut(d)) {
-                        d.spill_from = Some(d.spill_from.map_or(next, |f| f.min(next)));
-                    }
-                    return (seen, max_seen);
-                }
-            };
-            let Some(last) = page.last().map(|(s, _)| *s) else {
-                return (seen, max_seen);
-            };
-            seen += page.len();
-            max_seen = last;
-            for (seq, e) in page {
-                if self.inflight.contains(&seq) {
-                    continue;
-                }
-                let dest = self.owner(&e.to);
-                if only.is_some() && dest.as_deref() != only {
-                    continue;
-                }
-                self.enqueue(seq, Arc::new(e), false);
-                // Refilling one destination stops once it is full again.
-                if let Some(d) = only.and_then(|d| self.dests.get(d)) {
-                    if d.spill_from.is_some() {
-                        return (seen, max_seen);
-                    }
-                }
-            }
-            next = last + 1;
-        }
     }
 
     /// Starts a request for every destination that has entries and is not busy or backing off.
@@ -354,7 +280,9 @@ impl Forwarder {
         }
     }
 
-    async fn on_done(&mut self, done: Finished) {
+    /// Handles a request's outcome; the wait for the removal of the entries it delivered goes
+    /// into `removals`.
+    async fn on_done(&mut self, done: Finished, removals: &mut JoinSet<Vec<u64>>) {
         let Finished {
             dest,
             items,
@@ -409,8 +337,19 @@ impl Forwarder {
                 // disk), the entries stay and are sent again after a restart, and the receiver
                 // deduplicates them.
                 let delivered = done_seqs.iter().copied().zip(done_to).collect();
-                if let Err(e) = self.writer.delivered(delivered).await {
-                    tracing::debug!(error = %e, "outbox removal not queued");
+                match self.writer.delivered(delivered).await {
+                    Ok(removed) => {
+                        // Until then a reload (a rebuild) would still find them on disk.
+                        self.removing.extend(done_seqs.iter().copied());
+                        let seqs = done_seqs.clone();
+                        removals.spawn(async move {
+                            // A failed removal leaves them on disk: they may be sent again, and
+                            // the receiver deduplicates them.
+                            let _ = removed.await;
+                            seqs
+                        });
+                    }
+                    Err(e) => tracing::debug!(error = %e, "outbox removal not queued"),
                 }
                 self.depth = self.depth.saturating_sub(done_seqs.len() as u64);
                 if not_owner > 0 {

@@ -146,3 +146,41 @@ fn delivered_entries_leave_the_outbox_without_an_fsync_of_their_own() {
     w.delete(crate::store::Cf::Meta, b"k");
     assert!(w.into_parts().1);
 }
+
+/// The forwarder may report an entry delivered twice (a queue rebuild reads it back from disk
+/// before its removal is written, and it is sent again). The second report must not count for
+/// another entry of the same recipient still waiting: while one waits, a new entry for that
+/// recipient must not be appended directly once this node owns it, or it overtakes the waiting one.
+#[test]
+fn an_entry_reported_delivered_twice_does_not_release_a_waiting_one() {
+    let (mut c, mut rx) = routed("n1");
+    let (alice, bob) = (user_on(&c, "n1", "alice"), user_on(&c, "n2", "bob"));
+    let (s1, _) = send(&id(&alice, "p"), "c1", &bob);
+    let (s2, _) = send(&id(&alice, "p"), "c2", &bob);
+    c.run_batch(std::iter::once(s1));
+    c.run_batch(std::iter::once(s2));
+    let (first, _) = rx.try_recv().unwrap().remove(0);
+    for _ in 0..2 {
+        let (reply, mut done) = oneshot::channel();
+        let cmd = Command::Outbox(OutboxCmd::Delivered {
+            entries: vec![(first, bob.clone())],
+            reply,
+        });
+        c.run_batch(std::iter::once(cmd));
+        done.try_recv().unwrap().unwrap();
+    }
+    assert!(c.outbox.pending(&bob), "the second entry still waits");
+
+    // Bob moves here: a third message must queue behind the second, not be appended first.
+    let ring = Ring::equal(2, &["n1"], 16).unwrap();
+    let (_tx, view) = watch::channel(ClusterView::fixed(ring, []));
+    c.routing.view = view;
+    let (s3, mut r3) = send(&id(&alice, "p"), "c3", &bob);
+    c.run_batch(std::iter::once(s3));
+    r3.try_recv().unwrap().unwrap();
+    assert!(
+        c.store.inbox_from(&bob, 1, 10).unwrap().is_empty(),
+        "nothing overtakes the waiting entry"
+    );
+    assert_eq!(c.store.outbox_from(0, 10).unwrap().len(), 2);
+}

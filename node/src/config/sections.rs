@@ -163,9 +163,11 @@ pub struct StorageSection {
     /// RocksDB block cache, in MiB.
     pub block_cache_mib: usize,
     /// Writes are refused with STORAGE_FULL (nothing stored, no ✓) while the data directory's
-    /// filesystem has less free space than this, in MiB, so that RocksDB itself never runs out:
-    /// a write that fails for lack of space puts it in a read-only state it leaves slowly, if at
-    /// all, without a restart. Writes resume as soon as space returns. 0 turns the check off.
+    /// filesystem has less free space than this, in MiB, plus what RocksDB still has to write
+    /// out for writes it took (its memtables, flushed early when the space above this floor
+    /// runs short), so that RocksDB itself never runs out: a write that fails for lack of
+    /// space puts it in a read-only state it leaves slowly, if at all, without a restart.
+    /// Writes resume as soon as space returns. 0 turns the check off.
     pub min_free_mib: u64,
 }
 

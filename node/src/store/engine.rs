@@ -5,6 +5,7 @@
 
 use std::any::Any;
 
+pub use super::headroom::Unflushed;
 use super::Cf;
 
 /// A storage failure, by what the caller can do about it.
@@ -90,6 +91,10 @@ pub trait Engine: Send + Sync + 'static {
     fn compact(&self, cf: Cf);
     /// Moves what is only in memory and the write-ahead log to the engine's files.
     fn flush(&self) -> Result<(), StorageError>;
+    /// What is held in memory only, to be written to the engine's files later.
+    fn unflushed(&self) -> Unflushed;
+    /// Starts moving what is in memory to the engine's files, without waiting for it.
+    fn start_flush(&self);
 }
 
 /// Writes collected for one [`Engine::write`], made by that engine's [`Engine::batch`].

@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use super::engine::{Direction, Engine, EngineBatch, Scan, StorageError, Visit};
+use super::engine::{Direction, Engine, EngineBatch, Scan, StorageError, Unflushed, Visit};
 use super::keys::split_timed;
 use super::Cf;
 
@@ -127,6 +127,13 @@ impl Engine for MemoryEngine {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Nothing is ever to be written out: memory is all there is.
+    fn unflushed(&self) -> Unflushed {
+        Unflushed::default()
+    }
+
+    fn start_flush(&self) {}
 }
 
 enum Op {

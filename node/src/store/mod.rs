@@ -8,6 +8,7 @@
 
 mod cf;
 pub mod engine;
+mod headroom;
 pub mod keys;
 #[cfg(test)]
 mod memory;
@@ -56,6 +57,9 @@ pub struct Store {
     /// The data directory (`None` in memory): its free space is checked before each write.
     dir: Option<std::path::PathBuf>,
     min_free_bytes: std::sync::atomic::AtomicU64,
+    /// The free space to report instead of the file system's (tests of a nearly full disk).
+    #[cfg(test)]
+    free_bytes_override: std::sync::Mutex<Option<u64>>,
 }
 
 impl Store {
@@ -91,6 +95,8 @@ impl Store {
             retention_ms: millis(opts.retention),
             dir,
             min_free_bytes: opts.min_free_bytes.into(),
+            #[cfg(test)]
+            free_bytes_override: Default::default(),
         })
     }
 
@@ -99,16 +105,31 @@ impl Store {
         self.engine.batch()
     }
 
-    /// Writes a batch the writer assembled (with a WAL fsync when `sync`). Below the
-    /// free-space floor it is refused first; an engine that stops taking writes stops the node
-    /// ([`fail_stop`]).
+    /// Writes a batch the writer assembled (with a WAL fsync when `sync`). Without room for it
+    /// above the free-space floor it is refused first ([`headroom`]); an engine that stops
+    /// taking writes stops the node ([`fail_stop`]).
     pub(crate) fn write(
         &self,
         batch: Box<dyn EngineBatch>,
         sync: bool,
     ) -> Result<(), StorageError> {
-        if let Some(why) = self.below_floor() {
-            return Err(StorageError::Full(why));
+        let floor = self
+            .min_free_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(free) = self.free_bytes().filter(|_| floor > 0) {
+            let unflushed = self.engine.unflushed();
+            match headroom::verdict(free, floor, unflushed, batch.size_in_bytes() as u64) {
+                headroom::Verdict::Write => {}
+                headroom::Verdict::FlushThenWrite => {
+                    tracing::debug!(
+                        free,
+                        ?unflushed,
+                        "free space is short: flushing memtables early"
+                    );
+                    self.engine.start_flush();
+                }
+                headroom::Verdict::Refuse(why) => return Err(StorageError::Full(why)),
+            }
         }
         match self.engine.write(batch, sync) {
             Err(StorageError::Failed(e)) => fail_stop(&e),
@@ -123,22 +144,17 @@ impl Store {
 
     /// Free space for this process on the data directory's filesystem.
     pub fn free_bytes(&self) -> Option<u64> {
+        #[cfg(test)]
+        if let Some(free) = *self.free_bytes_override.lock().expect("not poisoned") {
+            return Some(free);
+        }
         free_bytes(self.dir.as_deref()?)
     }
 
-    /// Why a write must be refused now, if it must: free disk is under the floor. Every write
-    /// checks this first, so RocksDB does not run out of space itself (then it refuses every
-    /// write until reopened: see [`fail_stop`]).
-    pub fn below_floor(&self) -> Option<String> {
-        let floor = self
-            .min_free_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.free_bytes().filter(|f| *f < floor).map(|_| {
-            format!(
-                "less than {} MiB free in the data directory",
-                floor / (1024 * 1024)
-            )
-        })
+    /// Reports `free` bytes free from now on (tests of a nearly full disk).
+    #[cfg(test)]
+    pub(crate) fn pretend_free_bytes(&self, free: u64) {
+        *self.free_bytes_override.lock().expect("not poisoned") = Some(free);
     }
 
     /// Changes the free-space floor (tests).

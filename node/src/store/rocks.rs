@@ -8,7 +8,7 @@ use std::time::Duration;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, DB};
 
-use super::engine::{Direction, Engine, EngineBatch, Scan, StorageError, Visit};
+use super::engine::{Direction, Engine, EngineBatch, Scan, StorageError, Unflushed, Visit};
 use super::keys::split_timed;
 use super::Cf;
 
@@ -155,6 +155,31 @@ impl Engine for RocksEngine {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
+    }
+
+    fn unflushed(&self) -> Unflushed {
+        let mut u = Unflushed::default();
+        for cf in Cf::ALL {
+            let size = |name: &str| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            u.active += size("rocksdb.cur-size-active-mem-table");
+            u.all += size("rocksdb.cur-size-all-mem-tables");
+        }
+        u
+    }
+
+    fn start_flush(&self) {
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(false);
+        let cfs: Vec<_> = Cf::ALL.iter().map(|cf| self.cf(*cf)).collect();
+        if let Err(e) = self.db.flush_cfs_opt(&cfs, &opts) {
+            tracing::warn!(error = %e, "could not start a flush");
+        }
     }
 }
 

@@ -63,6 +63,7 @@ impl Node {
                 retention: cfg.retention(),
                 block_cache_mib: cfg.storage.block_cache_mib,
                 min_free_bytes: cfg.storage.min_free_mib * 1024 * 1024,
+                compaction_headroom_bytes: cfg.storage.compaction_headroom_mib * 1024 * 1024,
             },
         )?;
         let hub = Hub::new(cfg.limits.session_queue as usize);

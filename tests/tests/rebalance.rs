@@ -174,6 +174,7 @@ async fn removing_a_node_under_load_loses_nothing_and_leaves_it_empty() {
             retention: Duration::from_secs(3600),
             block_cache_mib: 8,
             min_free_bytes: 0,
+            compaction_headroom_bytes: 0,
         },
     )
     .unwrap();

@@ -162,10 +162,10 @@ pub fn clean_stale_mounts() -> Vec<String> {
     cleaned
 }
 
-/// Free space every node's file system is held at outside disk faults. Less than RocksDB's WAL
-/// preallocation (about 70 MiB with the default 64 MiB memtable), so that no WAL is ever
-/// preallocated: with a preallocated WAL a node keeps writing for tens of MiB after its file
-/// system is full, and a disk-full fault of a few seconds would never reach it.
+/// Free space every node's file system is held at outside disk faults: a nearly full disk, so
+/// that the nodes' free-space rules (`storage.min_free_mib`, early flushes, paused compactions)
+/// are always in play, and a disk-full fault reaches a node within seconds. (The nodes have
+/// RocksDB's file preallocation off: with it, a new log reserved about 70 MiB ahead.)
 pub const FREE_SPACE: u64 = 32 << 20;
 const SLACK: u64 = 4 << 20;
 

@@ -169,6 +169,12 @@ pub struct StorageSection {
     /// space puts it in a read-only state it leaves slowly, if at all, without a restart.
     /// Writes resume as soon as space returns. 0 turns the check off.
     pub min_free_mib: u64,
+    /// RocksDB's compactions are paused while the free space above `min_free_mib` is under
+    /// this, in MiB, and resumed once it is 1.5 times this: a compaction writes its output
+    /// before it deletes its input, and on a nearly full disk that would take the space the
+    /// memtables' flush needs. Paused, nothing expires from disk and reads slow down as files
+    /// pile up: keep it under the free space a healthy node has. Only with `min_free_mib` > 0.
+    pub compaction_headroom_mib: u64,
 }
 
 impl Default for StorageSection {
@@ -180,6 +186,7 @@ impl Default for StorageSection {
             queue_depth: 16_384,
             block_cache_mib: 128,
             min_free_mib: 64,
+            compaction_headroom_mib: 1024,
         }
     }
 }

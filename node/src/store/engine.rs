@@ -95,6 +95,8 @@ pub trait Engine: Send + Sync + 'static {
     fn unflushed(&self) -> Unflushed;
     /// Starts moving what is in memory to the engine's files, without waiting for it.
     fn start_flush(&self);
+    /// Lets the engine start background compactions, or stops it from starting more.
+    fn set_compactions(&self, on: bool) -> Result<(), StorageError>;
 }
 
 /// Writes collected for one [`Engine::write`], made by that engine's [`Engine::batch`].

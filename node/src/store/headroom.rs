@@ -7,8 +7,11 @@
 //! stops taking writes and the node fail-stops (`store::fail_stop`). So the floor alone is not
 //! enough: the free space above it (the headroom) must also hold the memtables' flush. Memtables
 //! are flushed early when they would take a good part of the headroom, and writes are refused
-//! while the headroom would not hold them. A pure decision, tested below; `Store::write` asks it
-//! before every batch.
+//! while the headroom would not hold them. A compaction also writes its output before it
+//! deletes its input, as much again as it reads, and nothing bounds it: while the headroom is
+//! under `storage.compaction_headroom_mib`, compactions are paused, so that only flushes, which
+//! the rule above bounds, write in the background. Pure decisions, tested below; `Store::write`
+//! asks them before every batch.
 
 /// Bytes the engine holds in memory only (its memtables), to be written to its files later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,6 +65,17 @@ pub(crate) fn verdict(free: u64, floor: u64, mem: Unflushed, bytes: u64) -> Verd
     Verdict::Write
 }
 
+/// Whether compactions should run with `h` bytes free above the floor (0 under it), given
+/// whether they run now: paused under `threshold`, resumed from 1.5 x `threshold`, so that a
+/// headroom near the threshold does not switch them at every write.
+pub(crate) fn compactions(h: u64, threshold: u64, running: bool) -> bool {
+    if running {
+        h >= threshold
+    } else {
+        h >= threshold.saturating_add(threshold / 2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,10 +120,11 @@ mod tests {
         ));
     }
 
-    /// On RocksDB with a pretended nearly full disk: memtables are flushed early, and a write
-    /// whose flush would not fit is refused whole.
+    /// On RocksDB with a pretended nearly full disk: memtables are flushed early, compactions
+    /// pause (and resume once space is back), and a write whose flush would not fit is refused
+    /// whole.
     #[test]
-    fn a_store_short_of_space_flushes_early_and_refuses_what_would_not_fit() {
+    fn a_store_short_of_space_flushes_early_pauses_compactions_and_refuses_what_would_not_fit() {
         use crate::store::{Cf, Store, StoreOptions};
         use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
@@ -117,35 +132,46 @@ mod tests {
             retention: Duration::from_secs(3600),
             block_cache_mib: 8,
             min_free_bytes: 8 * MIB,
+            compaction_headroom_bytes: 1024 * MIB,
         };
         let store = Store::open(dir.path(), &opts).unwrap();
+        let tables = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension() == Some("sst".as_ref()))
+                .count()
+        };
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {:?}, {} tables",
+                    store.engine.unflushed(),
+                    tables()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
         // 16 MiB of headroom: a flush starts once 4 MiB are in the active memtables.
         store.pretend_free_bytes(24 * MIB);
-        let value = vec![7u8; 64 * 1024];
-        for i in 0..12u32 {
+        // The same keys again and again: the table files overlap, so a compaction merges them.
+        for i in 0..24u8 {
             let mut b = store.batch();
+            let value = vec![i; 64 * 1024];
             for j in 0..16u32 {
-                b.put(Cf::Meta, format!("k{i:02}-{j:02}").as_bytes(), &value);
+                b.put(Cf::Meta, format!("k{j:02}").as_bytes(), &value);
             }
             store.write(b, false).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        assert!(!store.compactions_on());
+        // Flushed five times, and nothing is being flushed any more.
+        wait("early flushes", &|| {
             let u = store.engine.unflushed();
-            let tables = std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| e.as_ref().unwrap().path().extension() == Some("sst".as_ref()))
-                .count();
-            // Flushed at least once, and nothing is being flushed any more.
-            if tables > 0 && u.all == u.active && u.all < 8 * MIB {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no early flush: {u:?}, {tables} tables"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            tables() >= 5 && u.all == u.active && u.all < 8 * MIB
+        });
+        // Five table files at level 0 would be compacted if compactions ran.
+        assert!(tables() >= 5);
 
         // Now the headroom would not hold the unflushed writes and this one.
         let unflushed = store.engine.unflushed().all;
@@ -157,7 +183,32 @@ mod tests {
             other => panic!("expected Full, got {other:?}"),
         }
         assert_eq!(store.engine.get(Cf::Meta, b"refused").unwrap(), None);
-        assert!(store.engine.get(Cf::Meta, b"k11-15").unwrap().is_some());
+        assert_eq!(
+            store.engine.get(Cf::Meta, b"k15").unwrap(),
+            Some(vec![23u8; 64 * 1024])
+        );
+
+        // Space is back: compactions resume and merge the level-0 files.
+        store.pretend_free_bytes(8 * MIB + 2048 * MIB);
+        let mut b = store.batch();
+        b.put(Cf::Meta, b"after", b"1");
+        store.write(b, false).unwrap();
+        assert!(store.compactions_on());
+        wait("a compaction", &|| tables() <= 2);
+    }
+
+    #[test]
+    fn compactions_pause_under_the_threshold_and_resume_well_above_it() {
+        let t = 1024 * MIB;
+        assert!(compactions(t, t, true));
+        assert!(!compactions(t - 1, t, true));
+        assert!(!compactions(t, t, false), "not resumed right at it");
+        assert!(!compactions(t + t / 2 - 1, t, false));
+        assert!(compactions(t + t / 2, t, false));
+        assert!(
+            compactions(0, 0, false),
+            "a threshold of 0 never pauses them"
+        );
     }
 
     proptest! {

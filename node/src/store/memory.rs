@@ -134,6 +134,10 @@ impl Engine for MemoryEngine {
     }
 
     fn start_flush(&self) {}
+
+    fn set_compactions(&self, _on: bool) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 enum Op {

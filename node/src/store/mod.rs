@@ -41,6 +41,9 @@ pub struct StoreOptions {
     pub block_cache_mib: usize,
     /// Writes are refused below this much free disk (`storage.min_free_mib`; 0: never).
     pub min_free_bytes: u64,
+    /// Compactions pause while the free disk above the floor is under this
+    /// (`storage.compaction_headroom_mib`).
+    pub compaction_headroom_bytes: u64,
 }
 
 /// An inbox entry read back from storage.
@@ -57,6 +60,9 @@ pub struct Store {
     /// The data directory (`None` in memory): its free space is checked before each write.
     dir: Option<std::path::PathBuf>,
     min_free_bytes: std::sync::atomic::AtomicU64,
+    compaction_headroom_bytes: u64,
+    /// Whether the engine may start compactions now (see [`headroom::compactions`]).
+    compactions_on: std::sync::atomic::AtomicBool,
     /// The free space to report instead of the file system's (tests of a nearly full disk).
     #[cfg(test)]
     free_bytes_override: std::sync::Mutex<Option<u64>>,
@@ -95,6 +101,8 @@ impl Store {
             retention_ms: millis(opts.retention),
             dir,
             min_free_bytes: opts.min_free_bytes.into(),
+            compaction_headroom_bytes: opts.compaction_headroom_bytes,
+            compactions_on: true.into(),
             #[cfg(test)]
             free_bytes_override: Default::default(),
         })
@@ -117,6 +125,7 @@ impl Store {
             .min_free_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(free) = self.free_bytes().filter(|_| floor > 0) {
+            self.pace_compactions(free.checked_sub(floor));
             let unflushed = self.engine.unflushed();
             match headroom::verdict(free, floor, unflushed, batch.size_in_bytes() as u64) {
                 headroom::Verdict::Write => {}
@@ -135,6 +144,43 @@ impl Store {
             Err(StorageError::Failed(e)) => fail_stop(&e),
             r => r,
         }
+    }
+
+    /// Pauses or resumes compactions for `headroom` bytes free above the floor (`None`: under
+    /// the floor).
+    fn pace_compactions(&self, headroom: Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let running = self.compactions_on.load(Relaxed);
+        let want = headroom::compactions(
+            headroom.unwrap_or(0),
+            self.compaction_headroom_bytes,
+            running,
+        );
+        if want == running {
+            return;
+        }
+        match self.engine.set_compactions(want) {
+            Ok(()) => {
+                self.compactions_on.store(want, Relaxed);
+                tracing::warn!(
+                    headroom_mib = headroom.unwrap_or(0) / (1024 * 1024),
+                    "compactions {}",
+                    if want {
+                        "resumed: free space is back"
+                    } else {
+                        "paused: free space above the floor is short"
+                    }
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "could not switch compactions"),
+        }
+    }
+
+    /// Whether background compactions may run now.
+    #[cfg(test)]
+    pub(crate) fn compactions_on(&self) -> bool {
+        self.compactions_on
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Oldest timestamp still inside the retention.

@@ -80,6 +80,14 @@ impl RocksEngine {
         // memtable flush otherwise leaves tens of MB dirty, and the WAL fsync behind every ✓
         // waits for that writeback (second-long ✓ stalls once per flush on this machine).
         db_opts.set_bytes_per_sync(1 << 20);
+        // No preallocated files: RocksDB would otherwise reserve about 70 MiB ahead for each new
+        // log and table file, so the free space the floor and the headroom rule look at
+        // (`store::headroom`) would say little about what is really taken, and a reservation
+        // that happens to succeed on a nearly full disk leaves a flush without room. The binding
+        // has no setter for this option; the options string sets it on a copy of these options.
+        let db_opts = db_opts
+            .get_options_from_string("allow_fallocate=false")
+            .map_err(StorageError::from)?;
         let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_opts(cf)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(RocksEngine { db: Arc::new(db) })
@@ -171,6 +179,15 @@ impl Engine for RocksEngine {
             u.all += size("rocksdb.cur-size-all-mem-tables");
         }
         u
+    }
+
+    fn set_compactions(&self, on: bool) -> Result<(), StorageError> {
+        let disabled = if on { "false" } else { "true" };
+        for cf in Cf::ALL {
+            self.db
+                .set_options_cf(self.cf(cf), &[("disable_auto_compactions", disabled)])?;
+        }
+        Ok(())
     }
 
     fn start_flush(&self) {

@@ -62,6 +62,7 @@ const STORE: StoreOptions = StoreOptions {
     retention: Duration::from_millis(RETENTION_MS as u64),
     block_cache_mib: 8,
     min_free_bytes: 0,
+    compaction_headroom_bytes: 1024 * 1024 * 1024,
 };
 
 /// A writer on an in-memory store (its batches are the same; nothing touches the disk).

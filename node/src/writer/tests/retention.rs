@@ -30,6 +30,7 @@ async fn expired_entries_are_dropped_by_compaction() {
             retention,
             block_cache_mib: 8,
             min_free_bytes: 0,
+            compaction_headroom_bytes: 1024 * 1024 * 1024,
         },
     )
     .unwrap();

@@ -135,6 +135,20 @@ mod tests {
             compaction_headroom_bytes: 1024 * MIB,
         };
         let store = Store::open(dir.path(), &opts).unwrap();
+        // Files are not reserved ahead: the free space says what is taken.
+        let options = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .expect("an options file");
+        assert!(std::fs::read_to_string(options)
+            .unwrap()
+            .contains("allow_fallocate=false"));
         let tables = || {
             std::fs::read_dir(dir.path())
                 .unwrap()

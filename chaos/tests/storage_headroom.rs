@@ -144,6 +144,11 @@ async fn a_node_kept_nearly_full_flushes_early_instead_of_running_out() {
         }
     }
     drop(holder);
+    // The operators' signal that nothing is being compacted (and nothing expires) meanwhile.
+    assert!(chat_tests::metrics_contain(
+        &node.admin_url,
+        "chat_storage_compactions_paused 1"
+    ));
     assert!(
         node.wait_exit(Duration::from_millis(1)).is_none(),
         "the node stopped; log:\n{}",

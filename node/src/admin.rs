@@ -26,6 +26,9 @@ pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
 /// ENOSPC) or `error`. Their commands were answered with an error; nothing was stored.
 pub const COMMIT_FAILURES: &str = "chat_commit_failures_total";
 pub const COMMIT_FAILURE_REASONS: &[&str] = &["storage_full", "error"];
+/// 1 while RocksDB's compactions are paused because the disk is nearly full
+/// (`storage.compaction_headroom_mib`).
+pub const COMPACTIONS_PAUSED: &str = "chat_storage_compactions_paused";
 pub const FORWARDED: &str = "chat_forwarded_entries_total";
 pub const FORWARD_RECEIVED: &str = "chat_forward_received_entries_total";
 pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
@@ -81,6 +84,7 @@ pub fn register_all(standalone: bool) {
         REBALANCE_HELD,
         BATCHES_HELD,
         RING_EPOCH,
+        COMPACTIONS_PAUSED,
     ] {
         metrics::gauge!(g).increment(0.0);
     }

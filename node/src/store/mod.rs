@@ -162,6 +162,7 @@ impl Store {
         match self.engine.set_compactions(want) {
             Ok(()) => {
                 self.compactions_on.store(want, Relaxed);
+                metrics::gauge!(crate::admin::COMPACTIONS_PAUSED).set(f64::from(u8::from(!want)));
                 tracing::warn!(
                     headroom_mib = headroom.unwrap_or(0) / (1024 * 1024),
                     "compactions {}",

@@ -4,7 +4,7 @@
 //! small tmpfs (so "disk full" is real ENOSPC), the router, the CA. Everything lives in one run
 //! directory. Synchronous: the nemesis calls it from blocking tasks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::{run_cmd, ChaosError, Result};
 
 mod host;
 
-pub use host::{clean_stale_mounts, keep_free, unmount, FREE_SPACE};
+pub use host::{clean_stale_mounts, keep_free, mount_tmpfs, unmount, TmpfsMount, FREE_SPACE};
 use host::{Etcd, PortPool};
 
 /// The cluster's key prefix in etcd.
@@ -207,21 +207,7 @@ impl Cluster {
             mount: self.dir.join(id),
             log: self.dir.join(format!("{id}.log")),
         };
-        std::fs::create_dir_all(&spec.mount)?;
-        let size = format!("size={}m", self.tmpfs_mib);
-        let mount = spec.mount.display().to_string();
-        run_cmd(
-            Path::new("mount"),
-            &[
-                "-t".into(),
-                "tmpfs".into(),
-                "-o".into(),
-                size,
-                "tmpfs".into(),
-                mount,
-            ],
-            Duration::from_secs(10),
-        )?;
+        mount_tmpfs(&spec.mount, self.tmpfs_mib)?;
         // Before the node's first WAL: see `FREE_SPACE`.
         keep_free(&spec.mount)?;
         self.nodes.push(NodeProc {

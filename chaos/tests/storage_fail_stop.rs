@@ -6,20 +6,11 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chat_chaos::cluster::TmpfsMount;
 use chat_client::v1::server_frame;
 use chat_tests::{receive_messages, TestNode};
-
-/// Unmounts the tmpfs however the test ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        chat_chaos::cluster::unmount(&self.0);
-    }
-}
 
 /// Appends to `path` until the file system is full.
 fn fill(path: &Path) {
@@ -38,17 +29,8 @@ async fn a_node_stops_when_rocksdb_fails_a_write_and_recovers_after_a_restart() 
         .tempdir()
         .unwrap();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    // Smaller than RocksDB's WAL preallocation, so the log grows page by page and a full disk
-    // fails its next append.
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount tmpfs");
-    let _mount = Mount(mnt.clone());
+    // Small, so that filling it takes little time and memory.
+    let _mount = TmpfsMount::new(&mnt, 40).expect("mount tmpfs");
     let data = mnt.join("data");
     let env = [("CHAT_NODE_STORAGE__MIN_FREE_MIB", "0")];
     let mut node = TestNode::start_in(&data, &env);

@@ -6,23 +6,14 @@
 //! it stored, and deliver every ✓'d message. Needs root (a tmpfs mount) and the debug binaries.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_chaos::cluster::TmpfsMount;
 use chat_client::v1::{server_frame, ErrorCode};
 use chat_tests::{receive_messages, TestNode};
 use rand::{Rng, SeedableRng};
-
-/// Unmounts the tmpfs however the test ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        chat_chaos::cluster::unmount(&self.0);
-    }
-}
 
 /// Holds the free space like the harness, from its own thread, until dropped. Dropped before
 /// the tmpfs is unmounted, also when the test fails: run on the unmounted directory it would
@@ -72,15 +63,7 @@ async fn a_node_kept_nearly_full_flushes_early_instead_of_running_out() {
         .tempdir()
         .unwrap();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=400m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount tmpfs");
-    let _mount = Mount(mnt.clone());
+    let _mount = TmpfsMount::new(&mnt, 400).expect("mount tmpfs");
     chat_chaos::cluster::keep_free(&mnt).unwrap();
     let data = mnt.join("data");
     let env = [("CHAT_NODE_STORAGE__MIN_FREE_MIB", "8")];

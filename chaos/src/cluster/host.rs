@@ -117,6 +117,34 @@ impl PortPool {
     }
 }
 
+/// Mounts a tmpfs of `mib` MiB on `dir`, creating the directory first.
+pub fn mount_tmpfs(dir: &Path, mib: u64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let args = ["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]
+        .map(String::from)
+        .into_iter()
+        .chain([dir.display().to_string()])
+        .collect::<Vec<_>>();
+    crate::run_cmd(Path::new("mount"), &args, Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A tmpfs mounted for as long as this lives (the suite's storage tests).
+pub struct TmpfsMount(PathBuf);
+
+impl TmpfsMount {
+    pub fn new(dir: &Path, mib: u64) -> Result<TmpfsMount> {
+        mount_tmpfs(dir, mib)?;
+        Ok(TmpfsMount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
 /// Unmounts `path` (lazily if busy); whether it is no longer mounted.
 pub fn unmount(path: &Path) -> bool {
     let ok = Command::new("umount")

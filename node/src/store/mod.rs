@@ -125,7 +125,7 @@ impl Store {
             .min_free_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(free) = self.free_bytes().filter(|_| floor > 0) {
-            self.pace_compactions(free.checked_sub(floor));
+            self.pace_compactions(free.saturating_sub(floor));
             let unflushed = self.engine.unflushed();
             match headroom::verdict(free, floor, unflushed, batch.size_in_bytes() as u64) {
                 headroom::Verdict::Write => {}
@@ -146,16 +146,11 @@ impl Store {
         }
     }
 
-    /// Pauses or resumes compactions for `headroom` bytes free above the floor (`None`: under
-    /// the floor).
-    fn pace_compactions(&self, headroom: Option<u64>) {
+    /// Pauses or resumes compactions for `headroom` bytes free above the floor (0 under it).
+    fn pace_compactions(&self, headroom: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let running = self.compactions_on.load(Relaxed);
-        let want = headroom::compactions(
-            headroom.unwrap_or(0),
-            self.compaction_headroom_bytes,
-            running,
-        );
+        let want = headroom::compactions(headroom, self.compaction_headroom_bytes, running);
         if want == running {
             return;
         }
@@ -164,7 +159,7 @@ impl Store {
                 self.compactions_on.store(want, Relaxed);
                 metrics::gauge!(crate::admin::COMPACTIONS_PAUSED).set(f64::from(u8::from(!want)));
                 tracing::warn!(
-                    headroom_mib = headroom.unwrap_or(0) / (1024 * 1024),
+                    headroom_mib = headroom / (1024 * 1024),
                     "compactions {}",
                     if want {
                         "resumed: free space is back"

@@ -255,6 +255,9 @@ impl Cluster {
             // The node's free-space floor must sit below what the reserve leaves free
             // (`FREE_SPACE`), or it would refuse every write from the start.
             .env("CHAT_NODE_STORAGE__MIN_FREE_MIB", "8")
+            // The workload sends faster than a person; the limits are not under test here.
+            .env("CHAT_NODE_RATE__MESSAGES_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "0")
             .env("RUST_LOG", "info,chat_node=debug")
             .env("NO_COLOR", "1")
             // Panics keep their backtrace (RUST_BACKTRACE); a returned error is one line.

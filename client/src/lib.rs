@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chat_proto::v1::{
     client_frame, server_frame, Ack, ClientFrame, ErrorCode, Hello, HistoryPage, HistoryRequest,
-    Ping, ReadMarker, Send, ServerFrame, Welcome,
+    Ping, ReadMarker, Send, ServerFrame, Typing, TypingState, Welcome,
 };
 use chat_proto::Encoding;
 use futures_util::{SinkExt, StreamExt};
@@ -238,6 +238,15 @@ impl Client {
             to: to.to_string(),
             body: body.to_string(),
             from: String::new(),
+        }))
+        .await
+    }
+
+    /// Tells `to` this user is typing (or stopped). Nothing comes back unless it is refused.
+    pub async fn typing(&mut self, to: &str, state: TypingState) -> Result<()> {
+        self.send(client_frame::Frame::Typing(Typing {
+            to: to.to_string(),
+            state: state as i32,
         }))
         .await
     }

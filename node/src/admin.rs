@@ -35,6 +35,15 @@ pub const PEER_HANDSHAKE_FAILURES: &str = "chat_peer_handshake_failures_total";
 pub const ETCD_UP: &str = "chat_etcd_up";
 pub const REGISTERED: &str = "chat_registered";
 pub const RING_EPOCH: &str = "chat_ring_epoch";
+/// Requests refused by a rate limit (`crate::rate`), by `limit`.
+pub const RATE_LIMITED: &str = "chat_rate_limited_total";
+/// Ephemeral events dropped on purpose, by `kind` (`typing`) and `reason`: `device_queue_full`
+/// (a device not reading fast enough), `peer_queue_full` (the link to the recipient's node is
+/// backed up), `peer_failed` (the peer did not take them in time).
+pub const SHED: &str = "chat_shed_total";
+pub const SHED_REASONS: &[&str] = &["device_queue_full", "peer_queue_full", "peer_failed"];
+/// Ephemeral events handed to connected devices on this node, by `kind`.
+pub const EPHEMERAL_DELIVERED: &str = "chat_ephemeral_delivered_total";
 /// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
 pub fn metrics_handle() -> PrometheusHandle {
     chat_service::admin::recorder(&[
@@ -74,6 +83,13 @@ pub fn register_all(standalone: bool) {
     for r in FORWARD_RESULTS {
         metrics::counter!(FORWARDED, "result" => *r).increment(0);
     }
+    for l in crate::rate::Limit::ALL {
+        metrics::counter!(RATE_LIMITED, "limit" => l.name()).increment(0);
+    }
+    for r in SHED_REASONS {
+        metrics::counter!(SHED, "kind" => "typing", "reason" => *r).increment(0);
+    }
+    metrics::counter!(EPHEMERAL_DELIVERED, "kind" => "typing").increment(0);
     for r in COMMIT_FAILURE_REASONS {
         metrics::counter!(COMMIT_FAILURES, "reason" => *r).increment(0);
     }

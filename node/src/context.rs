@@ -1,5 +1,5 @@
-//! What every connection of a node shares: its config, token verifier, storage, hub, writer
-//! and routing.
+//! What every connection of a node shares: its config, token verifier, storage, hub, writer,
+//! routing, ephemeral events and rate limits.
 
 use std::sync::Arc;
 
@@ -7,7 +7,9 @@ use chat_auth::Verifier;
 use chat_proto::v1::Limits;
 
 use crate::config::NodeConfig;
+use crate::ephemeral::Ephemeral;
 use crate::hub::Hub;
+use crate::rate::Limiter;
 use crate::routing::Routing;
 use crate::store::Store;
 use crate::writer::WriterHandle;
@@ -21,6 +23,11 @@ pub struct NodeContext {
     pub hub: Arc<Hub>,
     pub writer: WriterHandle,
     pub routing: Routing,
+    pub ephemeral: Arc<Ephemeral>,
+    /// Rate limits per user (`[rate]`).
+    pub user_limits: Limiter<String>,
+    /// Rate limits per source address (new connections).
+    pub addr_limits: Limiter<std::net::IpAddr>,
 }
 
 impl NodeContext {

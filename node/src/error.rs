@@ -36,6 +36,13 @@ pub enum ChatError {
     InvalidArgument(String),
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// Over a rate limit (`crate::rate`): nothing was done; the hint is the exact wait.
+    #[error("over the {what} rate limit of {per_min} a minute; retry in {retry_after_ms} ms")]
+    RateLimited {
+        what: &'static str,
+        per_min: u32,
+        retry_after_ms: u64,
+    },
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("unavailable: {0}")]
@@ -78,6 +85,7 @@ impl ChatError {
             AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
             InvalidArgument(_) => ErrorCode::InvalidArgument,
             Overloaded(_) => ErrorCode::Overloaded,
+            RateLimited { .. } => ErrorCode::RateLimited,
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
             StorageFull(_) => ErrorCode::StorageFull,
@@ -96,7 +104,7 @@ impl ChatError {
             Move(MoveError::OutOfRange(_)) => PeerErrorCode::OutOfRange,
             InvalidArgument(_) | InvalidId { .. } => PeerErrorCode::OutOfRange,
             BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } => PeerErrorCode::BadRequest,
-            Overloaded(_) | StorageFull(_) => PeerErrorCode::Overloaded,
+            Overloaded(_) | StorageFull(_) | RateLimited { .. } => PeerErrorCode::Overloaded,
             ShuttingDown => PeerErrorCode::ShuttingDown,
             _ => PeerErrorCode::Internal,
         }
@@ -117,6 +125,9 @@ impl ChatError {
             | ChatError::Unavailable(_)
             | ChatError::Move(_)
             | ChatError::StorageFull(_) => RETRY_AFTER_MS,
+            ChatError::RateLimited { retry_after_ms, .. } => {
+                u32::try_from(*retry_after_ms).unwrap_or(u32::MAX).max(1)
+            }
             _ => 0,
         };
         ServerFrame {

@@ -4,12 +4,16 @@
 //! bounded queue; publishing never blocks. When a device's queue is full the entry is dropped and
 //! the device is marked lagged: its session then reads the missing entries from storage, so a slow
 //! device costs memory only up to its queue and never loses anything.
+//!
+//! Ephemeral events (typing) take a second, smaller queue per device ([`Hub::notify`]). They are
+//! not stored anywhere, so a full queue simply sheds them: they expire on the client anyway.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chat_proto::store::InboxEntry;
+use chat_proto::v1::ServerFrame;
 use tokio::sync::{mpsc, Notify};
 
 const SHARDS: usize = 64;
@@ -25,6 +29,7 @@ struct Subscriber {
     id: u64,
     device: String,
     tx: mpsc::Sender<Push>,
+    notices: mpsc::Sender<Arc<ServerFrame>>,
     signals: Arc<Signals>,
 }
 
@@ -46,6 +51,7 @@ pub struct Hub {
     shards: Vec<Mutex<HashMap<String, Vec<Subscriber>>>>,
     next_id: AtomicU64,
     queue: usize,
+    notice_queue: usize,
 }
 
 /// A device's subscription; dropping it unsubscribes.
@@ -54,15 +60,19 @@ pub struct Subscription {
     user: String,
     id: u64,
     pub rx: mpsc::Receiver<Push>,
+    /// Ephemeral events (typing), already in their final form.
+    pub notices: mpsc::Receiver<Arc<ServerFrame>>,
     pub signals: Arc<Signals>,
 }
 
 impl Hub {
-    pub fn new(queue: usize) -> Arc<Hub> {
+    /// `queue`: live entries per device; `notice_queue`: ephemeral events per device.
+    pub fn new(queue: usize, notice_queue: usize) -> Arc<Hub> {
         Arc::new(Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
             queue,
+            notice_queue,
         })
     }
 
@@ -73,6 +83,7 @@ impl Hub {
     /// Registers a device. Any older connection of the same device is told it was replaced.
     pub fn subscribe(self: &Arc<Self>, user: &str, device: &str) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue);
+        let (notices_tx, notices) = mpsc::channel(self.notice_queue);
         let signals = Arc::new(Signals::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(user).lock().expect("hub lock");
@@ -85,6 +96,7 @@ impl Hub {
             id,
             device: device.to_string(),
             tx,
+            notices: notices_tx,
             signals: signals.clone(),
         });
         Subscription {
@@ -92,6 +104,7 @@ impl Hub {
             user: user.to_string(),
             id,
             rx,
+            notices,
             signals,
         }
     }
@@ -113,6 +126,25 @@ impl Hub {
                 s.signals.notify.notify_one();
             }
         }
+    }
+
+    /// Hands an ephemeral event to every connected device of `user`; returns how many took it.
+    /// A device whose queue is full misses it (counted as shed, `kind`).
+    pub fn notify(&self, user: &str, frame: &Arc<ServerFrame>, kind: &'static str) -> usize {
+        let shard = self.shard(user).lock().expect("hub lock");
+        let Some(subs) = shard.get(user) else {
+            return 0;
+        };
+        let mut reached = 0;
+        for s in subs {
+            if s.notices.try_send(frame.clone()).is_ok() {
+                reached += 1;
+            } else {
+                metrics::counter!(crate::admin::SHED, "kind" => kind, "reason" => "device_queue_full")
+                    .increment(1);
+            }
+        }
+        reached
     }
 
     /// Tells every session of the connected users `moved` picks that its user may have moved;
@@ -174,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_marks_lagged_instead_of_blocking() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, 2);
         let mut sub = hub.subscribe("bob", "phone");
         for seq in 1..=5 {
             hub.publish("bob", seq, entry());
@@ -188,7 +220,7 @@ mod tests {
 
     #[tokio::test]
     async fn same_device_replaces_and_drop_unsubscribes() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, 8);
         let first = hub.subscribe("bob", "phone");
         let _other = hub.subscribe("bob", "laptop");
         assert!(!first.signals.replaced.load(Ordering::Acquire));
@@ -201,9 +233,31 @@ mod tests {
         assert_eq!(hub.connected(), 1);
     }
 
+    #[tokio::test]
+    async fn events_reach_every_device_and_a_full_queue_sheds_instead_of_blocking() {
+        let hub = Hub::new(8, 2);
+        let mut phone = hub.subscribe("bob", "phone");
+        let mut laptop = hub.subscribe("bob", "laptop");
+        let frame = Arc::new(ServerFrame::default());
+        assert_eq!(hub.notify("bob", &frame, "typing"), 2);
+        assert_eq!(hub.notify("carol", &frame, "typing"), 0, "not connected");
+        assert!(laptop.notices.recv().await.is_some());
+        // The phone does not read: its queue of 2 fills and the third event is shed.
+        assert_eq!(hub.notify("bob", &frame, "typing"), 2);
+        assert_eq!(hub.notify("bob", &frame, "typing"), 1);
+        for _ in 0..2 {
+            assert!(phone.notices.recv().await.is_some());
+        }
+        assert!(phone.notices.try_recv().is_err());
+        assert!(
+            !phone.signals.lagged.load(Ordering::Acquire),
+            "events never send a device back to storage"
+        );
+    }
+
     #[test]
     fn only_the_sessions_of_moved_users_are_signalled() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, 8);
         let alice = hub.subscribe("alice", "phone");
         let bob = [
             hub.subscribe("bob", "phone"),

@@ -21,10 +21,12 @@ pub mod server;
 
 pub(crate) mod admin;
 pub(crate) mod context;
+pub(crate) mod ephemeral;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod hub;
 pub(crate) mod peer;
+pub(crate) mod rate;
 pub(crate) mod rebalance;
 pub(crate) mod routing;
 pub(crate) mod store;

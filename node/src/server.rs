@@ -17,12 +17,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::admin::{self, Health};
 use crate::config::NodeConfig;
 use crate::context::NodeContext;
+use crate::ephemeral::Ephemeral;
 use crate::error::ChatError;
 use crate::gateway;
 use crate::hub::Hub;
 use crate::peer::forwarder::Forwarder;
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
+use crate::rate::{Limit, Limiter};
 use crate::routing::Routing;
 use crate::store::{Store, StoreOptions};
 use crate::writer::{Writer, WriterOptions};
@@ -66,7 +68,10 @@ impl Node {
                 compaction_headroom_bytes: cfg.storage.compaction_headroom_mib * 1024 * 1024,
             },
         )?;
-        let hub = Hub::new(cfg.limits.session_queue as usize);
+        let hub = Hub::new(
+            cfg.limits.session_queue as usize,
+            cfg.ephemeral.device_queue,
+        );
         let etcd = EtcdConfig {
             endpoints: cfg.cluster.etcd_endpoints.clone(),
             prefix: cfg.cluster.prefix.clone(),
@@ -165,7 +170,16 @@ impl Node {
             cfg.auth.leeway_secs,
             cfg.limits.max_id_bytes as usize,
         );
+        let ephemeral = Ephemeral::new(
+            routing.clone(),
+            hub.clone(),
+            cluster.as_ref().map(|c| c.peers.clone()),
+            cfg.ephemeral.clone(),
+        );
         let shared = Arc::new(NodeContext {
+            user_limits: Limiter::new(cfg.rate.per_user()),
+            addr_limits: Limiter::new(cfg.rate.per_addr()),
+            ephemeral,
             cfg,
             client_url,
             admin_url,
@@ -214,8 +228,14 @@ impl Node {
         let mut rebalance_tasks = None;
         if let Some(c) = cluster {
             let (writer_h, routing) = (shared.writer.clone(), shared.routing.clone());
+            let ephemeral = shared.ephemeral.clone();
             c.peers.set_handler(Arc::new(move |req| {
-                Box::pin(peer::handle(req, writer_h.clone(), routing.clone()))
+                Box::pin(peer::handle(
+                    req,
+                    writer_h.clone(),
+                    routing.clone(),
+                    ephemeral.clone(),
+                ))
             }));
             let server = tokio::spawn(c.peers.clone().serve());
             // Standalone, the ring never changes: no one to move.
@@ -331,9 +351,20 @@ async fn accept_loop(
         let shared = shared.clone();
         let shutdown = notify_shutdown.subscribe();
         let done = done_tx.clone();
-        let slot = slots.clone().try_acquire_owned().ok();
+        // Refused (after the handshake, so the client can read why): an address over its rate
+        // of new connections, then a node at its connection limit.
+        let mut slot = None;
+        let admitted = shared
+            .addr_limits
+            .check(&peer.ip(), Limit::Connections)
+            .and_then(|()| {
+                slot = slots.clone().try_acquire_owned().ok();
+                slot.as_ref()
+                    .map(|_| ())
+                    .ok_or_else(|| ChatError::Overloaded("too many connections".into()))
+            });
         tokio::spawn(async move {
-            connection(stream, peer, shared, shutdown, slot.is_some()).await;
+            connection(stream, peer, shared, shutdown, admitted).await;
             drop(slot);
             drop(done);
         });
@@ -345,7 +376,7 @@ async fn connection(
     peer: SocketAddr,
     shared: Arc<NodeContext>,
     shutdown: broadcast::Receiver<()>,
-    admitted: bool,
+    admitted: Result<(), ChatError>,
 ) {
     let l = &shared.cfg.limits;
     // Frames between max_frame_bytes and this hard cap are answered with FRAME_TOO_LARGE and the
@@ -365,9 +396,9 @@ async fn connection(
         }
         Err(_) => return,
     };
-    if !admitted {
+    if let Err(e) = admitted {
         use futures_util::SinkExt;
-        let e = ChatError::Overloaded("too many connections".into());
+        tracing::debug!(%peer, error = %e, "connection refused");
         let text = chat_proto::encode(chat_proto::Encoding::Json, &e.to_frame(""));
         let text = String::from_utf8(text).expect("JSON is UTF-8");
         // Bounded: a refused client must not hold a task either.

@@ -52,10 +52,11 @@ pub enum DecodeError {
 }
 
 /// The JSON names of the frame kinds of a `ClientFrame`.
-pub const CLIENT_FRAME_KINDS: &[&str] = &["hello", "send", "ack", "read", "history", "ping"];
+pub const CLIENT_FRAME_KINDS: &[&str] =
+    &["hello", "send", "ack", "read", "history", "ping", "typing"];
 /// The JSON names of the frame kinds of a `ServerFrame`.
 pub const SERVER_FRAME_KINDS: &[&str] = &[
-    "welcome", "sent", "deliver", "history", "pong", "error", "redirect",
+    "welcome", "sent", "deliver", "history", "pong", "error", "redirect", "typing",
 ];
 
 /// A frame type: a message with one `frame` oneof.
@@ -86,7 +87,7 @@ impl Frame for v1::ServerFrame {
         self.frame.is_some()
     }
     fn clear_unknown_enums(&mut self) {
-        use v1::{deliver, server_frame::Frame as F, Deliver, ErrorCode, ReceiptKind};
+        use v1::{deliver, server_frame::Frame as F, Deliver, ErrorCode, ReceiptKind, TypingState};
         fn known<E: TryFrom<i32>>(v: &mut i32) {
             if E::try_from(*v).is_err() {
                 *v = 0;
@@ -99,6 +100,7 @@ impl Frame for v1::ServerFrame {
         }
         match &mut self.frame {
             Some(F::Error(e)) => known::<ErrorCode>(&mut e.code),
+            Some(F::Typing(t)) => known::<TypingState>(&mut t.state),
             Some(F::Deliver(d)) => in_deliver(d),
             Some(F::History(h)) => h.entries.iter_mut().for_each(in_deliver),
             Some(F::Welcome(_) | F::Sent(_) | F::Pong(_) | F::Redirect(_)) | None => {}

@@ -128,6 +128,10 @@ impl TestNode {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
+            // Tests send floods from one user and open many connections from one address; the
+            // rate limits' own tests turn them back on.
+            .env("CHAT_NODE_RATE__MESSAGES_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "0")
             // `CHAT_TEST_NODE_LOG` lets a developer trace one flaky run.
             .env(
                 "RUST_LOG",

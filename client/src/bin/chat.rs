@@ -3,6 +3,7 @@
 //!   chat send --to bob "hello"          send, print ✓ (and optionally wait for ✓✓ or read)
 //!   chat listen [--read] [--count N]    print incoming messages and receipts, acknowledge them
 //!   chat history [--limit N]            page back through your inbox
+//!   chat typing --to bob [--stopped]    tell bob you are typing (or stopped)
 
 use std::time::Duration;
 
@@ -65,6 +66,13 @@ enum Cmd {
         /// Entries before this seq (0: the newest).
         #[arg(long, default_value_t = 0)]
         before: u64,
+    },
+    /// Tell a user you are typing (shown for a few seconds; repeat while typing), or stopped.
+    Typing {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        stopped: bool,
     },
 }
 
@@ -162,6 +170,26 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Typing { to, stopped } => {
+            use chat_client::v1::TypingState;
+            let state = if stopped {
+                TypingState::Stopped
+            } else {
+                TypingState::Typing
+            };
+            c.typing(&to, state).await?;
+            // A refusal comes back at once; a ping's pong says none came.
+            c.ping(1).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let f = c.recv_until(deadline).await?;
+                match &f.frame {
+                    Some(server_frame::Frame::Error(e)) => bail!("refused: {}", e.message),
+                    Some(server_frame::Frame::Pong(_)) => break,
+                    _ => {}
+                }
+            }
+        }
         Cmd::History { limit, before } => {
             let mut other = Vec::new();
             let page = c
@@ -192,6 +220,13 @@ fn print_frame(json: bool, f: &ServerFrame, label: &str) {
         Some(server_frame::Frame::Deliver(d)) => print_deliver(false, d),
         Some(server_frame::Frame::Sent(s)) => {
             println!("{label} msg_id={} ts={}", s.msg_id, s.ts)
+        }
+        Some(server_frame::Frame::Typing(t)) => {
+            let what = match chat_client::v1::TypingState::try_from(t.state).unwrap_or_default() {
+                chat_client::v1::TypingState::Typing => "is typing…",
+                _ => "stopped typing",
+            };
+            println!("{} ({}) {what}", t.from, t.from_device)
         }
         Some(server_frame::Frame::Error(e)) => println!(
             "error {:?}: {}",

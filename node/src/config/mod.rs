@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod rates;
 mod sections;
 mod tuning;
 
 pub use chat_service::config::ConfigError;
 pub use chat_service::log::{LogFormat, LogSection};
+pub use rates::{EphemeralSection, RateSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 
@@ -25,6 +27,8 @@ pub struct NodeConfig {
     pub auth: AuthSection,
     pub storage: StorageSection,
     pub limits: LimitsSection,
+    pub rate: RateSection,
+    pub ephemeral: EphemeralSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
     pub forward: ForwardSection,
@@ -142,6 +146,8 @@ impl NodeConfig {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
         }
         self.check_tuning()?;
+        self.rate.check().map_err(ConfigError::Invalid)?;
+        self.ephemeral.check().map_err(ConfigError::Invalid)?;
         if !self.node.standalone {
             let c = &mut self.cluster;
             chat_service::config::check_etcd(&c.etcd_endpoints, &c.prefix, "cluster")?;

@@ -1,8 +1,9 @@
 //! One handler per client frame kind of an authenticated connection.
 
+use chat_proto::cluster::{signal, Signal};
 use chat_proto::v1::{
     client_frame, server_frame, HistoryPage, HistoryRequest, Ping, Pong, Send as SendMessage,
-    ServerFrame,
+    ServerFrame, Typing, TypingNotice, TypingState,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -10,6 +11,7 @@ use super::conn::{Gone, Inbound};
 use super::session::{Live, Session};
 use super::{to_deliver, End};
 use crate::error::ChatError;
+use crate::rate::Limit;
 use crate::validate::{check_body, check_id, IdKind};
 
 impl Session {
@@ -32,6 +34,7 @@ impl Session {
             client_frame::Frame::Read(r) => self.ack(live, r.up_to_seq, true).await,
             client_frame::Frame::History(h) => self.history(live, h).await,
             client_frame::Frame::Ping(p) => self.ping(p).await,
+            client_frame::Frame::Typing(t) => self.typing(live, t).await,
         };
         Ok(done?)
     }
@@ -52,7 +55,9 @@ impl Session {
                 )));
             }
             check_id(IdKind::Recipient, &s.to, lim.max_id_bytes as usize)?;
-            check_body(&s.body, lim.max_body_bytes as usize)
+            check_body(&s.body, lim.max_body_bytes as usize)?;
+            // Last, so that a malformed send never costs the user a token.
+            self.ctx.user_limits.check(&live.who.user, Limit::Messages)
         })();
         if let Err(e) = checked {
             return self.conn.refuse(&e, &s.client_msg_id).await;
@@ -71,6 +76,47 @@ impl Session {
             }
             Err(e) => self.conn.refuse(&e, &cmid).await,
         }
+    }
+
+    /// Forwards a typing event to the recipient's connected devices; nothing is stored.
+    async fn typing(&mut self, live: &mut Live, t: Typing) -> Result<(), Gone> {
+        let checked = (|| {
+            check_id(
+                IdKind::Recipient,
+                &t.to,
+                self.ctx.cfg.limits.max_id_bytes as usize,
+            )?;
+            if t.to == live.who.user {
+                return Err(ChatError::InvalidArgument(
+                    "typing to oneself is not forwarded".into(),
+                ));
+            }
+            let state = match TypingState::try_from(t.state) {
+                Ok(s @ (TypingState::Typing | TypingState::Stopped)) => s,
+                _ => {
+                    return Err(ChatError::InvalidArgument(format!(
+                        "typing state {} is not TYPING or STOPPED",
+                        t.state
+                    )))
+                }
+            };
+            self.ctx.user_limits.check(&live.who.user, Limit::Typing)?;
+            Ok(state)
+        })();
+        let state = match checked {
+            Ok(s) => s,
+            Err(e) => return self.conn.refuse(&e, "").await,
+        };
+        self.ctx.ephemeral.send(Signal {
+            to: t.to,
+            item: Some(signal::Item::Typing(TypingNotice {
+                from: live.who.user.clone(),
+                from_device: live.who.device.clone(),
+                state: state as i32,
+                expires_in_ms: self.ctx.ephemeral.typing_expiry_ms(),
+            })),
+        });
+        Ok(())
     }
 
     async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), Gone> {

@@ -219,6 +219,9 @@ impl Session {
                     self.on_sent(&cmid, res).await.map_err(End::from)
                 }
                 Some(push) = live.sub.rx.recv() => self.on_push(live, push).await,
+                Some(notice) = live.sub.notices.recv() => {
+                    self.conn.send(&notice).await.map_err(End::from)
+                }
                 page = async { live.page.as_mut().expect("guarded").await }, if live.page.is_some() => {
                     live.page = None;
                     match page {

@@ -6,16 +6,20 @@ pub(crate) mod pipeline;
 pub mod tls;
 pub mod transport;
 
+use std::sync::Arc;
+
 use chat_proto::cluster::{
     peer_request, peer_response, ForwardAck, ForwardStatus, MirrorAck, PeerError, PeerPong,
-    PeerRequest, PeerResponse,
+    PeerRequest, PeerResponse, SignalsAck,
 };
+
+use crate::ephemeral::Ephemeral;
 
 use crate::error::ChatError;
 use crate::routing::Routing;
 use crate::writer::WriterHandle;
 
-/// Most entries one forward request may carry.
+/// Most entries one forward request may carry (and events one signals request).
 pub const MAX_FORWARD_ENTRIES: usize = 10_000;
 
 /// A failed request's answer: the error's peer code (`ChatError::peer_code`) and its message.
@@ -30,7 +34,12 @@ pub(crate) fn error_response(epoch: u64, e: &ChatError) -> PeerResponse {
 }
 
 /// Answers one request from a peer; every answer carries this node's ring epoch.
-pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) -> PeerResponse {
+pub async fn handle(
+    req: PeerRequest,
+    writer: WriterHandle,
+    routing: Routing,
+    ephemeral: Arc<Ephemeral>,
+) -> PeerResponse {
     let epoch = routing.view.borrow().epoch();
     match req.request {
         Some(peer_request::Request::Ping(_)) => PeerResponse {
@@ -79,6 +88,23 @@ pub async fn handle(req: PeerRequest, writer: WriterHandle, routing: Routing) ->
             },
             Err(e) => error_response(epoch, &e),
         },
+        Some(peer_request::Request::Signals(s)) => {
+            if s.items.len() > MAX_FORWARD_ENTRIES {
+                let e = ChatError::BadFrame(format!(
+                    "{} events is over the limit of {MAX_FORWARD_ENTRIES}",
+                    s.items.len()
+                ));
+                return error_response(epoch, &e);
+            }
+            // Not stored: whoever of the recipients is connected here gets them now.
+            let delivered = s.items.iter().filter(|i| ephemeral.deliver_here(i)).count();
+            PeerResponse {
+                epoch,
+                response: Some(peer_response::Response::Signals(SignalsAck {
+                    delivered: delivered as u32,
+                })),
+            }
+        }
         None => error_response(epoch, &ChatError::UnknownFrame("peer request".into())),
     }
 }

@@ -78,7 +78,7 @@ fn writer_on_disk() -> (Writer, Arc<Hub>, tempfile::TempDir) {
 }
 
 fn writer_on(store: Arc<Store>) -> (Writer, Arc<Hub>, TestEnv) {
-    let hub = Hub::new(1024);
+    let hub = Hub::new(1024, 64);
     let clock = TestEnv {
         now: Arc::new(AtomicI64::new(now())),
     };

@@ -36,7 +36,7 @@ async fn expired_entries_are_dropped_by_compaction() {
     .unwrap();
     let (handle, join) = Writer::start(
         store.clone(),
-        Hub::new(16),
+        Hub::new(16, 16),
         WriterOptions {
             sync: true,
             max_batch: 64,

@@ -1,0 +1,149 @@
+//! The sections of the node's config for traffic that is not stored: rate limits (`[rate]`)
+//! and ephemeral events such as typing (`[ephemeral]`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::rate::bucket::Rate;
+use crate::rate::Limit;
+
+/// Rate limits, each a token bucket: `*_per_min` refills it, `*_burst` is how many requests may
+/// come at once. A `*_per_min` of 0 turns that limit off. A refused request gets
+/// `RATE_LIMITED` with the exact wait as `retryAfterMs`; nothing is dropped silently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateSection {
+    /// Messages one user may send a minute, all its devices together.
+    pub messages_per_min: u32,
+    /// Messages one user may send at once before the per-minute rate applies.
+    pub messages_burst: u32,
+    /// Typing events one user may send a minute.
+    pub typing_per_min: u32,
+    /// Typing events one user may send at once.
+    pub typing_burst: u32,
+    /// New connections a minute from one source IP address; beyond it a connection gets
+    /// `RATE_LIMITED` right after the WebSocket handshake and is closed. Generous by default:
+    /// many users can share an address (NAT, a company proxy).
+    pub connections_per_addr_per_min: u32,
+    /// New connections from one address at once.
+    pub connections_per_addr_burst: u32,
+}
+
+impl Default for RateSection {
+    fn default() -> Self {
+        RateSection {
+            messages_per_min: 600,
+            messages_burst: 100,
+            typing_per_min: 120,
+            typing_burst: 20,
+            connections_per_addr_per_min: 600,
+            connections_per_addr_burst: 200,
+        }
+    }
+}
+
+impl RateSection {
+    /// The bucket of each `Limit` (in `Limit::ALL` order) for limits per user.
+    pub fn per_user(&self) -> [Rate; Limit::COUNT] {
+        let off = Rate {
+            per_min: 0,
+            burst: 0,
+        };
+        [
+            Rate {
+                per_min: self.messages_per_min,
+                burst: self.messages_burst,
+            },
+            Rate {
+                per_min: self.typing_per_min,
+                burst: self.typing_burst,
+            },
+            off,
+        ]
+    }
+
+    /// The buckets for limits per source address (only `Limit::Connections`).
+    pub fn per_addr(&self) -> [Rate; Limit::COUNT] {
+        let off = Rate {
+            per_min: 0,
+            burst: 0,
+        };
+        [
+            off,
+            off,
+            Rate {
+                per_min: self.connections_per_addr_per_min,
+                burst: self.connections_per_addr_burst,
+            },
+        ]
+    }
+
+    /// Every limit that is on needs a burst of at least 1.
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (name, per_min, burst) in [
+            ("messages", self.messages_per_min, self.messages_burst),
+            ("typing", self.typing_per_min, self.typing_burst),
+            (
+                "connections_per_addr",
+                self.connections_per_addr_per_min,
+                self.connections_per_addr_burst,
+            ),
+        ] {
+            if per_min > 0 && burst == 0 {
+                return Err(format!(
+                    "rate.{name}_burst must be at least 1 while rate.{name}_per_min is on"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ephemeral events (typing): never stored, never retried, and the first traffic shed when a
+/// queue fills.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EphemeralSection {
+    /// How long a typing notice shows unless renewed; a client repeats TYPING while its user
+    /// types, so a lost STOPPED cannot leave "typing…" on screen.
+    pub typing_expiry_ms: u32,
+    /// Events waiting for one peer node; beyond it new events are shed.
+    pub peer_queue: usize,
+    /// Most events in one request to a peer.
+    pub peer_batch: usize,
+    /// How long a request to a peer may take before its events are dropped.
+    pub peer_timeout_ms: u64,
+    /// Events buffered per connected device; beyond it new events are shed.
+    pub device_queue: usize,
+}
+
+impl Default for EphemeralSection {
+    fn default() -> Self {
+        EphemeralSection {
+            typing_expiry_ms: 6_000,
+            peer_queue: 4_096,
+            peer_batch: 256,
+            peer_timeout_ms: 2_000,
+            device_queue: 64,
+        }
+    }
+}
+
+impl EphemeralSection {
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            (
+                "ephemeral.typing_expiry_ms",
+                u64::from(self.typing_expiry_ms),
+            ),
+            ("ephemeral.peer_queue", self.peer_queue as u64),
+            ("ephemeral.peer_batch", self.peer_batch as u64),
+            ("ephemeral.peer_timeout_ms", self.peer_timeout_ms),
+            ("ephemeral.device_queue", self.device_queue as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Ephemeral events (typing): handed to the recipient's connected devices, here or on the
+//! recipient's home node over QUIC; never stored and never retried.
+//!
+//! Every step is bounded and drops rather than waits: a queue per peer node
+//! (`ephemeral.peer_queue`), one request in flight per peer with a deadline
+//! (`ephemeral.peer_timeout_ms`), a queue per device (`ephemeral.device_queue`, in the hub). So
+//! typing is the first traffic shed when anything backs up, and it can never hold up a message.
+//! Each drop is counted in `chat_shed_total{kind, reason}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_proto::cluster::{peer_request, peer_response, signal, PeerRequest, Signal, Signals};
+use chat_proto::v1::{server_frame, ServerFrame};
+use tokio::sync::mpsc;
+
+use crate::admin;
+use crate::config::EphemeralSection;
+use crate::hub::Hub;
+use crate::peer::transport::Peers;
+use crate::routing::Routing;
+
+pub struct Ephemeral {
+    routing: Routing,
+    hub: Arc<Hub>,
+    /// `None` standalone: every user is here.
+    peers: Option<Arc<Peers>>,
+    cfg: EphemeralSection,
+    /// The queue to each peer node, with its sending task (started on first use).
+    lanes: Mutex<HashMap<String, mpsc::Sender<Signal>>>,
+}
+
+/// The `kind` label of an event, for metrics.
+fn kind(s: &Signal) -> &'static str {
+    match &s.item {
+        Some(signal::Item::Typing(_)) => "typing",
+        None => "none",
+    }
+}
+
+fn shed(kind: &'static str, reason: &'static str, n: usize) {
+    metrics::counter!(admin::SHED, "kind" => kind, "reason" => reason).increment(n as u64);
+}
+
+impl Ephemeral {
+    pub fn new(
+        routing: Routing,
+        hub: Arc<Hub>,
+        peers: Option<Arc<Peers>>,
+        cfg: EphemeralSection,
+    ) -> Arc<Ephemeral> {
+        Arc::new(Ephemeral {
+            routing,
+            hub,
+            peers,
+            cfg,
+            lanes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn typing_expiry_ms(&self) -> u32 {
+        self.cfg.typing_expiry_ms
+    }
+
+    /// Sends `s` towards the home node of its recipient. Never waits: an event that cannot be
+    /// queued is dropped (and counted).
+    pub fn send(self: &Arc<Self>, s: Signal) {
+        let owner = {
+            let v = self.routing.view.borrow();
+            v.owner(&s.to).map(str::to_string)
+        };
+        match (owner, &self.peers) {
+            (Some(o), Some(_)) if o != self.routing.self_id => self.queue(&o, s),
+            // Here, or no ring yet (then nobody can be connected anywhere to care).
+            _ => {
+                self.deliver_here(&s);
+            }
+        }
+    }
+
+    /// Hands `s` to its recipient's devices connected to this node; whether any took it.
+    pub fn deliver_here(&self, s: &Signal) -> bool {
+        let frame = match &s.item {
+            Some(signal::Item::Typing(t)) => server_frame::Frame::Typing(t.clone()),
+            None => return false,
+        };
+        let frame = Arc::new(ServerFrame { frame: Some(frame) });
+        let k = kind(s);
+        let reached = self.hub.notify(&s.to, &frame, k);
+        if reached > 0 {
+            metrics::counter!(admin::EPHEMERAL_DELIVERED, "kind" => k).increment(reached as u64);
+        }
+        reached > 0
+    }
+
+    fn queue(self: &Arc<Self>, node: &str, s: Signal) {
+        let k = kind(&s);
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        let tx = lanes.entry(node.to_string()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.cfg.peer_queue);
+            tokio::spawn(self.clone().lane(node.to_string(), rx));
+            tx
+        });
+        if tx.try_send(s).is_err() {
+            shed(k, "peer_queue_full", 1);
+        }
+    }
+
+    /// Sends the events queued for `node`, one request at a time, each with a deadline; a
+    /// request that fails is dropped with its events.
+    async fn lane(self: Arc<Self>, node: String, mut rx: mpsc::Receiver<Signal>) {
+        let Some(peers) = self.peers.clone() else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.cfg.peer_timeout_ms);
+        let mut items = Vec::with_capacity(self.cfg.peer_batch);
+        while rx.recv_many(&mut items, self.cfg.peer_batch).await > 0 {
+            let epoch = self.routing.view.borrow().epoch();
+            let req = PeerRequest {
+                from_node: self.routing.self_id.clone(),
+                epoch,
+                request: Some(peer_request::Request::Signals(Signals {
+                    items: std::mem::take(&mut items),
+                })),
+            };
+            let failed = match peers.request(&node, &req, timeout).await {
+                Ok(resp) => match resp.response {
+                    Some(peer_response::Response::Signals(_)) => None,
+                    other => Some(format!("refused: {other:?}")),
+                },
+                Err(e) => Some(e.to_string()),
+            };
+            if let (Some(why), Some(peer_request::Request::Signals(s))) = (failed, req.request) {
+                tracing::debug!(peer = %node, %why, events = s.items.len(), "events not handed over; dropped");
+                for item in &s.items {
+                    shed(kind(item), "peer_failed", 1);
+                }
+            }
+        }
+    }
+}

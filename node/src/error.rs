@@ -36,6 +36,10 @@ pub enum ChatError {
     InvalidArgument(String),
     #[error("overloaded: {0}")]
     Overloaded(String),
+    #[error("{0}")]
+    Blocked(String),
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     /// Over a rate limit (`crate::rate`): nothing was done; the hint is the exact wait.
     #[error("over the {what} rate limit of {per_min} a minute; retry in {retry_after_ms} ms")]
     RateLimited {
@@ -86,6 +90,8 @@ impl ChatError {
             InvalidArgument(_) => ErrorCode::InvalidArgument,
             Overloaded(_) => ErrorCode::Overloaded,
             RateLimited { .. } => ErrorCode::RateLimited,
+            Blocked(_) => ErrorCode::Blocked,
+            LimitReached(_) => ErrorCode::LimitReached,
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
             StorageFull(_) => ErrorCode::StorageFull,
@@ -103,7 +109,9 @@ impl ChatError {
             }
             Move(MoveError::OutOfRange(_)) => PeerErrorCode::OutOfRange,
             InvalidArgument(_) | InvalidId { .. } => PeerErrorCode::OutOfRange,
-            BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } => PeerErrorCode::BadRequest,
+            BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } | Blocked(_) | LimitReached(_) => {
+                PeerErrorCode::BadRequest
+            }
             Overloaded(_) | StorageFull(_) | RateLimited { .. } => PeerErrorCode::Overloaded,
             ShuttingDown => PeerErrorCode::ShuttingDown,
             _ => PeerErrorCode::Internal,

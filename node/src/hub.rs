@@ -128,6 +128,14 @@ impl Hub {
         }
     }
 
+    /// Whether any device of `user` is connected here.
+    pub fn is_connected(&self, user: &str) -> bool {
+        self.shard(user)
+            .lock()
+            .expect("hub lock")
+            .contains_key(user)
+    }
+
     /// Hands an ephemeral event to every connected device of `user`; returns how many took it.
     /// A device whose queue is full misses it (counted as shed, `kind`).
     pub fn notify(&self, user: &str, frame: &Arc<ServerFrame>, kind: &'static str) -> usize {

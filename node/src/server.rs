@@ -173,6 +173,7 @@ impl Node {
         let ephemeral = Ephemeral::new(
             routing.clone(),
             hub.clone(),
+            store.clone(),
             cluster.as_ref().map(|c| c.peers.clone()),
             cfg.ephemeral.clone(),
         );

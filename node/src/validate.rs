@@ -6,6 +6,8 @@ use crate::error::ChatError;
 pub enum IdKind {
     ClientMsgId,
     Recipient,
+    /// Another user named in a request (one to block).
+    User,
 }
 
 impl IdKind {
@@ -13,6 +15,7 @@ impl IdKind {
         match self {
             IdKind::ClientMsgId => "client_msg_id",
             IdKind::Recipient => "recipient",
+            IdKind::User => "user id",
         }
     }
 }

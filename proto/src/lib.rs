@@ -56,7 +56,7 @@ pub const CLIENT_FRAME_KINDS: &[&str] =
     &["hello", "send", "ack", "read", "history", "ping", "typing"];
 /// The JSON names of the frame kinds of a `ServerFrame`.
 pub const SERVER_FRAME_KINDS: &[&str] = &[
-    "welcome", "sent", "deliver", "history", "pong", "error", "redirect", "typing",
+    "welcome", "sent", "deliver", "history", "pong", "error", "redirect", "typing", "blocked",
 ];
 
 /// A frame type: a message with one `frame` oneof.
@@ -103,7 +103,8 @@ impl Frame for v1::ServerFrame {
             Some(F::Typing(t)) => known::<TypingState>(&mut t.state),
             Some(F::Deliver(d)) => in_deliver(d),
             Some(F::History(h)) => h.entries.iter_mut().for_each(in_deliver),
-            Some(F::Welcome(_) | F::Sent(_) | F::Pong(_) | F::Redirect(_)) | None => {}
+            Some(F::Welcome(_) | F::Sent(_) | F::Pong(_) | F::Redirect(_) | F::Blocked(_))
+            | None => {}
         }
     }
 }

@@ -4,6 +4,7 @@
 //!   chat listen [--read] [--count N]    print incoming messages and receipts, acknowledge them
 //!   chat history [--limit N]            page back through your inbox
 //!   chat typing --to bob [--stopped]    tell bob you are typing (or stopped)
+//!   chat block|unblock USER, chat blocked   manage and list the users you blocked
 
 use std::time::Duration;
 
@@ -67,6 +68,12 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         before: u64,
     },
+    /// Block a user: its messages are no longer delivered to you, nor its typing shown.
+    Block { user: String },
+    /// Unblock a user.
+    Unblock { user: String },
+    /// List the users you blocked.
+    Blocked,
     /// Tell a user you are typing (shown for a few seconds; repeat while typing), or stopped.
     Typing {
         #[arg(long)]
@@ -186,6 +193,37 @@ async fn main() -> anyhow::Result<()> {
                 match &f.frame {
                     Some(server_frame::Frame::Error(e)) => bail!("refused: {}", e.message),
                     Some(server_frame::Frame::Pong(_)) => break,
+                    _ => {}
+                }
+            }
+        }
+        Cmd::Block { .. } | Cmd::Unblock { .. } | Cmd::Blocked => {
+            use chat_client::v1::{block_request::Op, client_frame, BlockRequest};
+            let op = match args.cmd {
+                Cmd::Block { user } => Op::Block(user),
+                Cmd::Unblock { user } => Op::Unblock(user),
+                _ => Op::List(true),
+            };
+            c.send(client_frame::Frame::Block(BlockRequest {
+                request_id: "cli".into(),
+                op: Some(op),
+            }))
+            .await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let f = c.recv_until(deadline).await?;
+                match &f.frame {
+                    Some(server_frame::Frame::Blocked(b)) => {
+                        if args.json {
+                            print_frame(true, &f, "");
+                        } else if b.users.is_empty() {
+                            println!("(nobody blocked)");
+                        } else {
+                            println!("blocked: {}", b.users.join(", "));
+                        }
+                        break;
+                    }
+                    Some(server_frame::Frame::Error(e)) => bail!("refused: {}", e.message),
                     _ => {}
                 }
             }

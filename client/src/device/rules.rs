@@ -26,6 +26,8 @@ pub fn is_definitive(code: ErrorCode) -> bool {
             | BodyTooLarge
             | InvalidArgument
             | TooManyDevices
+            | Blocked
+            | LimitReached
     )
 }
 

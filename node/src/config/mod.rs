@@ -128,6 +128,7 @@ impl NodeConfig {
             ("limits.max_inflight_sends", l.max_inflight_sends),
             ("limits.max_connections", l.max_connections),
             ("limits.session_queue", l.session_queue),
+            ("limits.max_blocked", l.max_blocked),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));

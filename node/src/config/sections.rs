@@ -211,6 +211,8 @@ pub struct LimitsSection {
     pub max_connections: u32,
     /// Live entries buffered per connection before it falls back to reading from storage.
     pub session_queue: u32,
+    /// Users one user may have blocked at once; more are refused with LIMIT_REACHED.
+    pub max_blocked: u32,
 }
 
 impl Default for LimitsSection {
@@ -224,6 +226,7 @@ impl Default for LimitsSection {
             max_inflight_sends: 256,
             max_connections: 100_000,
             session_queue: 1024,
+            max_blocked: 1_000,
         }
     }
 }

@@ -20,10 +20,13 @@ use crate::config::EphemeralSection;
 use crate::hub::Hub;
 use crate::peer::transport::Peers;
 use crate::routing::Routing;
+use crate::store::Store;
 
 pub struct Ephemeral {
     routing: Routing,
     hub: Arc<Hub>,
+    /// Block lists: a blocked user's events are not shown.
+    store: Arc<Store>,
     /// `None` standalone: every user is here.
     peers: Option<Arc<Peers>>,
     cfg: EphemeralSection,
@@ -47,12 +50,14 @@ impl Ephemeral {
     pub fn new(
         routing: Routing,
         hub: Arc<Hub>,
+        store: Arc<Store>,
         peers: Option<Arc<Peers>>,
         cfg: EphemeralSection,
     ) -> Arc<Ephemeral> {
         Arc::new(Ephemeral {
             routing,
             hub,
+            store,
             peers,
             cfg,
             lanes: Mutex::new(HashMap::new()),
@@ -80,11 +85,23 @@ impl Ephemeral {
     }
 
     /// Hands `s` to its recipient's devices connected to this node; whether any took it.
+    /// Nothing from a user the recipient blocked is shown.
     pub fn deliver_here(&self, s: &Signal) -> bool {
-        let frame = match &s.item {
-            Some(signal::Item::Typing(t)) => server_frame::Frame::Typing(t.clone()),
+        let (frame, from) = match &s.item {
+            Some(signal::Item::Typing(t)) => (server_frame::Frame::Typing(t.clone()), &t.from),
             None => return false,
         };
+        if !self.hub.is_connected(&s.to) {
+            return false;
+        }
+        match self.store.is_blocked(&s.to, from) {
+            Ok(false) => {}
+            Ok(true) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a block list failed; event dropped");
+                return false;
+            }
+        }
         let frame = Arc::new(ServerFrame { frame: Some(frame) });
         let k = kind(s);
         let reached = self.hub.notify(&s.to, &frame, k);

@@ -2,8 +2,9 @@
 
 use chat_proto::cluster::{signal, Signal};
 use chat_proto::v1::{
-    client_frame, server_frame, HistoryPage, HistoryRequest, Ping, Pong, Send as SendMessage,
-    ServerFrame, Typing, TypingNotice, TypingState,
+    block_request, client_frame, server_frame, BlockList, BlockRequest, HistoryPage,
+    HistoryRequest, Ping, Pong, Send as SendMessage, ServerFrame, Typing, TypingNotice,
+    TypingState,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -35,6 +36,7 @@ impl Session {
             client_frame::Frame::History(h) => self.history(live, h).await,
             client_frame::Frame::Ping(p) => self.ping(p).await,
             client_frame::Frame::Typing(t) => self.typing(live, t).await,
+            client_frame::Frame::Block(r) => self.block(live, r).await,
         };
         Ok(done?)
     }
@@ -101,6 +103,12 @@ impl Session {
                 }
             };
             self.ctx.user_limits.check(&live.who.user, Limit::Typing)?;
+            if self.ctx.store.is_blocked(&live.who.user, &t.to)? {
+                return Err(ChatError::Blocked(format!(
+                    "you have blocked {}: unblock to type to them",
+                    t.to
+                )));
+            }
             Ok(state)
         })();
         let state = match checked {
@@ -117,6 +125,52 @@ impl Session {
             })),
         });
         Ok(())
+    }
+
+    /// Blocks or unblocks a user (through the writer: it is stored), then answers with the list.
+    async fn block(&mut self, live: &mut Live, r: BlockRequest) -> Result<(), Gone> {
+        let change = match r.op {
+            Some(block_request::Op::Block(u)) => Some((u, true)),
+            Some(block_request::Op::Unblock(u)) => Some((u, false)),
+            Some(block_request::Op::List(_)) => None,
+            None => {
+                let e = ChatError::InvalidArgument("say block, unblock or list".into());
+                return self.conn.refuse(&e, &r.request_id).await;
+            }
+        };
+        if let Some((other, block)) = change {
+            let max_id = self.ctx.cfg.limits.max_id_bytes as usize;
+            let max = self.ctx.cfg.limits.max_blocked;
+            let done = match check_id(IdKind::User, &other, max_id) {
+                Ok(()) => {
+                    self.ctx
+                        .writer
+                        .block(live.who.clone(), other, block, max)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                return self.conn.refuse(&e, &r.request_id).await;
+            }
+        }
+        let (store, user) = (self.ctx.store.clone(), live.who.user.clone());
+        let users = tokio::task::spawn_blocking(move || store.blocked(&user))
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(ChatError::from));
+        match users {
+            Ok(users) => {
+                let answer = ServerFrame {
+                    frame: Some(server_frame::Frame::Blocked(BlockList {
+                        request_id: r.request_id,
+                        users,
+                    })),
+                };
+                self.conn.send(&answer).await
+            }
+            Err(e) => self.conn.refuse(&e, &r.request_id).await,
+        }
     }
 
     async fn ack(&mut self, live: &mut Live, up_to: u64, read: bool) -> Result<(), Gone> {

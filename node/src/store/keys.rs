@@ -6,6 +6,7 @@
 //! inbox         = owner prefix | seq: u64 BE                       -> ts header | InboxEntry
 //! meta (user)   = owner prefix | 'u'                                -> UserState
 //! meta (device) = owner prefix | 'd' | device bytes                 -> DeviceState
+//! meta (block)  = owner prefix | 'b' | blocked user bytes           -> ts: i64 BE (when)
 //! dedup         = owner prefix | len(device): u16 BE | device | client_msg_id -> ts header | SentRecord
 //! dedup (fwd)   = owner prefix | 0xFFFF | entry id   -> ts header | seq: u64 BE (forwarded entries)
 //! outbox        = out seq: u64 BE                    -> ForwardEntry
@@ -24,6 +25,7 @@ use chat_ring::key_hash;
 
 pub const USER_STATE_TAG: u8 = b'u';
 pub const DEVICE_TAG: u8 = b'd';
+pub const BLOCK_TAG: u8 = b'b';
 
 pub fn owner_prefix(owner: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + owner.len() + 16);
@@ -65,6 +67,19 @@ pub fn device_prefix(user: &str) -> Vec<u8> {
 pub fn device_key(user: &str, device: &str) -> Vec<u8> {
     let mut k = device_prefix(user);
     k.extend_from_slice(device.as_bytes());
+    k
+}
+
+pub fn block_prefix(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(BLOCK_TAG);
+    k
+}
+
+/// `user` has blocked `other`.
+pub fn block_key(user: &str, other: &str) -> Vec<u8> {
+    let mut k = block_prefix(user);
+    k.extend_from_slice(other.as_bytes());
     k
 }
 
@@ -125,6 +140,7 @@ mod tests {
             user_state_key("alice"),
             device_key("alice", "d"),
             dedup_key("alice", "d", "c"),
+            block_key("alice", "bob"),
         ] {
             assert!(k.starts_with(&owner_prefix("alice")));
         }

@@ -128,6 +128,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether `user` has blocked `other`.
+    pub fn is_blocked(&self, user: &str, other: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .engine
+            .get(Cf::Meta, &block_key(user, other))?
+            .is_some())
+    }
+
+    /// The users `user` has blocked, in id order.
+    pub fn blocked(&self, user: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = block_prefix(user);
+        let mut out = Vec::new();
+        self.engine
+            .scan(Cf::Meta, Scan::forward(&prefix), &mut |k, _| {
+                let Some(name) = k.strip_prefix(prefix.as_slice()) else {
+                    return Ok(false);
+                };
+                out.push(String::from_utf8_lossy(name).into_owned());
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+
     pub fn sent_record(
         &self,
         user: &str,

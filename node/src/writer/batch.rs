@@ -169,6 +169,8 @@ pub(crate) struct Batch {
     pub clear_caches: bool,
     /// Outbox entries this batch removes (delivered or given up): seq and recipient.
     pub unoutboxed: Vec<(u64, String)>,
+    /// Blocks set (true) or lifted (false) in this batch: (user, blocked user).
+    pub blocks: HashMap<(String, String), bool>,
 }
 
 impl Batch {
@@ -189,6 +191,7 @@ impl Batch {
             abort: None,
             clear_caches: false,
             unoutboxed: Vec::new(),
+            blocks: HashMap::new(),
         }
     }
 

@@ -56,6 +56,14 @@ pub(crate) enum ClientCmd {
         up_to: u64,
         read: bool,
     },
+    /// `who` blocks (`block`) or unblocks `other`; at most `max` blocked users.
+    Block {
+        who: Identity,
+        other: String,
+        block: bool,
+        max: u32,
+        reply: Reply<()>,
+    },
 }
 
 /// Commands from other nodes.
@@ -196,6 +204,27 @@ impl WriterHandle {
         .await
     }
 
+    /// Blocks or unblocks `other` for `who`'s user; resolves once stored.
+    pub async fn block(
+        &self,
+        who: Identity,
+        other: String,
+        block: bool,
+        max: u32,
+    ) -> Result<(), ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Block {
+                who,
+                other,
+                block,
+                max,
+                reply,
+            })
+        })
+        .await?
+        .await
+    }
+
     /// Queues an ack (nobody waits for its batch).
     pub async fn ack(&self, who: Identity, up_to: u64, read: bool) -> Result<(), ChatError> {
         self.queue(Command::Client(ClientCmd::Ack { who, up_to, read }))
@@ -267,7 +296,11 @@ impl Command {
             Command::Client(ClientCmd::Send { from, to, .. }) => {
                 vec![from.user.as_str(), to.as_str()]
             }
-            Command::Client(ClientCmd::Attach { who, .. } | ClientCmd::Ack { who, .. }) => {
+            Command::Client(
+                ClientCmd::Attach { who, .. }
+                | ClientCmd::Ack { who, .. }
+                | ClientCmd::Block { who, .. },
+            ) => {
                 vec![who.user.as_str()]
             }
             Command::Peer(PeerCmd::Apply { entries, .. }) => {

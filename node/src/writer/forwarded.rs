@@ -63,8 +63,19 @@ impl Writer {
         if b.forwarded.contains(&key) || self.store.forward_seen(&e.to, &e.id)? {
             return Ok(ForwardStatus::Stored);
         }
-        let seq = self.append(&e.to, e.created_ms, InboxEntry { entry: Some(entry) }, b)?;
-        tracing::trace!(to = %e.to, id = %e.id, seq, "forwarded entry appended");
+        // A message from a user the recipient blocked is taken (the sender must not learn of
+        // the block) and remembered as seen, but never appended: seq 0 in its dedup record.
+        let seq = match &entry {
+            inbox_entry::Entry::Message(m) if self.blocked(&e.to, &m.from, b)? => {
+                tracing::trace!(to = %e.to, id = %e.id, "sender blocked by the recipient: not delivered");
+                0
+            }
+            _ => {
+                let seq = self.append(&e.to, e.created_ms, InboxEntry { entry: Some(entry) }, b)?;
+                tracing::trace!(to = %e.to, id = %e.id, seq, "forwarded entry appended");
+                seq
+            }
+        };
         let mut v = Vec::with_capacity(16);
         v.extend_from_slice(&b.now_ms.to_be_bytes());
         v.extend_from_slice(&seq.to_be_bytes());

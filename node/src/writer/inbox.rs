@@ -53,6 +53,21 @@ impl Writer {
                     tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
                 }
             }
+            ClientCmd::Block { who, reply, .. } if !self.owns(&who.user, b) => {
+                let _ = reply.send(Err(moved(&who.user)));
+            }
+            ClientCmd::Block {
+                who,
+                other,
+                block,
+                max,
+                reply,
+            } => match self.set_block(&who.user, &other, block, max, b) {
+                Ok(()) => b.answers.push(Answer::Done(reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
     }
 
@@ -77,6 +92,16 @@ impl Writer {
             && !b.outboxed_to.contains(user)
             && !self.outbox.pending(user)
         {
+            if let Some(inbox_entry::Entry::Message(m)) = &entry.entry {
+                if self.blocked(user, &m.from, b)? {
+                    tracing::trace!(
+                        to = user,
+                        id,
+                        "sender blocked by the recipient: not delivered"
+                    );
+                    return Ok(());
+                }
+            }
             let seq = self.append(user, ts, entry, b)?;
             tracing::trace!(to = user, id, seq, "appended here");
             return Ok(());
@@ -146,6 +171,11 @@ impl Writer {
                 msg_id: rec.msg_id,
                 ts: rec.ts,
             });
+        }
+        if self.blocked(&from.user, &to, b)? {
+            return Err(ChatError::Blocked(format!(
+                "you have blocked {to}: unblock to send"
+            )));
         }
         let ts = b.now_ms;
         let msg_id = (self.env.new_id)();

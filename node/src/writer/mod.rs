@@ -12,6 +12,7 @@
 //! `crate::rebalance::role`); [`cache`]; [`batch`].
 
 pub(crate) mod batch;
+mod blocks;
 mod cache;
 pub(crate) mod command;
 mod forwarded;

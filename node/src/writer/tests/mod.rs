@@ -1,6 +1,7 @@
 //! The writer's tests. Batches are built by hand here, so what shares a batch is decided by the
 //! test, not by timing; the clock is the test's.
 
+mod blocks;
 mod forwarded;
 mod inbox;
 mod moves;

@@ -266,6 +266,7 @@ impl Ctx {
                 agent: "raw".into(),
                 resume_after: 0,
             })),
+            active: false,
         };
         ws.send(
             OP_BINARY,

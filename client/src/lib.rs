@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use chat_proto::v1::{
-    client_frame, server_frame, Ack, ClientFrame, ErrorCode, Hello, HistoryPage, HistoryRequest,
-    Ping, ReadMarker, Send, ServerFrame, Typing, TypingState, Welcome,
+    client_frame, presence_request, server_frame, Ack, ClientFrame, ErrorCode, Hello, HistoryPage,
+    HistoryRequest, Ping, PresenceRequest, ReadMarker, Send, ServerFrame, Typing, TypingState,
+    Welcome,
 };
 use chat_proto::Encoding;
 use futures_util::{SinkExt, StreamExt};
@@ -221,8 +222,28 @@ impl Client {
 
     /// Sends one client frame.
     pub async fn send(&mut self, frame: client_frame::Frame) -> Result<()> {
-        self.ws.send(encode_client(self.encoding, frame)).await?;
+        self.ws
+            .send(encode_client(self.encoding, frame, false))
+            .await?;
         Ok(())
+    }
+
+    /// Sends one client frame marked as the user's activity (it moves the user's last seen and
+    /// keeps it online; a send, typing or read counts as activity by itself).
+    pub async fn send_active(&mut self, frame: client_frame::Frame) -> Result<()> {
+        self.ws
+            .send(encode_client(self.encoding, frame, true))
+            .await?;
+        Ok(())
+    }
+
+    /// Asks about presence; the answer (`PresenceList` with `request_id`) comes via `recv`.
+    pub async fn presence(&mut self, request_id: &str, op: presence_request::Op) -> Result<()> {
+        self.send(client_frame::Frame::Presence(PresenceRequest {
+            request_id: request_id.to_string(),
+            op: Some(op),
+        }))
+        .await
     }
 
     /// Sends raw WebSocket data as is (for testing how a node treats bad input).
@@ -347,7 +368,7 @@ pub struct ClientSender {
 impl ClientSender {
     /// Queues a frame without flushing; call [`ClientSender::flush`] after a burst.
     pub async fn feed(&mut self, frame: client_frame::Frame) -> Result<()> {
-        let msg = encode_client(self.encoding, frame);
+        let msg = encode_client(self.encoding, frame, false);
         self.sink.feed(msg).await?;
         Ok(())
     }
@@ -379,8 +400,11 @@ impl ClientReceiver {
     }
 }
 
-fn encode_client(encoding: Encoding, frame: client_frame::Frame) -> WsMessage {
-    let frame = ClientFrame { frame: Some(frame) };
+fn encode_client(encoding: Encoding, frame: client_frame::Frame, active: bool) -> WsMessage {
+    let frame = ClientFrame {
+        frame: Some(frame),
+        active,
+    };
     let bytes = chat_proto::encode(encoding, &frame);
     match encoding {
         Encoding::Protobuf => WsMessage::binary(bytes),

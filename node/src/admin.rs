@@ -39,9 +39,14 @@ pub const RING_EPOCH: &str = "chat_ring_epoch";
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// Ephemeral events dropped on purpose, by `kind` (`typing`) and `reason`: `device_queue_full`
 /// (a device not reading fast enough), `peer_queue_full` (the link to the recipient's node is
-/// backed up), `peer_failed` (the peer did not take them in time).
+/// backed up), `peer_failed` (the peer did not take them in time), and for presence
+/// `writer_busy` (a last seen not stored because the writer's queue was full).
 pub const SHED: &str = "chat_shed_total";
 pub const SHED_REASONS: &[&str] = &["device_queue_full", "peer_queue_full", "peer_failed"];
+/// Kinds of traffic that may be shed, first to go first.
+pub const SHED_KINDS: &[&str] = &["typing", "presence"];
+/// Users going online or offline on this node (their home), by `to`.
+pub const PRESENCE_CHANGES: &str = "chat_presence_changes_total";
 /// Ephemeral events handed to connected devices on this node, by `kind`.
 pub const EPHEMERAL_DELIVERED: &str = "chat_ephemeral_delivered_total";
 /// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
@@ -86,10 +91,16 @@ pub fn register_all(standalone: bool) {
     for l in crate::rate::Limit::ALL {
         metrics::counter!(RATE_LIMITED, "limit" => l.name()).increment(0);
     }
-    for r in SHED_REASONS {
-        metrics::counter!(SHED, "kind" => "typing", "reason" => *r).increment(0);
+    for k in SHED_KINDS {
+        for r in SHED_REASONS {
+            metrics::counter!(SHED, "kind" => *k, "reason" => *r).increment(0);
+        }
     }
+    metrics::counter!(SHED, "kind" => "presence", "reason" => "writer_busy").increment(0);
     metrics::counter!(EPHEMERAL_DELIVERED, "kind" => "typing").increment(0);
+    for to in ["online", "offline"] {
+        metrics::counter!(PRESENCE_CHANGES, "to" => to).increment(0);
+    }
     for r in COMMIT_FAILURE_REASONS {
         metrics::counter!(COMMIT_FAILURES, "reason" => *r).increment(0);
     }

@@ -1,5 +1,5 @@
 //! What every connection of a node shares: its config, token verifier, storage, hub, writer,
-//! routing, ephemeral events and rate limits.
+//! routing, ephemeral events, presence and rate limits.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use chat_proto::v1::Limits;
 use crate::config::NodeConfig;
 use crate::ephemeral::Ephemeral;
 use crate::hub::Hub;
+use crate::presence::Presence;
 use crate::rate::Limiter;
 use crate::routing::Routing;
 use crate::store::Store;
@@ -24,6 +25,7 @@ pub struct NodeContext {
     pub writer: WriterHandle,
     pub routing: Routing,
     pub ephemeral: Arc<Ephemeral>,
+    pub presence: Arc<Presence>,
     /// Rate limits per user (`[rate]`).
     pub user_limits: Limiter<String>,
     /// Rate limits per source address (new connections).

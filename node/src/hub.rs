@@ -60,8 +60,11 @@ pub struct Subscription {
     user: String,
     id: u64,
     pub rx: mpsc::Receiver<Push>,
-    /// Ephemeral events (typing), already in their final form.
+    /// Ephemeral events (typing, presence), already in their final form.
     pub notices: mpsc::Receiver<Arc<ServerFrame>>,
+    /// The sending side of `notices`, for what addresses this connection rather than the user
+    /// (the presence changes of the users it watches).
+    pub notices_tx: mpsc::Sender<Arc<ServerFrame>>,
     pub signals: Arc<Signals>,
 }
 
@@ -96,7 +99,7 @@ impl Hub {
             id,
             device: device.to_string(),
             tx,
-            notices: notices_tx,
+            notices: notices_tx.clone(),
             signals: signals.clone(),
         });
         Subscription {
@@ -105,6 +108,7 @@ impl Hub {
             id,
             rx,
             notices,
+            notices_tx,
             signals,
         }
     }

@@ -26,6 +26,7 @@ pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod hub;
 pub(crate) mod peer;
+pub(crate) mod presence;
 pub(crate) mod rate;
 pub(crate) mod rebalance;
 pub(crate) mod routing;

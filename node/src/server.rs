@@ -24,6 +24,7 @@ use crate::hub::Hub;
 use crate::peer::forwarder::Forwarder;
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
+use crate::presence::Presence;
 use crate::rate::{Limit, Limiter};
 use crate::routing::Routing;
 use crate::store::{Store, StoreOptions};
@@ -177,7 +178,16 @@ impl Node {
             cluster.as_ref().map(|c| c.peers.clone()),
             cfg.ephemeral.clone(),
         );
+        let presence = Presence::new(
+            routing.clone(),
+            cfg.presence.clone(),
+            store.clone(),
+            writer_handle.clone(),
+            ephemeral.clone(),
+            cluster.as_ref().map(|c| c.peers.clone()),
+        );
         let shared = Arc::new(NodeContext {
+            presence,
             user_limits: Limiter::new(cfg.rate.per_user()),
             addr_limits: Limiter::new(cfg.rate.per_addr()),
             ephemeral,
@@ -225,19 +235,25 @@ impl Node {
         let admin_task = tokio::spawn(admin::serve(admin, health.clone(), async move {
             let _ = admin_stop.recv().await;
         }));
+        tokio::spawn(
+            shared
+                .presence
+                .clone()
+                .run_expiry(notify_shutdown.subscribe()),
+        );
         let mut peer_parts = None;
         let mut rebalance_tasks = None;
         if let Some(c) = cluster {
-            let (writer_h, routing) = (shared.writer.clone(), shared.routing.clone());
-            let ephemeral = shared.ephemeral.clone();
+            let ctx = shared.clone();
             c.peers.set_handler(Arc::new(move |req| {
-                Box::pin(peer::handle(
-                    req,
-                    writer_h.clone(),
-                    routing.clone(),
-                    ephemeral.clone(),
-                ))
+                Box::pin(peer::handle(req, ctx.clone()))
             }));
+            tokio::spawn(
+                shared
+                    .presence
+                    .clone()
+                    .run_renew(notify_shutdown.subscribe()),
+            );
             let server = tokio::spawn(c.peers.clone().serve());
             // Standalone, the ring never changes: no one to move.
             tokio::spawn(crate::gateway::signal_moved(

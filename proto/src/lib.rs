@@ -52,17 +52,30 @@ pub enum DecodeError {
 }
 
 /// The JSON names of the frame kinds of a `ClientFrame`.
-pub const CLIENT_FRAME_KINDS: &[&str] =
-    &["hello", "send", "ack", "read", "history", "ping", "typing"];
+pub const CLIENT_FRAME_KINDS: &[&str] = &[
+    "hello", "send", "ack", "read", "history", "ping", "typing", "block", "presence",
+];
 /// The JSON names of the frame kinds of a `ServerFrame`.
 pub const SERVER_FRAME_KINDS: &[&str] = &[
-    "welcome", "sent", "deliver", "history", "pong", "error", "redirect", "typing", "blocked",
+    "welcome",
+    "sent",
+    "deliver",
+    "history",
+    "pong",
+    "error",
+    "redirect",
+    "typing",
+    "blocked",
+    "presence",
+    "presenceUpdate",
 ];
 
 /// A frame type: a message with one `frame` oneof.
 pub trait Frame: prost::Message + Serialize + DeserializeOwned + Default + Clone {
     /// JSON names of the oneof's variants.
     const KINDS: &'static [&'static str];
+    /// JSON names of the frame's fields outside the oneof.
+    const OTHER_KEYS: &'static [&'static str] = &[];
     /// Whether the oneof is set (a protobuf frame of an unknown kind decodes with it unset).
     fn has_frame(&self) -> bool;
     /// Sets every enum field holding a value this version does not know to 0 (`*_UNSPECIFIED`).
@@ -73,11 +86,16 @@ pub trait Frame: prost::Message + Serialize + DeserializeOwned + Default + Clone
 
 impl Frame for v1::ClientFrame {
     const KINDS: &'static [&'static str] = CLIENT_FRAME_KINDS;
+    const OTHER_KEYS: &'static [&'static str] = &["active"];
     fn has_frame(&self) -> bool {
         self.frame.is_some()
     }
     fn clear_unknown_enums(&mut self) {
-        // No enum fields.
+        if let Some(v1::client_frame::Frame::Typing(t)) = &mut self.frame {
+            if v1::TypingState::try_from(t.state).is_err() {
+                t.state = 0;
+            }
+        }
     }
 }
 
@@ -103,7 +121,15 @@ impl Frame for v1::ServerFrame {
             Some(F::Typing(t)) => known::<TypingState>(&mut t.state),
             Some(F::Deliver(d)) => in_deliver(d),
             Some(F::History(h)) => h.entries.iter_mut().for_each(in_deliver),
-            Some(F::Welcome(_) | F::Sent(_) | F::Pong(_) | F::Redirect(_) | F::Blocked(_))
+            Some(
+                F::Welcome(_)
+                | F::Sent(_)
+                | F::Pong(_)
+                | F::Redirect(_)
+                | F::Blocked(_)
+                | F::Presence(_)
+                | F::PresenceUpdate(_),
+            )
             | None => {}
         }
     }
@@ -121,7 +147,9 @@ pub fn decode<F: Frame>(encoding: Encoding, data: &[u8]) -> Result<F, DecodeErro
                 if let Ok(serde_json::Value::Object(map)) =
                     serde_json::from_slice::<serde_json::Value>(data)
                 {
-                    if let Some(k) = map.keys().find(|k| !F::KINDS.contains(&k.as_str())) {
+                    if let Some(k) = map.keys().find(|k| {
+                        !F::KINDS.contains(&k.as_str()) && !F::OTHER_KEYS.contains(&k.as_str())
+                    }) {
                         return Err(DecodeError::Unknown(k.clone()));
                     }
                 }
@@ -173,6 +201,7 @@ mod tests {
                 body: "hi".into(),
                 from: String::new(),
             })),
+            active: false,
         }
     }
 

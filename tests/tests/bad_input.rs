@@ -215,6 +215,7 @@ async fn bad_tokens_and_frames_before_hello_are_refused() {
             token: token("alice", "phone"),
             agent: "raw".into(),
         })),
+        active: false,
     };
     ws.send(WsMessage::text(
         String::from_utf8(chat_proto::encode(Encoding::Json, &hello)).unwrap(),
@@ -241,6 +242,7 @@ async fn a_frame_over_the_hard_cap_closes_only_that_connection() {
             token: token("alice", "phone"),
             agent: "raw".into(),
         })),
+        active: false,
     };
     ws.send(WsMessage::binary(chat_proto::encode(
         Encoding::Protobuf,
@@ -368,6 +370,7 @@ mod raw {
                 token: super::token("alice", "phone"),
                 agent: "raw".into(),
             })),
+            active: false,
         };
         write(
             &mut s,

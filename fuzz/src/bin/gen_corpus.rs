@@ -17,7 +17,10 @@ use chat_proto::{encode, Encoding};
 
 fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     use client_frame::Frame as F;
-    let f = |name, frame| (name, ClientFrame { frame: Some(frame) });
+    let f = |name, frame| (name, ClientFrame {
+            frame: Some(frame),
+            active: false,
+        });
     vec![
         f(
             "hello",

@@ -15,7 +15,7 @@ mod tuning;
 
 pub use chat_service::config::ConfigError;
 pub use chat_service::log::{LogFormat, LogSection};
-pub use rates::{EphemeralSection, RateSection};
+pub use rates::{EphemeralSection, PresenceSection, RateSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 
@@ -29,6 +29,7 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     pub rate: RateSection,
     pub ephemeral: EphemeralSection,
+    pub presence: PresenceSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
     pub forward: ForwardSection,
@@ -149,6 +150,7 @@ impl NodeConfig {
         self.check_tuning()?;
         self.rate.check().map_err(ConfigError::Invalid)?;
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
+        self.presence.check().map_err(ConfigError::Invalid)?;
         if !self.node.standalone {
             let c = &mut self.cluster;
             chat_service::config::check_etcd(&c.etcd_endpoints, &c.prefix, "cluster")?;

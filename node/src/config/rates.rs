@@ -1,5 +1,5 @@
-//! The sections of the node's config for traffic that is not stored: rate limits (`[rate]`)
-//! and ephemeral events such as typing (`[ephemeral]`).
+//! The sections of the node's config for traffic that is not stored: rate limits (`[rate]`),
+//! ephemeral events such as typing (`[ephemeral]`) and presence (`[presence]`).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,10 @@ pub struct RateSection {
     pub typing_per_min: u32,
     /// Typing events one user may send at once.
     pub typing_burst: u32,
+    /// Presence requests (queries, watch lists) one user may make a minute.
+    pub presence_per_min: u32,
+    /// Presence requests one user may make at once.
+    pub presence_burst: u32,
     /// New connections a minute from one source IP address; beyond it a connection gets
     /// `RATE_LIMITED` right after the WebSocket handshake and is closed. Generous by default:
     /// many users can share an address (NAT, a company proxy).
@@ -35,6 +39,8 @@ impl Default for RateSection {
             messages_burst: 100,
             typing_per_min: 120,
             typing_burst: 20,
+            presence_per_min: 120,
+            presence_burst: 30,
             connections_per_addr_per_min: 600,
             connections_per_addr_burst: 200,
         }
@@ -58,6 +64,10 @@ impl RateSection {
                 burst: self.typing_burst,
             },
             off,
+            Rate {
+                per_min: self.presence_per_min,
+                burst: self.presence_burst,
+            },
         ]
     }
 
@@ -74,6 +84,7 @@ impl RateSection {
                 per_min: self.connections_per_addr_per_min,
                 burst: self.connections_per_addr_burst,
             },
+            off,
         ]
     }
 
@@ -82,6 +93,7 @@ impl RateSection {
         for (name, per_min, burst) in [
             ("messages", self.messages_per_min, self.messages_burst),
             ("typing", self.typing_per_min, self.typing_burst),
+            ("presence", self.presence_per_min, self.presence_burst),
             (
                 "connections_per_addr",
                 self.connections_per_addr_per_min,
@@ -139,6 +151,52 @@ impl EphemeralSection {
             ("ephemeral.peer_batch", self.peer_batch as u64),
             ("ephemeral.peer_timeout_ms", self.peer_timeout_ms),
             ("ephemeral.device_queue", self.device_queue as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Presence: who is online, last seen, and watch lists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSection {
+    /// A user is online while a device is connected and it was active within this long.
+    pub online_window_ms: u64,
+    /// Users one connection may watch at once (its chat screen).
+    pub max_watch: u32,
+    /// Users one query may ask about.
+    pub max_query: u32,
+    /// How often a node renews, at the users' home nodes, its connections' interest in them;
+    /// an interest not renewed for three times this long lapses.
+    pub watch_renew_ms: u64,
+    /// How long a query or watch waits for another node's answer.
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for PresenceSection {
+    fn default() -> Self {
+        PresenceSection {
+            online_window_ms: 15_000,
+            max_watch: 100,
+            max_query: 100,
+            watch_renew_ms: 20_000,
+            peer_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl PresenceSection {
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("presence.online_window_ms", self.online_window_ms),
+            ("presence.max_watch", u64::from(self.max_watch)),
+            ("presence.max_query", u64::from(self.max_query)),
+            ("presence.watch_renew_ms", self.watch_renew_ms),
+            ("presence.peer_timeout_ms", self.peer_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

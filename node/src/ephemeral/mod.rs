@@ -1,4 +1,4 @@
-//! Ephemeral events (typing): handed to the recipient's connected devices, here or on the
+//! Ephemeral events (typing, presence changes): handed to the recipient's connected devices, here or on the
 //! recipient's home node over QUIC; never stored and never retried.
 //!
 //! Every step is bounded and drops rather than waits: a queue per peer node
@@ -38,6 +38,7 @@ pub struct Ephemeral {
 fn kind(s: &Signal) -> &'static str {
     match &s.item {
         Some(signal::Item::Typing(_)) => "typing",
+        Some(signal::Item::Presence(_)) => "presence",
         None => "none",
     }
 }
@@ -84,12 +85,21 @@ impl Ephemeral {
         }
     }
 
+    /// Sends `s` to `node` (an event for that node itself, such as a presence change for its
+    /// watchers). Never waits.
+    pub fn send_to(self: &Arc<Self>, node: &str, s: Signal) {
+        if self.peers.is_some() && node != self.routing.self_id {
+            self.queue(node, s);
+        }
+    }
+
     /// Hands `s` to its recipient's devices connected to this node; whether any took it.
-    /// Nothing from a user the recipient blocked is shown.
+    /// Nothing from a user the recipient blocked is shown. (Presence changes go to the
+    /// presence service instead.)
     pub fn deliver_here(&self, s: &Signal) -> bool {
         let (frame, from) = match &s.item {
             Some(signal::Item::Typing(t)) => (server_frame::Frame::Typing(t.clone()), &t.from),
-            None => return false,
+            Some(signal::Item::Presence(_)) | None => return false,
         };
         if !self.hub.is_connected(&s.to) {
             return false;

@@ -23,6 +23,19 @@ impl Session {
             Inbound::Closed => return Err(End::PeerClosed),
             Inbound::Bad(e) => return Ok(self.conn.refuse(&e, "").await?),
         };
+        // User activity moves presence: the flag, or what only a person does.
+        let active = frame.active
+            || matches!(
+                frame.frame,
+                Some(
+                    client_frame::Frame::Send(_)
+                        | client_frame::Frame::Typing(_)
+                        | client_frame::Frame::Read(_)
+                )
+            );
+        if active {
+            self.ctx.presence.active(&live.who.user);
+        }
         let Some(frame) = frame.frame else {
             return Ok(());
         };
@@ -37,6 +50,7 @@ impl Session {
             client_frame::Frame::Ping(p) => self.ping(p).await,
             client_frame::Frame::Typing(t) => self.typing(live, t).await,
             client_frame::Frame::Block(r) => self.block(live, r).await,
+            client_frame::Frame::Presence(r) => self.presence(live, r).await,
         };
         Ok(done?)
     }

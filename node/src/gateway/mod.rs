@@ -8,6 +8,7 @@ mod delivery;
 mod handlers;
 mod hello;
 mod moved;
+mod presence;
 mod session;
 
 pub use moved::signal_moved;

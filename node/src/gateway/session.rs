@@ -45,13 +45,28 @@ pub(super) struct Session {
 /// The state of an authenticated connection.
 pub(super) struct Live {
     pub who: Identity,
-    sub: Subscription,
+    pub sub: Subscription,
     pub cursor: Cursor,
     page: Option<JoinHandle<Result<Vec<StoredEntry>, ChatError>>>,
     pub inflight: FuturesOrdered<PendingSend>,
     /// Highest seq acknowledged / marked read on this connection.
     pub acked: u64,
     pub read: u64,
+    /// This connection in the presence service (its watch list); ends with it.
+    pub presence: PresenceGuard,
+}
+
+/// A connected device as presence sees it: counted while the session lives.
+pub(super) struct PresenceGuard {
+    presence: Arc<crate::presence::Presence>,
+    user: String,
+    pub conn: u64,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.disconnected(&self.user, self.conn);
+    }
 }
 
 impl Live {
@@ -136,7 +151,13 @@ impl Session {
             inbox_seq = attached.inbox_seq,
             "attached"
         );
+        let presence = PresenceGuard {
+            presence: self.ctx.presence.clone(),
+            user: who.user.clone(),
+            conn: self.ctx.presence.connected(&who.user),
+        };
         let mut live = Live {
+            presence,
             who,
             sub,
             // What the device says it has processed is not sent again (but not acknowledged

@@ -9,15 +9,13 @@ pub mod transport;
 use std::sync::Arc;
 
 use chat_proto::cluster::{
-    peer_request, peer_response, ForwardAck, ForwardStatus, MirrorAck, PeerError, PeerPong,
-    PeerRequest, PeerResponse, SignalsAck,
+    peer_request, peer_response, signal, ForwardAck, ForwardStatus, MirrorAck, PeerError, PeerPong,
+    PeerRequest, PeerResponse, PresenceAnswer, SignalsAck,
 };
 
-use crate::ephemeral::Ephemeral;
+use crate::context::NodeContext;
 
 use crate::error::ChatError;
-use crate::routing::Routing;
-use crate::writer::WriterHandle;
 
 /// Most entries one forward request may carry (and events one signals request).
 pub const MAX_FORWARD_ENTRIES: usize = 10_000;
@@ -33,13 +31,18 @@ pub(crate) fn error_response(epoch: u64, e: &ChatError) -> PeerResponse {
     }
 }
 
+fn presence_answer(epoch: u64, statuses: Vec<chat_proto::v1::PresenceStatus>) -> PeerResponse {
+    PeerResponse {
+        epoch,
+        response: Some(peer_response::Response::Presence(PresenceAnswer {
+            statuses,
+        })),
+    }
+}
+
 /// Answers one request from a peer; every answer carries this node's ring epoch.
-pub async fn handle(
-    req: PeerRequest,
-    writer: WriterHandle,
-    routing: Routing,
-    ephemeral: Arc<Ephemeral>,
-) -> PeerResponse {
+pub async fn handle(req: PeerRequest, ctx: Arc<NodeContext>) -> PeerResponse {
+    let (writer, routing) = (&ctx.writer, &ctx.routing);
     let epoch = routing.view.borrow().epoch();
     match req.request {
         Some(peer_request::Request::Ping(_)) => PeerResponse {
@@ -97,13 +100,38 @@ pub async fn handle(
                 return error_response(epoch, &e);
             }
             // Not stored: whoever of the recipients is connected here gets them now.
-            let delivered = s.items.iter().filter(|i| ephemeral.deliver_here(i)).count();
+            let mut delivered = 0;
+            for item in &s.items {
+                match &item.item {
+                    Some(signal::Item::Presence(n)) => ctx.presence.on_notice(n),
+                    _ => delivered += usize::from(ctx.ephemeral.deliver_here(item)),
+                }
+            }
             PeerResponse {
                 epoch,
                 response: Some(peer_response::Response::Signals(SignalsAck {
                     delivered: delivered as u32,
                 })),
             }
+        }
+        Some(peer_request::Request::PresenceQuery(q)) => {
+            let statuses = q
+                .users
+                .iter()
+                .take(MAX_FORWARD_ENTRIES)
+                .map(|u| ctx.presence.status_for(u, &q.asker))
+                .collect();
+            presence_answer(epoch, statuses)
+        }
+        Some(peer_request::Request::PresenceWatch(w)) => {
+            if w.interests.len() > MAX_FORWARD_ENTRIES {
+                let e = ChatError::BadFrame(format!(
+                    "{} interests is over the limit of {MAX_FORWARD_ENTRIES}",
+                    w.interests.len()
+                ));
+                return error_response(epoch, &e);
+            }
+            presence_answer(epoch, ctx.presence.on_watch(&req.from_node, w))
         }
         None => error_response(epoch, &ChatError::UnknownFrame("peer request".into())),
     }

@@ -22,17 +22,18 @@ const SHARDS: usize = 16;
 /// the last sweep.
 const SWEEP_FLOOR: usize = 1024;
 
-/// What a request counts against: a user's sends and typing events, an address's new
-/// connections.
+/// What a request counts against: a user's sends, typing events and presence requests, an
+/// address's new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Messages = 0,
     Typing = 1,
     Connections = 2,
+    Presence = 3,
 }
 
 impl Limit {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 
     /// The `limit` label of `chat_rate_limited_total`, and the word in the error message.
     pub fn name(self) -> &'static str {
@@ -40,10 +41,16 @@ impl Limit {
             Limit::Messages => "messages",
             Limit::Typing => "typing",
             Limit::Connections => "connections",
+            Limit::Presence => "presence",
         }
     }
 
-    pub const ALL: [Limit; Limit::COUNT] = [Limit::Messages, Limit::Typing, Limit::Connections];
+    pub const ALL: [Limit; Limit::COUNT] = [
+        Limit::Messages,
+        Limit::Typing,
+        Limit::Connections,
+        Limit::Presence,
+    ];
 }
 
 struct Shard<K> {
@@ -137,7 +144,7 @@ mod tests {
 
     fn limiter(per_min: u32, burst: u32) -> Limiter<String> {
         let r = Rate { per_min, burst };
-        Limiter::new([r, r, r])
+        Limiter::new([r, r, r, r])
     }
 
     #[test]
@@ -180,6 +187,10 @@ mod tests {
             Rate {
                 per_min: 0,
                 burst: 0,
+            },
+            Rate {
+                per_min: 1,
+                burst: 1,
             },
             Rate {
                 per_min: 1,

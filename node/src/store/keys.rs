@@ -7,6 +7,8 @@
 //! meta (user)   = owner prefix | 'u'                                -> UserState
 //! meta (device) = owner prefix | 'd' | device bytes                 -> DeviceState
 //! meta (block)  = owner prefix | 'b' | blocked user bytes           -> ts: i64 BE (when)
+//! meta (seen)   = owner prefix | 'p'                                -> last seen: i64 BE
+//! meta (prefs)  = owner prefix | 's'                                -> UserSettings
 //! dedup         = owner prefix | len(device): u16 BE | device | client_msg_id -> ts header | SentRecord
 //! dedup (fwd)   = owner prefix | 0xFFFF | entry id   -> ts header | seq: u64 BE (forwarded entries)
 //! outbox        = out seq: u64 BE                    -> ForwardEntry
@@ -26,6 +28,8 @@ use chat_ring::key_hash;
 pub const USER_STATE_TAG: u8 = b'u';
 pub const DEVICE_TAG: u8 = b'd';
 pub const BLOCK_TAG: u8 = b'b';
+pub const LAST_SEEN_TAG: u8 = b'p';
+pub const SETTINGS_TAG: u8 = b's';
 
 pub fn owner_prefix(owner: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + owner.len() + 16);
@@ -67,6 +71,18 @@ pub fn device_prefix(user: &str) -> Vec<u8> {
 pub fn device_key(user: &str, device: &str) -> Vec<u8> {
     let mut k = device_prefix(user);
     k.extend_from_slice(device.as_bytes());
+    k
+}
+
+pub fn last_seen_key(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(LAST_SEEN_TAG);
+    k
+}
+
+pub fn settings_key(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(SETTINGS_TAG);
     k
 }
 
@@ -141,6 +157,8 @@ mod tests {
             device_key("alice", "d"),
             dedup_key("alice", "d", "c"),
             block_key("alice", "bob"),
+            last_seen_key("alice"),
+            settings_key("alice"),
         ] {
             assert!(k.starts_with(&owner_prefix("alice")));
         }

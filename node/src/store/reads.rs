@@ -1,7 +1,7 @@
 //! Typed reads of the node's records. Blocking: async callers use `spawn_blocking`.
 
 use chat_proto::cluster::ForwardEntry;
-use chat_proto::store::{DeviceState, SentRecord, UserState};
+use chat_proto::store::{DeviceState, SentRecord, UserSettings, UserState};
 
 use super::engine::{Scan, StorageError};
 use super::keys::*;
@@ -126,6 +126,21 @@ impl Store {
                 Ok(true)
             })?;
         Ok(out)
+    }
+
+    /// When `user` was last seen active, as last stored (coarsely: when it went offline).
+    pub fn last_seen(&self, user: &str) -> Result<Option<i64>, StorageError> {
+        Ok(self
+            .engine
+            .get(Cf::Meta, &last_seen_key(user))?
+            .and_then(|v| Some(i64::from_be_bytes(v.get(..8)?.try_into().ok()?))))
+    }
+
+    pub fn settings(&self, user: &str) -> Result<UserSettings, StorageError> {
+        Ok(match self.engine.get(Cf::Meta, &settings_key(user))? {
+            Some(v) => decode(&v)?,
+            None => UserSettings::default(),
+        })
     }
 
     /// Whether `user` has blocked `other`.

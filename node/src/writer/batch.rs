@@ -43,6 +43,16 @@ impl Writes {
         }
     }
 
+    /// A write that may be lost in a crash (a coarse last seen): captured for new owners like
+    /// any other, but a batch of only these is written without an fsync.
+    pub(crate) fn put_relaxed(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.wb.put(cf, key, value);
+        if let Some(c) = &mut self.capture {
+            c.write(cf, key, Some(value));
+        }
+    }
+
     pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.durable = true;

@@ -56,6 +56,15 @@ pub(crate) enum ClientCmd {
         up_to: u64,
         read: bool,
     },
+    /// The user went offline at `ts` (its last seen): stored without an fsync, and dropped
+    /// rather than queued when the writer is busy (presence never waits for the disk).
+    LastSeen { user: String, ts: i64 },
+    /// The user's settings, stored like any user record.
+    Settings {
+        who: Identity,
+        settings: chat_proto::store::UserSettings,
+        reply: Reply<()>,
+    },
     /// `who` blocks (`block`) or unblocks `other`; at most `max` blocked users.
     Block {
         who: Identity,
@@ -225,6 +234,29 @@ impl WriterHandle {
         .await
     }
 
+    /// Records a user's last seen if the writer's queue has room; whether it was queued.
+    pub fn try_last_seen(&self, user: String, ts: i64) -> bool {
+        self.tx
+            .try_send(Command::Client(ClientCmd::LastSeen { user, ts }))
+            .is_ok()
+    }
+
+    pub async fn settings(
+        &self,
+        who: Identity,
+        settings: chat_proto::store::UserSettings,
+    ) -> Result<(), ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Settings {
+                who,
+                settings,
+                reply,
+            })
+        })
+        .await?
+        .await
+    }
+
     /// Queues an ack (nobody waits for its batch).
     pub async fn ack(&self, who: Identity, up_to: u64, read: bool) -> Result<(), ChatError> {
         self.queue(Command::Client(ClientCmd::Ack { who, up_to, read }))
@@ -299,10 +331,12 @@ impl Command {
             Command::Client(
                 ClientCmd::Attach { who, .. }
                 | ClientCmd::Ack { who, .. }
-                | ClientCmd::Block { who, .. },
+                | ClientCmd::Block { who, .. }
+                | ClientCmd::Settings { who, .. },
             ) => {
                 vec![who.user.as_str()]
             }
+            Command::Client(ClientCmd::LastSeen { user, .. }) => vec![user.as_str()],
             Command::Peer(PeerCmd::Apply { entries, .. }) => {
                 entries.iter().map(|e| e.to.as_str()).collect()
             }

@@ -53,6 +53,23 @@ impl Writer {
                     tracing::warn!(user = %who.user, device = %who.device, error = %e, "ack failed");
                 }
             }
+            ClientCmd::LastSeen { user, .. } if !self.owns(&user, b) => {}
+            ClientCmd::LastSeen { user, ts } => {
+                b.writes
+                    .put_relaxed(Cf::Meta, last_seen_key(&user), ts.to_be_bytes());
+            }
+            ClientCmd::Settings { who, reply, .. } if !self.owns(&who.user, b) => {
+                let _ = reply.send(Err(moved(&who.user)));
+            }
+            ClientCmd::Settings {
+                who,
+                settings,
+                reply,
+            } => {
+                b.writes
+                    .put(Cf::Meta, settings_key(&who.user), settings.encode_to_vec());
+                b.answers.push(Answer::Done(reply));
+            }
             ClientCmd::Block { who, reply, .. } if !self.owns(&who.user, b) => {
                 let _ = reply.send(Err(moved(&who.user)));
             }

@@ -5,6 +5,9 @@
 //!   chat history [--limit N]            page back through your inbox
 //!   chat typing --to bob [--stopped]    tell bob you are typing (or stopped)
 //!   chat block|unblock USER, chat blocked   manage and list the users you blocked
+//!   chat presence USER...               who is online, and when they were last seen
+//!   chat watch USER... [--timeout-secs N]   print their status, then each change
+//!   chat hide-last-seen true|false      show others only whether you are online
 
 use std::time::Duration;
 
@@ -74,6 +77,20 @@ enum Cmd {
     Unblock { user: String },
     /// List the users you blocked.
     Blocked,
+    /// Print users' status: online, or when they were last seen.
+    Presence { users: Vec<String> },
+    /// Print users' status, then each change as it happens.
+    Watch {
+        users: Vec<String>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+    /// Hide (true) or show (false) your last seen to others.
+    HideLastSeen {
+        #[arg(action = clap::ArgAction::Set)]
+        hide: bool,
+    },
     /// Tell a user you are typing (shown for a few seconds; repeat while typing), or stopped.
     Typing {
         #[arg(long)]
@@ -228,6 +245,55 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Presence { .. } | Cmd::Watch { .. } | Cmd::HideLastSeen { .. } => {
+            use chat_client::v1::{presence_request::Op, PresenceSettings, PresenceUsers};
+            let (op, watch_for) = match args.cmd {
+                Cmd::Presence { users } => (Op::Query(PresenceUsers { users }), None),
+                Cmd::Watch {
+                    users,
+                    timeout_secs,
+                } => (Op::Watch(PresenceUsers { users }), Some(timeout_secs)),
+                Cmd::HideLastSeen { hide } => (
+                    Op::Settings(PresenceSettings {
+                        hide_last_seen: hide,
+                    }),
+                    None,
+                ),
+                _ => unreachable!(),
+            };
+            c.presence("cli", op).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let f = c.recv_until(deadline).await?;
+                match &f.frame {
+                    Some(server_frame::Frame::Presence(p)) => {
+                        for s in &p.statuses {
+                            print_status(args.json, s);
+                        }
+                        break;
+                    }
+                    Some(server_frame::Frame::Error(e)) => bail!("refused: {}", e.message),
+                    _ => {}
+                }
+            }
+            if let Some(timeout) = watch_for {
+                let until = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+                loop {
+                    let f = match until {
+                        Some(d) => match c.recv_until(d).await {
+                            Err(chat_client::ClientError::Timeout) => break,
+                            r => r?,
+                        },
+                        None => c.recv().await?,
+                    };
+                    if let Some(server_frame::Frame::PresenceUpdate(u)) = &f.frame {
+                        if let Some(s) = &u.status {
+                            print_status(args.json, s);
+                        }
+                    }
+                }
+            }
+        }
         Cmd::History { limit, before } => {
             let mut other = Vec::new();
             let page = c
@@ -272,6 +338,18 @@ fn print_frame(json: bool, f: &ServerFrame, label: &str) {
             e.message
         ),
         other => println!("{other:?}"),
+    }
+}
+
+fn print_status(json: bool, s: &chat_client::v1::PresenceStatus) {
+    if json {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+    } else if s.online {
+        println!("{}: online", s.user);
+    } else if s.last_seen_ms > 0 {
+        println!("{}: last seen {} (ms since the epoch)", s.user, s.last_seen_ms);
+    } else {
+        println!("{}: offline", s.user);
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Report {
     /// ✓'d messages that reached every device they had to reach.
     pub delivered: usize,
     pub lost: usize,
+    /// ✓'d messages missing from some other device of their multi-device sender.
+    pub own_copies_lost: usize,
     /// Server-side duplicates (see the module doc).
     pub duplicated: usize,
     /// Seqs sent again after a reconnect that the device had never acknowledged (not judged).
@@ -197,7 +199,13 @@ impl Outstanding {
 pub fn outstanding(run: &RunData) -> Outstanding {
     let a = Analysis::new(run);
     Outstanding {
-        undelivered: a.undelivered().map(|(_, missing)| missing.len()).sum(),
+        undelivered: a
+            .undelivered()
+            .map(|(_, missing)| missing.len())
+            .sum::<usize>()
+            + a.own_copies_missing()
+                .map(|(_, missing)| missing.len())
+                .sum::<usize>(),
         receipts_missing: a.missing_receipts().len(),
         unresolved: a.msgs.values().filter(|m| m.unresolved()).count(),
     }
@@ -335,6 +343,21 @@ fn deliveries(a: &Analysis, r: &mut Report) {
         r.violate("lost", s, sl);
     }
     r.lost = lost_msgs.len();
+    for (key, missing) in a.own_copies_missing() {
+        r.own_copies_lost += 1;
+        let m = &a.msgs[key];
+        let devs: Vec<String> = missing.iter().map(|&i| a.run.devices[i].who()).collect();
+        let s = format!(
+            "{}/{} -> {} message {} (msg id {}): its own copy never reached {devs:?}",
+            key.0,
+            key.1,
+            m.to,
+            key.2,
+            m.msg_id().unwrap_or("?"),
+        );
+        let sl = r.slice_if("own_copy_lost", || a.message_slice(key));
+        r.violate("own_copy_lost", s, sl);
+    }
     r.failed_reported = a
         .msgs
         .values()
@@ -354,7 +377,7 @@ fn deliveries(a: &Analysis, r: &mut Report) {
 fn order(a: &Analysis, r: &mut Report) {
     for (user, seqs) in &a.user_entries {
         // Per sender device: the highest ✓ rank delivered so far, in this user's seq order.
-        let mut high: HashMap<(&str, &str), (usize, u64, &str)> = HashMap::new();
+        let mut high: HashMap<(&str, &str, bool), (usize, u64, &str)> = HashMap::new();
         for (seq, entry) in seqs {
             let analysis::Entry::Msg(msg_id) = entry else {
                 continue;
@@ -362,10 +385,14 @@ fn order(a: &Analysis, r: &mut Report) {
             let Some(key) = a.by_msg_id.get(msg_id.as_str()) else {
                 continue;
             };
-            let Some(&rank) = a.rank.get(msg_id.as_str()) else {
+            // In a sender's own inbox (its copies), its messages to everyone keep its ✓ order;
+            // in a recipient's, its messages to that recipient do.
+            let own = key.0 == *user && a.msgs.get(key).is_some_and(|m| &m.to != user);
+            let ranks = if own { &a.own_rank } else { &a.rank };
+            let Some(&rank) = ranks.get(msg_id.as_str()) else {
                 continue;
             };
-            let k = (key.0.as_str(), key.1.as_str());
+            let k = (key.0.as_str(), key.1.as_str(), own);
             match high.get(&k) {
                 Some(&(top, top_seq, top_id)) if rank < top => {
                     r.reordered += 1;
@@ -407,14 +434,16 @@ fn foreign(a: &Analysis, r: &mut Report) {
                     ..
                 } => {
                     let key = (from.clone(), from_device.clone(), client_msg_id.clone());
-                    if to != &h.user {
+                    // A multi-device user's own message (its copy in the sender's inbox).
+                    let own = from == &h.user;
+                    if to != &h.user && !own {
                         Some(format!("message {msg_id} addressed to {to}"))
                     } else if body.contains(HOSTILE_MARKER) {
                         Some(format!("message {msg_id} carries a hostile client's body"))
                     } else {
                         match a.msgs.get(&key) {
                             None => Some(format!("message {msg_id} from {from}/{from_device} ({client_msg_id}) that nobody sent")),
-                            Some(m) if m.to != h.user => Some(format!("message {msg_id} that {from} sent to {}", m.to)),
+                            Some(m) if &m.to != to => Some(format!("message {msg_id} that {from} sent to {}, delivered as to {to}", m.to)),
                             Some(m) if &m.body != body => Some(format!("message {msg_id} with body {body:?}, sent as {:?}", m.body)),
                             Some(m) if m.msg_id().is_some_and(|id| id != msg_id.as_str()) => Some(format!("message {msg_id}, but its ✓ said {:?}", m.msg_id())),
                             Some(_) => None,

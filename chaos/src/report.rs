@@ -32,6 +32,10 @@ pub fn table(r: &Report, fault_phase_secs: f64) -> String {
         ("acknowledged (✓)", r.acknowledged.to_string()),
         ("delivered (to every device)", r.delivered.to_string()),
         ("lost", r.lost.to_string()),
+        (
+            "own copies lost (multi-device)",
+            r.own_copies_lost.to_string(),
+        ),
         ("duplicated (server-side)", r.duplicated.to_string()),
         (
             "re-sent after reconnect, never acked (not judged)",

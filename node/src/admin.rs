@@ -44,7 +44,7 @@ pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 pub const SHED: &str = "chat_shed_total";
 pub const SHED_REASONS: &[&str] = &["device_queue_full", "peer_queue_full", "peer_failed"];
 /// Kinds of traffic that may be shed, first to go first.
-pub const SHED_KINDS: &[&str] = &["typing", "presence"];
+pub const SHED_KINDS: &[&str] = &["typing", "presence", "read_state"];
 /// Users going online or offline on this node (their home), by `to`.
 pub const PRESENCE_CHANGES: &str = "chat_presence_changes_total";
 /// Ephemeral events handed to connected devices on this node, by `kind`.

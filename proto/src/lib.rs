@@ -68,6 +68,7 @@ pub const SERVER_FRAME_KINDS: &[&str] = &[
     "blocked",
     "presence",
     "presenceUpdate",
+    "readState",
 ];
 
 /// A frame type: a message with one `frame` oneof.
@@ -128,7 +129,8 @@ impl Frame for v1::ServerFrame {
                 | F::Redirect(_)
                 | F::Blocked(_)
                 | F::Presence(_)
-                | F::PresenceUpdate(_),
+                | F::PresenceUpdate(_)
+                | F::ReadState(_),
             )
             | None => {}
         }

@@ -60,4 +60,22 @@ fn every_documented_node_metric_is_exported_from_the_start() {
         let series = format!("chat_forwarded_entries_total{{result=\"{r}\"}}");
         assert!(body.contains(&series), "{series} missing:\n{body}");
     }
+    for (limit, kind) in [("messages", "typing"), ("connections", "presence")] {
+        let series = format!("chat_rate_limited_total{{limit=\"{limit}\"}} 0");
+        assert!(body.contains(&series), "{series} missing:\n{body}");
+        let series = format!("chat_shed_total{{kind=\"{kind}\",reason=\"peer_failed\"}} 0");
+        assert!(body.contains(&series), "{series} missing:\n{body}");
+    }
+    // And the other way round: nothing is exported that the guide does not explain.
+    for line in body.lines().filter(|l| l.starts_with("chat_")) {
+        let name = line.split([' ', '{']).next().unwrap();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            names.iter().any(|(n, _)| n == name || n == base),
+            "{name} is exported but not in docs/operations.md"
+        );
+    }
 }

@@ -16,6 +16,8 @@ const UNANSWERED_AFTER_US: Micros = 60_000_000;
 pub(crate) struct Msg {
     pub to: String,
     pub body: String,
+    /// When the sender first tried to send it.
+    pub first_attempt: Micros,
     /// The first ✓: time, msg_id, node.
     pub acked: Option<(Micros, String, String)>,
     /// msg ids of later ✓s of the same message (retries): must equal the first.
@@ -110,6 +112,9 @@ pub(crate) struct Analysis<'a> {
     pub by_msg_id: HashMap<String, MsgKey>,
     /// Position of each ✓'d message among its sender device's ✓s to the same recipient.
     pub rank: HashMap<String, usize>,
+    /// Position of each ✓'d message among all its sender device's ✓s: the order of the own
+    /// copies in a multi-device sender's inbox.
+    pub own_rank: HashMap<String, usize>,
     pub devices: Vec<DeviceView>,
     /// Each user's inbox as the union of its devices' deliveries.
     pub user_entries: BTreeMap<String, BTreeMap<u64, Entry>>,
@@ -125,6 +130,7 @@ impl<'a> Analysis<'a> {
             msgs: BTreeMap::new(),
             by_msg_id: HashMap::new(),
             rank: HashMap::new(),
+            own_rank: HashMap::new(),
             devices: Vec::new(),
             user_entries: BTreeMap::new(),
             failed: HashSet::new(),
@@ -143,6 +149,7 @@ impl<'a> Analysis<'a> {
 
     fn messages_of(&mut self, h: &DeviceHistory) {
         let mut ranks: HashMap<String, usize> = HashMap::new();
+        let mut all = 0;
         for rec in &h.records {
             let key = |cmid: &str| (h.user.clone(), h.device.clone(), cmid.to_string());
             match &rec.event {
@@ -155,6 +162,7 @@ impl<'a> Analysis<'a> {
                     self.msgs.entry(key(client_msg_id)).or_insert_with(|| Msg {
                         to: to.clone(),
                         body: body.clone(),
+                        first_attempt: rec.at,
                         acked: None,
                         other_msg_ids: Vec::new(),
                         definitive: false,
@@ -178,6 +186,8 @@ impl<'a> Analysis<'a> {
                     let r = ranks.entry(m.to.clone()).or_default();
                     *r += 1;
                     self.rank.insert(msg_id.clone(), *r);
+                    all += 1;
+                    self.own_rank.insert(msg_id.clone(), all);
                     self.by_msg_id.insert(msg_id.clone(), k);
                 }
                 Event::SendError {
@@ -309,6 +319,33 @@ impl<'a> Analysis<'a> {
 
     pub fn user_seq_conflicts(&self) -> Vec<(String, u64, Vec<Entry>)> {
         self.conflicts.clone()
+    }
+
+    /// ✓'d messages whose own copy some device of the sender should have and does not. A user
+    /// with more than one device finds what it sends in its own inbox: every device of the
+    /// sender that was welcomed before the first attempt (so its registration was stored before
+    /// the send) and connected after the ✓, once another device had been welcomed before it.
+    pub fn own_copies_missing(&self) -> impl Iterator<Item = (&MsgKey, Vec<usize>)> + '_ {
+        self.msgs.iter().filter_map(|(key, m)| {
+            let (t, msg_id, _) = m.acked.as_ref()?;
+            if m.to == key.0 {
+                return None;
+            }
+            let before: Vec<usize> = devices_of(&self.run.devices, &key.0)
+                .filter(|&i| self.devices[i].existed_before(m.first_attempt))
+                .collect();
+            if before.len() < 2 {
+                return None;
+            }
+            let missing: Vec<usize> = before
+                .into_iter()
+                .filter(|&i| {
+                    let d = &self.devices[i];
+                    d.open_after(*t) && !d.msg_first.contains_key(msg_id)
+                })
+                .collect();
+            (!missing.is_empty()).then_some((key, missing))
+        })
     }
 
     /// ✓'d messages that some device of the recipient should have and does not.

@@ -347,7 +347,10 @@ fn print_status(json: bool, s: &chat_client::v1::PresenceStatus) {
     } else if s.online {
         println!("{}: online", s.user);
     } else if s.last_seen_ms > 0 {
-        println!("{}: last seen {} (ms since the epoch)", s.user, s.last_seen_ms);
+        println!(
+            "{}: last seen {} (ms since the epoch)",
+            s.user, s.last_seen_ms
+        );
     } else {
         println!("{}: offline", s.user);
     }

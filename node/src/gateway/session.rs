@@ -139,6 +139,7 @@ impl Session {
                 node: self.ctx.cfg.node.id.clone(),
                 cursor: attached.cursor,
                 inbox_seq: attached.inbox_seq,
+                read_seq: attached.read_seq,
                 limits: Some(self.ctx.limits()),
                 server_time_ms: chat_proto::now_ms(),
             })),

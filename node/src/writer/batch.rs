@@ -181,6 +181,8 @@ pub(crate) struct Batch {
     pub unoutboxed: Vec<(u64, String)>,
     /// Blocks set (true) or lifted (false) in this batch: (user, blocked user).
     pub blocks: HashMap<(String, String), bool>,
+    /// Users whose read mark advanced: (user, read up to, by device), told to their devices.
+    pub read_states: Vec<(String, u64, String)>,
 }
 
 impl Batch {
@@ -202,6 +204,7 @@ impl Batch {
             clear_caches: false,
             unoutboxed: Vec::new(),
             blocks: HashMap::new(),
+            read_states: Vec::new(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Attached {
     pub cursor: u64,
     /// The highest seq in the user's inbox.
     pub inbox_seq: u64,
+    /// The user has read everything up to this seq.
+    pub read_seq: u64,
 }
 
 /// Outbox entries written by one batch (outbox seq, entry), handed to the forwarder once on

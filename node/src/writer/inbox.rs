@@ -208,6 +208,13 @@ impl Writer {
         let entry = InboxEntry {
             entry: Some(inbox_entry::Entry::Message(message)),
         };
+        // A user with other devices finds its own message in its inbox too (not for a message
+        // to itself, which is there already).
+        let own_copy =
+            to != from.user && self.cache.user(&self.store, &from.user)?.state.devices > 1;
+        if own_copy {
+            self.deliver_to(&from.user, ts, &msg_id, entry.clone(), b)?;
+        }
         self.deliver_to(&to, ts, &msg_id, entry, b)?;
         let rec = SentRecord {
             msg_id: msg_id.clone(),
@@ -281,6 +288,9 @@ impl Writer {
                     return Err(ChatError::TooManyDevices { max: max_devices });
                 }
                 *b.new_devices.entry(who.user.clone()).or_default() += 1;
+                let u = self.cache.user(&self.store, &who.user)?;
+                u.state.devices = (live.len() + pending_new + 1) as u32;
+                b.mark_dirty(&who.user);
                 // A new device starts where the user's least advanced device stands: whatever no
                 // device has yet is delivered to it too; older entries are history to page.
                 DeviceState {
@@ -292,10 +302,17 @@ impl Writer {
         };
         let cursor = state.cursor;
         self.put_device(key, state, b);
+        // Users from before the count was kept are counted once, on their next connection.
+        if self.cache.user(&self.store, &who.user)?.state.devices == 0 {
+            let n = self.store.devices(&who.user)?.len().max(1) as u32;
+            self.cache.user(&self.store, &who.user)?.state.devices = n;
+            b.mark_dirty(&who.user);
+        }
         let u = self.cache.user(&self.store, &who.user)?;
         Ok(Attached {
             cursor,
             inbox_seq: u.state.next_seq - 1,
+            read_seq: u.state.read_upto,
         })
     }
 
@@ -342,6 +359,11 @@ impl Writer {
             u.state.read_upto = u.state.read_upto.max(up_to);
         }
         let changed = before != (u.state.delivered_upto, u.state.read_upto);
+        if u.state.read_upto > before.1 {
+            // Every device of the user shows the conversations read.
+            b.read_states
+                .push((who.user.clone(), u.state.read_upto, who.device.clone()));
+        }
         let done = u.state.delivered_upto.min(u.state.read_upto);
         if changed {
             b.mark_dirty(&who.user);

@@ -270,12 +270,21 @@ impl Writer {
         }
         let (hub, outbox_tx) = (self.hub.clone(), self.outbox_tx.clone());
         let (answers, appended, outboxed) = (b.answers, b.appended, b.outboxed);
+        let read_states = b.read_states;
         let effects = Box::new(move || {
             for a in answers {
                 a.ok();
             }
             for (user, seq, _, entry) in appended {
                 hub.publish(&user, seq, entry);
+            }
+            for (user, up_to_seq, device) in read_states {
+                let frame = chat_proto::v1::ServerFrame {
+                    frame: Some(chat_proto::v1::server_frame::Frame::ReadState(
+                        chat_proto::v1::ReadState { up_to_seq, device },
+                    )),
+                };
+                hub.notify(&user, &Arc::new(frame), "read_state");
             }
             if let (false, Some(tx)) = (outboxed.is_empty(), outbox_tx) {
                 let _ = tx.send(outboxed);

@@ -2,6 +2,7 @@
 //! test, not by timing; the clock is the test's.
 
 mod blocks;
+mod devices;
 mod forwarded;
 mod inbox;
 mod moves;

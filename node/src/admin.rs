@@ -42,9 +42,21 @@ pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 /// backed up), `peer_failed` (the peer did not take them in time), and for presence
 /// `writer_busy` (a last seen not stored because the writer's queue was full).
 pub const SHED: &str = "chat_shed_total";
-pub const SHED_REASONS: &[&str] = &["device_queue_full", "peer_queue_full", "peer_failed"];
+pub const SHED_REASONS: &[&str] = &[
+    "device_queue_full",
+    "peer_queue_full",
+    "peer_failed",
+    "overload",
+];
 /// Kinds of traffic that may be shed, first to go first.
 pub const SHED_KINDS: &[&str] = &["typing", "presence", "read_state"];
+/// The overload level (`crate::overload::Level`): 0 normal, 1 typing shed, 2 presence updates
+/// shed too, 3 acks and reads held back and merged as well.
+pub const OVERLOAD_LEVEL: &str = "chat_overload_level";
+/// Acks and reads held back under overload and merged into a later one.
+pub const ACKS_DEFERRED: &str = "chat_acks_deferred_total";
+/// Sends refused with OVERLOADED because the writer's queue stayed full.
+pub const SENDS_REFUSED: &str = "chat_sends_refused_total";
 /// Users going online or offline on this node (their home), by `to`.
 pub const PRESENCE_CHANGES: &str = "chat_presence_changes_total";
 /// Ephemeral events handed to connected devices on this node, by `kind`.
@@ -82,6 +94,8 @@ pub fn register_all(standalone: bool) {
         REDIRECTS,
         FORWARD_RECEIVED,
         PEER_HANDSHAKE_FAILURES,
+        ACKS_DEFERRED,
+        SENDS_REFUSED,
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -112,6 +126,7 @@ pub fn register_all(standalone: bool) {
         BATCHES_HELD,
         RING_EPOCH,
         COMPACTIONS_PAUSED,
+        OVERLOAD_LEVEL,
     ] {
         metrics::gauge!(g).increment(0.0);
     }

@@ -9,6 +9,7 @@ use chat_proto::v1::Limits;
 use crate::config::NodeConfig;
 use crate::ephemeral::Ephemeral;
 use crate::hub::Hub;
+use crate::overload::Load;
 use crate::presence::Presence;
 use crate::rate::Limiter;
 use crate::routing::Routing;
@@ -26,6 +27,8 @@ pub struct NodeContext {
     pub routing: Routing,
     pub ephemeral: Arc<Ephemeral>,
     pub presence: Arc<Presence>,
+    /// The node's load: what it sheds now (`crate::overload`).
+    pub load: Load,
     /// Rate limits per user (`[rate]`).
     pub user_limits: Limiter<String>,
     /// Rate limits per source address (new connections).

@@ -25,6 +25,7 @@ pub(crate) mod ephemeral;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod hub;
+pub(crate) mod overload;
 pub(crate) mod peer;
 pub(crate) mod presence;
 pub(crate) mod rate;

@@ -21,6 +21,7 @@ use crate::ephemeral::Ephemeral;
 use crate::error::ChatError;
 use crate::gateway;
 use crate::hub::Hub;
+use crate::overload::Load;
 use crate::peer::forwarder::Forwarder;
 use crate::peer::transport::Peers;
 use crate::peer::{self, tls};
@@ -171,10 +172,15 @@ impl Node {
             cfg.auth.leeway_secs,
             cfg.limits.max_id_bytes as usize,
         );
+        let load = Load {
+            writer: writer_handle.clone(),
+            thresholds: cfg.overload.thresholds(),
+        };
         let ephemeral = Ephemeral::new(
             routing.clone(),
             hub.clone(),
             store.clone(),
+            load.clone(),
             cluster.as_ref().map(|c| c.peers.clone()),
             cfg.ephemeral.clone(),
         );
@@ -185,9 +191,11 @@ impl Node {
             writer_handle.clone(),
             ephemeral.clone(),
             cluster.as_ref().map(|c| c.peers.clone()),
+            load.clone(),
         );
         let shared = Arc::new(NodeContext {
             presence,
+            load,
             user_limits: Limiter::new(cfg.rate.per_user()),
             addr_limits: Limiter::new(cfg.rate.per_addr()),
             ephemeral,

@@ -15,7 +15,7 @@ mod tuning;
 
 pub use chat_service::config::ConfigError;
 pub use chat_service::log::{LogFormat, LogSection};
-pub use rates::{EphemeralSection, PresenceSection, RateSection};
+pub use rates::{EphemeralSection, OverloadSection, PresenceSection, RateSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 
@@ -30,6 +30,7 @@ pub struct NodeConfig {
     pub rate: RateSection,
     pub ephemeral: EphemeralSection,
     pub presence: PresenceSection,
+    pub overload: OverloadSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
     pub forward: ForwardSection,
@@ -151,6 +152,7 @@ impl NodeConfig {
         self.rate.check().map_err(ConfigError::Invalid)?;
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
         self.presence.check().map_err(ConfigError::Invalid)?;
+        self.overload.check().map_err(ConfigError::Invalid)?;
         if !self.node.standalone {
             let c = &mut self.cluster;
             chat_service::config::check_etcd(&c.etcd_endpoints, &c.prefix, "cluster")?;

@@ -205,3 +205,57 @@ impl PresenceSection {
         Ok(())
     }
 }
+
+/// Shedding under overload (`crate::overload`): the writer's queue fill, in percent, at which
+/// each kind of traffic is shed, and how long a send may wait for room before it is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadSection {
+    /// Typing events are dropped from this fill of the writer's queue.
+    pub shed_typing_pct: u8,
+    /// Presence updates are not pushed from this fill (statuses are still kept).
+    pub shed_presence_pct: u8,
+    /// Acks and reads are held back and merged from this fill: receipts come later, never lost.
+    pub defer_receipts_pct: u8,
+    /// A send that finds the writer's queue full waits this long for room, then is refused
+    /// with OVERLOADED and a retry hint.
+    pub send_wait_ms: u64,
+}
+
+impl Default for OverloadSection {
+    fn default() -> Self {
+        OverloadSection {
+            shed_typing_pct: 50,
+            shed_presence_pct: 70,
+            defer_receipts_pct: 85,
+            send_wait_ms: 2_000,
+        }
+    }
+}
+
+impl OverloadSection {
+    pub fn thresholds(&self) -> crate::overload::Thresholds {
+        crate::overload::Thresholds {
+            typing_pct: self.shed_typing_pct,
+            presence_pct: self.shed_presence_pct,
+            receipts_pct: self.defer_receipts_pct,
+        }
+    }
+
+    pub(super) fn check(&self) -> Result<(), String> {
+        let (t, p, r) = (
+            self.shed_typing_pct,
+            self.shed_presence_pct,
+            self.defer_receipts_pct,
+        );
+        if !(t <= p && p <= r && r <= 100) {
+            return Err(format!(
+                "overload: shed_typing_pct ({t}) <= shed_presence_pct ({p}) <= defer_receipts_pct ({r}) <= 100"
+            ));
+        }
+        if self.send_wait_ms == 0 {
+            return Err("overload.send_wait_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::admin;
 use crate::config::EphemeralSection;
 use crate::hub::Hub;
+use crate::overload::{Level, Load};
 use crate::peer::transport::Peers;
 use crate::routing::Routing;
 use crate::store::Store;
@@ -27,6 +28,8 @@ pub struct Ephemeral {
     hub: Arc<Hub>,
     /// Block lists: a blocked user's events are not shown.
     store: Arc<Store>,
+    /// Typing is the first traffic shed when the node is loaded.
+    load: Load,
     /// `None` standalone: every user is here.
     peers: Option<Arc<Peers>>,
     cfg: EphemeralSection,
@@ -52,6 +55,7 @@ impl Ephemeral {
         routing: Routing,
         hub: Arc<Hub>,
         store: Arc<Store>,
+        load: Load,
         peers: Option<Arc<Peers>>,
         cfg: EphemeralSection,
     ) -> Arc<Ephemeral> {
@@ -59,6 +63,7 @@ impl Ephemeral {
             routing,
             hub,
             store,
+            load,
             peers,
             cfg,
             lanes: Mutex::new(HashMap::new()),
@@ -72,6 +77,10 @@ impl Ephemeral {
     /// Sends `s` towards the home node of its recipient. Never waits: an event that cannot be
     /// queued is dropped (and counted).
     pub fn send(self: &Arc<Self>, s: Signal) {
+        if self.load.level() >= Level::ShedTyping {
+            shed(kind(&s), "overload", 1);
+            return;
+        }
         let owner = {
             let v = self.routing.view.borrow();
             v.owner(&s.to).map(str::to_string)
@@ -102,6 +111,10 @@ impl Ephemeral {
             Some(signal::Item::Presence(_)) | None => return false,
         };
         if !self.hub.is_connected(&s.to) {
+            return false;
+        }
+        if self.load.level() >= Level::ShedTyping {
+            shed(kind(s), "overload", 1);
             return false;
         }
         match self.store.is_blocked(&s.to, from) {

@@ -6,12 +6,16 @@ use chat_proto::v1::{
     HistoryRequest, Ping, Pong, Send as SendMessage, ServerFrame, Typing, TypingNotice,
     TypingState,
 };
+use std::time::Duration;
+
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::{Gone, Inbound};
 use super::session::{Live, Session};
 use super::{to_deliver, End};
+use crate::admin;
 use crate::error::ChatError;
+use crate::overload::Level;
 use crate::rate::Limit;
 use crate::validate::{check_body, check_id, IdKind};
 
@@ -79,11 +83,23 @@ impl Session {
             return self.conn.refuse(&e, &s.client_msg_id).await;
         }
         let cmid = s.client_msg_id.clone();
-        let queued = self
+        // Past every shedding level the writer's queue stays full: a send waits a bounded time
+        // for room, then is refused with a retry hint (nothing was queued: the wait is
+        // cancel-safe).
+        let wait = Duration::from_millis(self.ctx.cfg.overload.send_wait_ms);
+        let queue = self
             .ctx
             .writer
-            .send(live.who.clone(), s.client_msg_id, s.to, s.body)
-            .await;
+            .send(live.who.clone(), s.client_msg_id, s.to, s.body);
+        let queued = match tokio::time::timeout(wait, queue).await {
+            Ok(q) => q,
+            Err(_) => {
+                metrics::counter!(admin::SENDS_REFUSED).increment(1);
+                Err(ChatError::Overloaded(
+                    "the node is overloaded: nothing was stored; retry".into(),
+                ))
+            }
+        };
         match queued {
             Ok(pending) => {
                 live.inflight
@@ -199,10 +215,47 @@ impl Session {
         if read {
             live.read = live.read.max(up_to);
         }
-        match self.ctx.writer.ack(live.who.clone(), up_to, read).await {
+        // Under overload acks and reads are held back and merged (they are cumulative: the
+        // latest covers the earlier ones), so a session never waits on them.
+        let d = &mut live.deferred;
+        if read {
+            d.read = d.read.max(up_to);
+        } else {
+            d.ack = d.ack.max(up_to);
+        }
+        match self.flush_acks(live) {
             Ok(()) => Ok(()),
             Err(e) => self.conn.refuse(&e, "").await,
         }
+    }
+
+    /// Hands the held-back acks and reads to the writer unless the node sheds them now.
+    pub(super) fn flush_acks(&mut self, live: &mut Live) -> Result<(), ChatError> {
+        if live.deferred.is_empty() {
+            return Ok(());
+        }
+        if self.ctx.load.level() >= Level::DeferReceipts {
+            metrics::counter!(admin::ACKS_DEFERRED).increment(1);
+            return Ok(());
+        }
+        let d = &mut live.deferred;
+        // The read first: it acknowledges up to its seq too; an ack beyond it follows.
+        if d.read > 0 {
+            if !self.ctx.writer.try_ack(live.who.clone(), d.read, true)? {
+                metrics::counter!(admin::ACKS_DEFERRED).increment(1);
+                return Ok(());
+            }
+            d.ack = if d.ack > d.read { d.ack } else { 0 };
+            d.read = 0;
+        }
+        if d.ack > 0 {
+            if !self.ctx.writer.try_ack(live.who.clone(), d.ack, false)? {
+                metrics::counter!(admin::ACKS_DEFERRED).increment(1);
+                return Ok(());
+            }
+            d.ack = 0;
+        }
+        Ok(())
     }
 
     async fn history(&mut self, live: &mut Live, h: HistoryRequest) -> Result<(), Gone> {

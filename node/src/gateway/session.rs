@@ -33,6 +33,8 @@ use crate::store::StoredEntry;
 const PAGE: usize = 512;
 /// How long a draining session waits for its pending ✓ before closing.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How often held-back acks are tried again while the node is overloaded.
+const ACK_RETRY: Duration = Duration::from_millis(100);
 
 type SendResult = (String, Result<chat_proto::v1::Sent, ChatError>);
 type PendingSend = Pin<Box<dyn std::future::Future<Output = SendResult> + Send>>;
@@ -54,6 +56,21 @@ pub(super) struct Live {
     pub read: u64,
     /// This connection in the presence service (its watch list); ends with it.
     pub presence: PresenceGuard,
+    /// Acks and reads held back while the node is overloaded.
+    pub deferred: Deferred,
+}
+
+/// Held-back acknowledgements: the highest read and the highest plain ack (0: none).
+#[derive(Default)]
+pub(super) struct Deferred {
+    pub ack: u64,
+    pub read: u64,
+}
+
+impl Deferred {
+    pub fn is_empty(&self) -> bool {
+        self.ack == 0 && self.read == 0
+    }
 }
 
 /// A connected device as presence sees it: counted while the session lives.
@@ -158,6 +175,7 @@ impl Session {
             conn: self.ctx.presence.connected(&who.user),
         };
         let mut live = Live {
+            deferred: Deferred::default(),
             presence,
             who,
             sub,
@@ -173,6 +191,7 @@ impl Session {
         if matches!(end, End::Close(CloseCode::Away, _)) {
             self.drain_inflight(&mut live).await;
         }
+        self.hand_over_acks(&mut live).await;
         end
     }
 
@@ -267,6 +286,10 @@ impl Session {
                         None => Err(End::Gone),
                     }
                 }
+                // Held-back acks are retried while the node sheds them.
+                _ = tokio::time::sleep(ACK_RETRY), if !live.deferred.is_empty() => {
+                    self.flush_acks(live).map_err(|_| End::Gone)
+                }
                 _ = tokio::time::sleep_until(ping_at) => {
                     ping_at = Instant::now() + keepalive;
                     self.conn.ping().await.map_err(End::from)
@@ -280,6 +303,24 @@ impl Session {
             }
             if self.conn.flush().await.is_err() {
                 return End::Gone;
+            }
+        }
+    }
+
+    /// The connection ends with acks still held back: queue them, waiting a bounded time, so
+    /// their receipts are not lost (the device would otherwise have to acknowledge again).
+    async fn hand_over_acks(&mut self, live: &mut Live) {
+        let d = std::mem::take(&mut live.deferred);
+        for (up_to, read) in [(d.read, true), (d.ack, false)] {
+            if up_to > 0 {
+                let ack = self.ctx.writer.ack(live.who.clone(), up_to, read);
+                if !matches!(tokio::time::timeout(DRAIN_WAIT, ack).await, Ok(Ok(()))) {
+                    tracing::warn!(
+                        up_to,
+                        read,
+                        "held-back ack not handed over before the session ended"
+                    );
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use crate::admin;
 use crate::config::PresenceSection;
 use crate::ephemeral::Ephemeral;
+use crate::overload::{Level, Load};
 use crate::peer::transport::Peers;
 use crate::routing::Routing;
 use crate::store::Store;
@@ -52,6 +53,8 @@ pub struct Presence {
     ephemeral: Arc<Ephemeral>,
     peers: Option<Arc<Peers>>,
     next_conn: AtomicU64,
+    /// Updates are the second traffic shed when the node is loaded (after typing).
+    load: Load,
 }
 
 fn unknown(user: &str) -> PresenceStatus {
@@ -70,6 +73,7 @@ impl Presence {
         writer: WriterHandle,
         ephemeral: Arc<Ephemeral>,
         peers: Option<Arc<Peers>>,
+        load: Load,
     ) -> Arc<Presence> {
         Arc::new(Presence {
             table: Mutex::new(Table::new(cfg.online_window_ms as i64)),
@@ -83,6 +87,7 @@ impl Presence {
             ephemeral,
             peers,
             next_conn: AtomicU64::new(1),
+            load,
         })
     }
 
@@ -312,6 +317,12 @@ impl Presence {
                     metrics::counter!(admin::SHED, "kind" => "presence", "reason" => "writer_busy")
                         .increment(1);
                 }
+            }
+            if self.load.level() >= Level::ShedPresence {
+                // The status itself is kept (queries answer it); only the push is dropped.
+                metrics::counter!(admin::SHED, "kind" => "presence", "reason" => "overload")
+                    .increment(1);
+                continue;
             }
             let hidden = self
                 .store

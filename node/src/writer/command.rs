@@ -179,6 +179,26 @@ impl WriterHandle {
         Ok(Pending(rx))
     }
 
+    /// Commands waiting in the queue, and how many it holds.
+    pub fn queue_fill(&self) -> (usize, usize) {
+        let max = self.tx.max_capacity();
+        (max - self.tx.capacity(), max)
+    }
+
+    /// Queues an ack unless the queue is full (`Ok(false)`: the caller holds it back and merges
+    /// it with the next, as acks are cumulative).
+    pub fn try_ack(&self, who: Identity, up_to: u64, read: bool) -> Result<bool, ChatError> {
+        use mpsc::error::TrySendError;
+        match self
+            .tx
+            .try_send(Command::Client(ClientCmd::Ack { who, up_to, read }))
+        {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(_)) => Ok(false),
+            Err(TrySendError::Closed(_)) => Err(ChatError::ShuttingDown),
+        }
+    }
+
     async fn queue(&self, cmd: Command) -> Result<(), ChatError> {
         self.tx.send(cmd).await.map_err(|_| ChatError::ShuttingDown)
     }

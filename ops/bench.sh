@@ -34,6 +34,9 @@ export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20)
   echo
   "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-5000}" --sources 8
   echo
+  "$BIN/chat-bench" presence --watchers "${CHAT_BENCH_WATCHERS:-1000}" --actors 500 --watch 20 \
+    --rate "${CHAT_BENCH_PRESENCE_RATE:-200}" --duration "${CHAT_BENCH_DURATION:-10}"
+  echo
   "$BIN/chat-bench" offline-drain --users 20 --messages "${CHAT_BENCH_DRAIN:-100000}"
 } 2>&1 | tee "$OUT"
 echo "results written to $OUT"

@@ -7,6 +7,8 @@
 //! as latency instead of silently lowering the offered load. Recipients acknowledge every message.
 //! `--rates` runs several steps in one go, each with fresh users.
 //!
+//! Scenario `presence` (module `presence`): users watching others come online and go offline.
+//!
 //! Scenario `rebalance` (module `rebalance`): steady 1:1 traffic while a node is added or removed,
 //! with latency and errors before, during and after the move.
 //!
@@ -14,6 +16,7 @@
 //! `process_cpu_seconds_total` and memory from its `/metrics` before and after, and this process's
 //! own CPU and memory, so a reader can tell whether the load generator was the bottleneck.
 
+mod presence;
 mod rebalance;
 
 use std::time::{Duration, Instant};
@@ -97,6 +100,24 @@ enum Scenario {
         /// Seconds of traffic before the move and after it.
         #[arg(long, default_value_t = 5)]
         settle: u64,
+    },
+    /// Watchers watching users that come online and go offline: updates/s, latency, CPU.
+    Presence {
+        /// Users watching (one connection each).
+        #[arg(long, default_value_t = 200)]
+        watchers: usize,
+        /// Users coming and going.
+        #[arg(long, default_value_t = 100)]
+        actors: usize,
+        /// Actors each watcher watches.
+        #[arg(long, default_value_t = 20)]
+        watch: usize,
+        /// Changes (an actor online or offline) per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of changes.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
     },
     /// Messages stored for offline users, then the users connect: time to drain them.
     OfflineDrain {
@@ -341,6 +362,27 @@ async fn main() -> anyhow::Result<()> {
                 rate: rate.max(1),
                 settle,
             })
+            .await
+        }
+        Scenario::Presence {
+            watchers,
+            actors,
+            watch,
+            rate,
+            duration,
+        } => {
+            presence::run(
+                presence::Options {
+                    url: args.url.clone(),
+                    secret: args.secret.clone(),
+                    watchers: watchers.max(1),
+                    actors: actors.max(1),
+                    watch,
+                    rate,
+                    duration,
+                },
+                &admins,
+            )
             .await
         }
         Scenario::OfflineDrain {

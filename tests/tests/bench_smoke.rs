@@ -66,7 +66,7 @@ fn bench(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_offline_drain_scenarios_run_and_report() {
+async fn idle_presence_and_offline_drain_scenarios_run_and_report() {
     let cluster = TestCluster::start(&[]);
     let router = cluster.start_router();
     let url = router.ws_url();
@@ -87,6 +87,35 @@ async fn idle_and_offline_drain_scenarios_run_and_report() {
         assert!(out.contains(n), "a line per node: {out}");
     }
     assert!(out.contains("KiB per idle connection"), "{out}");
+
+    let mut args = common.to_vec();
+    args.extend([
+        "presence",
+        "--watchers",
+        "6",
+        "--actors",
+        "3",
+        "--watch",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+    ]);
+    let out = bench(&args);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| ") && !l.starts_with("| changes") && !l.contains("---"))
+        .unwrap_or_else(|| panic!("a result row: {out}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (made, delivered): (u64, u64) = (cells[1].parse().unwrap(), cells[2].parse().unwrap());
+    // Every change reaches the watchers watching that actor (each actor is watched by 4 of the
+    // 6 watchers here): some updates, and never more than were owed.
+    assert!(
+        made >= 10 && delivered > 0 && delivered <= made * 4,
+        "{out}"
+    );
+    assert!(out.contains(" µs |"), "CPU per update: {out}");
 
     let mut args = common.to_vec();
     args.extend(["offline-drain", "--users", "3", "--messages", "300"]);

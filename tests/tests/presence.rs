@@ -202,3 +202,47 @@ async fn bad_presence_requests_are_refused_and_change_nothing() {
     let st = watch(&mut a, "ok", &["bob", "bob"]).await;
     assert_eq!(st.len(), 1);
 }
+
+/// A watched user moves to another node with the ring: the watch follows it (its watcher's node
+/// registers at the new home), its settings move with it, and its next activity there reaches
+/// the watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_the_watched_user_through_a_move() {
+    let cluster = TestCluster::start(&[("CHAT_NODE_PRESENCE__WATCH_RENEW_MS", "60000")]);
+    let mover = cluster.users_on("n3", "mover", 1).remove(0);
+    let watcher = cluster.users_on("n1", "watcher", 1).remove(0);
+    let mut w = cluster.node("n1").connect(&watcher, "phone").await;
+    let mut m = cluster.node("n3").connect(&mover, "phone").await;
+    m.presence(
+        "s",
+        presence_request::Op::Settings(PresenceSettings {
+            hide_last_seen: true,
+        }),
+    )
+    .await
+    .unwrap();
+    answer(&mut m, "s").await;
+    watch(&mut w, "w", &[&mover]).await;
+    active_ping(&mut m, 1).await;
+    assert!(update(&mut w, &mover).await.online);
+
+    cluster.chatctl(&["rebalance", "start", "--remove", "n3"]);
+    // The mover is sent to its new home (going offline on n3 as its session ends there).
+    recv_until(&mut m, "the mover's redirect", |f| {
+        matches!(f.frame, Some(server_frame::Frame::Redirect(_)))
+    })
+    .await;
+    drop(m);
+    let off = update(&mut w, &mover).await;
+    assert_eq!((off.online, off.last_seen_ms), (false, 0));
+    let home = cluster.ring().owner(&mover).to_string();
+    assert_ne!(home, "n3");
+    let mut m = cluster.node(&home).connect(&mover, "phone").await;
+    active_ping(&mut m, 2).await;
+    // Renewals are a minute apart here: the update comes from the ring change's re-registration
+    // (or the change itself, whichever is first), and the hidden last seen moved with him.
+    let on = update(&mut w, &mover).await;
+    assert_eq!((on.online, on.last_seen_ms), (true, 0));
+    let st = query(&mut w, "q", &[&mover]).await;
+    assert!(st[0].online, "{st:?}");
+}

@@ -265,13 +265,38 @@ impl Presence {
         self.ask(node, req).await;
     }
 
-    /// A peer's users watch users of this node.
-    pub fn on_watch(&self, node: &str, w: PresenceWatch) -> Vec<PresenceStatus> {
-        let until = chat_proto::now_ms() + i64::from(w.ttl_ms);
-        {
+    /// A peer's users watch users of this node. A new interest in a user who is online here is
+    /// answered with a push as well: the watchers may have missed the change while their
+    /// interest was on its way (the user just moved here with the ring, say).
+    pub fn on_watch(self: &Arc<Self>, node: &str, w: PresenceWatch) -> Vec<PresenceStatus> {
+        let now = chat_proto::now_ms();
+        let until = now + i64::from(w.ttl_ms);
+        let fresh: Vec<&PresenceInterest> = {
             let mut remote = self.remote.lock().expect("watchers lock");
-            for i in &w.interests {
-                remote.renew(node, &i.target, &i.watchers, until);
+            w.interests
+                .iter()
+                .filter(|i| remote.renew(node, &i.target, &i.watchers, until, now))
+                .collect()
+        };
+        for i in fresh {
+            let watchers: Vec<String> = i
+                .watchers
+                .iter()
+                .filter(|u| self.status_for(&i.target, u).online)
+                .cloned()
+                .collect();
+            if let (false, Some(first)) = (watchers.is_empty(), watchers.first()) {
+                let status = self.status_for(&i.target, first);
+                self.ephemeral.send_to(
+                    node,
+                    Signal {
+                        to: String::new(),
+                        item: Some(signal::Item::Presence(PresenceNotice {
+                            status: Some(status),
+                            watchers,
+                        })),
+                    },
+                );
             }
         }
         w.interests

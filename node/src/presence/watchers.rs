@@ -82,15 +82,24 @@ pub struct Remote {
 
 impl Remote {
     /// `node` renews its interest in `target` for `watchers` until `until_ms` (replacing the
-    /// watchers it named before).
-    pub fn renew(&mut self, node: &str, target: &str, watchers: &[String], until_ms: i64) {
-        self.by_target
+    /// watchers it named before); whether the interest is new (none, or a lapsed one, before).
+    pub fn renew(
+        &mut self,
+        node: &str,
+        target: &str,
+        watchers: &[String],
+        until_ms: i64,
+        now: i64,
+    ) -> bool {
+        let old = self
+            .by_target
             .entry(target.to_string())
             .or_default()
             .insert(
                 node.to_string(),
                 (watchers.iter().cloned().collect(), until_ms),
             );
+        old.is_none_or(|(_, until)| until <= now)
     }
 
     /// The nodes (with their watchers) interested in `target` at `now`; lapsed interests are
@@ -155,17 +164,30 @@ mod tests {
     #[test]
     fn remote_interest_lapses_unless_renewed() {
         let mut r = Remote::default();
-        r.renew("n2", "bob", &s(&["alice"]), 1_000);
-        r.renew("n3", "bob", &s(&["carol", "dave"]), 2_000);
+        assert!(r.renew("n2", "bob", &s(&["alice"]), 1_000, 0));
+        assert!(r.renew("n3", "bob", &s(&["carol", "dave"]), 2_000, 0));
+        assert!(
+            !r.renew("n3", "bob", &s(&["carol", "dave"]), 2_000, 100),
+            "a renewal"
+        );
         assert_eq!(r.interested("bob", 500).len(), 2);
         assert_eq!(
             r.interested("bob", 1_500),
             vec![("n3".to_string(), s(&["carol", "dave"]))]
         );
-        r.renew("n3", "bob", &s(&["carol"]), 3_000);
+        assert!(!r.renew("n3", "bob", &s(&["carol"]), 3_000, 1_500));
+        assert!(
+            r.renew("n2", "bob", &s(&["alice"]), 3_000, 1_500),
+            "after it lapsed: new"
+        );
+        let mut now = r.interested("bob", 2_500);
+        now.sort();
         assert_eq!(
-            r.interested("bob", 2_500),
-            vec![("n3".to_string(), s(&["carol"]))]
+            now,
+            vec![
+                ("n2".to_string(), s(&["alice"])),
+                ("n3".to_string(), s(&["carol"]))
+            ]
         );
         r.sweep(3_000);
         assert_eq!(r.targets(), 0);

@@ -5,7 +5,8 @@
 #
 # Env: CHAT_BENCH_RATES (default 1000,4000,8000,12000,16000), CHAT_BENCH_DURATION (10 s a step),
 #      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (5000 connections), CHAT_BENCH_DRAIN (100000
-#      messages), CHAT_BENCH_BASE_PORT (17000).
+#      messages), CHAT_BENCH_WATCHERS (1000 presence watchers), CHAT_BENCH_PRESENCE_RATE (200
+#      changes/s), CHAT_BENCH_BASE_PORT (17000).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -252,9 +252,11 @@ impl Node {
         let mut peer_parts = None;
         let mut rebalance_tasks = None;
         if let Some(c) = cluster {
-            let ctx = shared.clone();
+            // Weak: the context holds the peers (presence, ephemeral events), and the peers hold
+            // this handler; a strong reference would keep the writer from ever stopping.
+            let ctx = Arc::downgrade(&shared);
             c.peers.set_handler(Arc::new(move |req| {
-                Box::pin(peer::handle(req, ctx.clone()))
+                Box::pin(peer::handle_weak(req, ctx.clone()))
             }));
             tokio::spawn(
                 shared

@@ -139,23 +139,42 @@ impl Ephemeral {
         let mut lanes = self.lanes.lock().expect("lanes lock");
         let tx = lanes.entry(node.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(self.cfg.peer_queue);
-            tokio::spawn(self.clone().lane(node.to_string(), rx));
+            if let Some(peers) = &self.peers {
+                // The lane holds what it needs, not this service: it ends when the service
+                // (the lane's sender) is dropped, and nothing keeps the node's parts alive.
+                let lane = Lane {
+                    peers: peers.clone(),
+                    routing: self.routing.clone(),
+                    node: node.to_string(),
+                    timeout: Duration::from_millis(self.cfg.peer_timeout_ms),
+                    batch: self.cfg.peer_batch,
+                };
+                tokio::spawn(lane.run(rx));
+            }
             tx
         });
         if tx.try_send(s).is_err() {
             shed(k, "peer_queue_full", 1);
         }
     }
+}
 
+/// The sending side of the events for one peer node.
+struct Lane {
+    peers: Arc<Peers>,
+    routing: Routing,
+    node: String,
+    timeout: Duration,
+    batch: usize,
+}
+
+impl Lane {
     /// Sends the events queued for `node`, one request at a time, each with a deadline; a
     /// request that fails is dropped with its events.
-    async fn lane(self: Arc<Self>, node: String, mut rx: mpsc::Receiver<Signal>) {
-        let Some(peers) = self.peers.clone() else {
-            return;
-        };
-        let timeout = Duration::from_millis(self.cfg.peer_timeout_ms);
-        let mut items = Vec::with_capacity(self.cfg.peer_batch);
-        while rx.recv_many(&mut items, self.cfg.peer_batch).await > 0 {
+    async fn run(self, mut rx: mpsc::Receiver<Signal>) {
+        let (peers, node, timeout) = (&self.peers, &self.node, self.timeout);
+        let mut items = Vec::with_capacity(self.batch);
+        while rx.recv_many(&mut items, self.batch).await > 0 {
             let epoch = self.routing.view.borrow().epoch();
             let req = PeerRequest {
                 from_node: self.routing.self_id.clone(),
@@ -164,7 +183,7 @@ impl Ephemeral {
                     items: std::mem::take(&mut items),
                 })),
             };
-            let failed = match peers.request(&node, &req, timeout).await {
+            let failed = match peers.request(node, &req, timeout).await {
                 Ok(resp) => match resp.response {
                     Some(peer_response::Response::Signals(_)) => None,
                     other => Some(format!("refused: {other:?}")),

@@ -40,6 +40,14 @@ fn presence_answer(epoch: u64, statuses: Vec<chat_proto::v1::PresenceStatus>) ->
     }
 }
 
+/// Answers one request from a peer while the node's context lives (`SHUTTING_DOWN` after).
+pub async fn handle_weak(req: PeerRequest, ctx: std::sync::Weak<NodeContext>) -> PeerResponse {
+    match ctx.upgrade() {
+        Some(ctx) => handle(req, ctx).await,
+        None => error_response(0, &ChatError::ShuttingDown),
+    }
+}
+
 /// Answers one request from a peer; every answer carries this node's ring epoch.
 pub async fn handle(req: PeerRequest, ctx: Arc<NodeContext>) -> PeerResponse {
     let (writer, routing) = (&ctx.writer, &ctx.routing);

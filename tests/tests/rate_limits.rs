@@ -41,9 +41,11 @@ async fn flood(c: &mut Client, prefix: &str, to: &str, n: usize) -> Vec<Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_user_is_refused_with_a_hint_while_others_are_not() {
     let node = TestNode::start(&[
-        ("CHAT_NODE_RATE__MESSAGES_PER_MIN", "60"),
+        // One token every 10 s: a slow, busy machine cannot refill a bucket during the test's
+        // few steps, so what passes is the burst (plus a token per 10 s elapsed).
+        ("CHAT_NODE_RATE__MESSAGES_PER_MIN", "6"),
         ("CHAT_NODE_RATE__MESSAGES_BURST", "5"),
-        ("CHAT_NODE_RATE__TYPING_PER_MIN", "60"),
+        ("CHAT_NODE_RATE__TYPING_PER_MIN", "6"),
         ("CHAT_NODE_RATE__TYPING_BURST", "2"),
     ]);
     let mut alice = node.connect("alice", "phone").await;
@@ -55,11 +57,14 @@ async fn a_flooding_user_is_refused_with_a_hint_while_others_are_not() {
     let answers = flood(&mut alice, "a", "bob", 20).await;
     let took = started.elapsed().as_secs() as usize;
     let sent = answers.iter().filter(|r| r.is_ok()).count();
-    // The burst, plus the tokens refilled (one a second) while the flood was answered.
-    assert!((5..=6 + took).contains(&sent), "{answers:?} in {took} s");
+    // The burst, plus the tokens refilled (one per 10 s) while the flood was answered.
+    assert!(
+        (5..=6 + took / 10).contains(&sent),
+        "{answers:?} in {took} s"
+    );
     for hint in answers.iter().filter_map(|r| r.err()) {
         assert!(
-            (1..=1000).contains(&hint),
+            (1..=10_000).contains(&hint),
             "a hint of at most one refill: {hint}"
         );
     }
@@ -113,7 +118,7 @@ async fn a_flooding_user_is_refused_with_a_hint_while_others_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_opening_too_many_connections_is_refused_others_are_not() {
     let node = TestNode::start(&[
-        ("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "6"),
+        ("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "1"),
         ("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_BURST", "3"),
     ]);
     let from = |ip: &str| ConnectOptions {

@@ -17,10 +17,15 @@ use chat_proto::{encode, Encoding};
 
 fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     use client_frame::Frame as F;
-    let f = |name, frame| (name, ClientFrame {
-            frame: Some(frame),
-            active: false,
-        });
+    let f = |name, frame| {
+        (
+            name,
+            ClientFrame {
+                frame: Some(frame),
+                active: false,
+            },
+        )
+    };
     vec![
         f(
             "hello",
@@ -109,6 +114,7 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 node: "node-1".into(),
                 cursor: 40,
                 inbox_seq: 42,
+                read_seq: 41,
                 limits: Some(Limits {
                     max_frame_bytes: 65536,
                     max_body_bytes: 32768,

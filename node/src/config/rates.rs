@@ -50,10 +50,7 @@ impl Default for RateSection {
 impl RateSection {
     /// The bucket of each `Limit` (in `Limit::ALL` order) for limits per user.
     pub fn per_user(&self) -> [Rate; Limit::COUNT] {
-        let off = Rate {
-            per_min: 0,
-            burst: 0,
-        };
+        let off = Rate::OFF;
         [
             Rate {
                 per_min: self.messages_per_min,
@@ -73,10 +70,7 @@ impl RateSection {
 
     /// The buckets for limits per source address (only `Limit::Connections`).
     pub fn per_addr(&self) -> [Rate; Limit::COUNT] {
-        let off = Rate {
-            per_min: 0,
-            burst: 0,
-        };
+        let off = Rate::OFF;
         [
             off,
             off,

@@ -246,15 +246,9 @@ impl Presence {
             let local = self.local.lock().expect("watchers lock");
             targets
                 .iter()
-                .map(|t| {
-                    let mut watchers: Vec<String> =
-                        local.watching(t).into_iter().map(|(u, _)| u).collect();
-                    watchers.sort();
-                    watchers.dedup();
-                    PresenceInterest {
-                        target: t.clone(),
-                        watchers,
-                    }
+                .map(|t| PresenceInterest {
+                    target: t.clone(),
+                    watchers: local.watchers_of(t),
                 })
                 .collect()
         };
@@ -287,16 +281,7 @@ impl Presence {
                 .collect();
             if let (false, Some(first)) = (watchers.is_empty(), watchers.first()) {
                 let status = self.status_for(&i.target, first);
-                self.ephemeral.send_to(
-                    node,
-                    Signal {
-                        to: String::new(),
-                        item: Some(signal::Item::Presence(PresenceNotice {
-                            status: Some(status),
-                            watchers,
-                        })),
-                    },
-                );
+                self.ephemeral.send_to(node, notice(status, watchers));
             }
         }
         w.interests
@@ -377,16 +362,8 @@ impl Presence {
                 if watchers.is_empty() {
                     continue;
                 }
-                self.ephemeral.send_to(
-                    &node,
-                    Signal {
-                        to: String::new(),
-                        item: Some(signal::Item::Presence(PresenceNotice {
-                            status: Some(status.clone()),
-                            watchers,
-                        })),
-                    },
-                );
+                self.ephemeral
+                    .send_to(&node, notice(status.clone(), watchers));
             }
         }
     }
@@ -450,6 +427,17 @@ impl Presence {
                 .expect("watchers lock")
                 .sweep(chat_proto::now_ms());
         }
+    }
+}
+
+/// A status change for `watchers` on another node (an event for that node, not for a user).
+fn notice(status: PresenceStatus, watchers: Vec<String>) -> Signal {
+    Signal {
+        to: String::new(),
+        item: Some(signal::Item::Presence(PresenceNotice {
+            status: Some(status),
+            watchers,
+        })),
     }
 }
 

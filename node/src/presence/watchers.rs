@@ -54,16 +54,23 @@ impl<T: Clone> Local<T> {
             .unwrap_or_default()
     }
 
+    /// The users (each once, in id order) watching `target` from this node.
+    pub fn watchers_of(&self, target: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .by_target
+            .get(target)
+            .map(|v| v.iter().map(|(_, u, _)| u.clone()).collect())
+            .unwrap_or_default();
+        users.sort();
+        users.dedup();
+        users
+    }
+
     /// Every watched user with the users watching it.
     pub fn interests(&self) -> Vec<(String, Vec<String>)> {
         self.by_target
-            .iter()
-            .map(|(t, v)| {
-                let mut users: Vec<String> = v.iter().map(|(_, u, _)| u.clone()).collect();
-                users.sort();
-                users.dedup();
-                (t.clone(), users)
-            })
+            .keys()
+            .map(|t| (t.clone(), self.watchers_of(t)))
             .collect()
     }
 

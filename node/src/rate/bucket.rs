@@ -8,6 +8,12 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// No limit.
+    pub const OFF: Rate = Rate {
+        per_min: 0,
+        burst: 0,
+    };
+
     /// A rate of 0 turns the limit off.
     pub fn is_off(self) -> bool {
         self.per_min == 0
@@ -83,10 +89,7 @@ mod tests {
 
     #[test]
     fn an_off_limit_takes_everything() {
-        let off = Rate {
-            per_min: 0,
-            burst: 0,
-        };
+        let off = Rate::OFF;
         let mut b = Bucket::default();
         for t in 0..10_000 {
             b.take(off, t / 100).unwrap();

@@ -184,10 +184,7 @@ mod tests {
     #[test]
     fn a_limit_of_zero_is_off() {
         let l: Limiter<String> = Limiter::new([
-            Rate {
-                per_min: 0,
-                burst: 0,
-            },
+            Rate::OFF,
             Rate {
                 per_min: 1,
                 burst: 1,

@@ -16,6 +16,8 @@
 //! `process_cpu_seconds_total` and memory from its `/metrics` before and after, and this process's
 //! own CPU and memory, so a reader can tell whether the load generator was the bottleneck.
 
+mod drain;
+mod idle;
 mod presence;
 mod rebalance;
 
@@ -325,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             sources,
             concurrency,
         } => {
-            idle(
+            idle::idle(
                 &args.url,
                 &args.secret,
                 &admins,
@@ -389,7 +391,9 @@ async fn main() -> anyhow::Result<()> {
             users,
             messages,
             body_bytes,
-        } => offline_drain(&args.url, &args.secret, users.max(1), messages, body_bytes).await,
+        } => {
+            drain::offline_drain(&args.url, &args.secret, users.max(1), messages, body_bytes).await
+        }
     }
 }
 
@@ -401,215 +405,6 @@ fn run_id() -> String {
             .map(|d| d.as_millis())
             .unwrap_or(0)
     )
-}
-
-/// (resident bytes, client connections) of each node.
-async fn node_memory(admins: &[(String, String)]) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    for (id, url) in admins {
-        match scrape(url).await {
-            Ok(m) => out.push((
-                m.get("process_resident_memory_bytes")
-                    .copied()
-                    .unwrap_or(0.0),
-                m.get("chat_connections").copied().unwrap_or(0.0),
-            )),
-            Err(e) => {
-                eprintln!("could not read {id}'s metrics: {e:#}");
-                out.push((0.0, 0.0));
-            }
-        }
-    }
-    out
-}
-
-async fn idle(
-    url: &str,
-    secret: &str,
-    admins: &[(String, String)],
-    connections: usize,
-    sources: u8,
-    concurrency: usize,
-) -> anyhow::Result<()> {
-    let run = run_id();
-    let before = node_memory(admins).await;
-    let own_before = own_cost();
-    let started = Instant::now();
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..connections {
-        let user = format!("idle{run}-{i}");
-        let token = chat_auth::issue_token(secret.as_bytes(), &user, "idle", 3600);
-        let opts = chat_client::ConnectOptions {
-            local_ip: Some(std::net::IpAddr::from([
-                127,
-                0,
-                0,
-                1 + (i % sources as usize) as u8,
-            ])),
-            timeout: Duration::from_secs(60),
-            ..Default::default()
-        };
-        let (url, gate) = (url.to_string(), gate.clone());
-        tasks.spawn(async move {
-            let _slot = gate.acquire_owned().await;
-            Client::connect_with(&url, &token, &opts).await
-        });
-    }
-    let mut clients = Vec::with_capacity(connections);
-    let mut failed = 0;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(c)) => clients.push(c),
-            Ok(Err(e)) => {
-                failed += 1;
-                if failed <= 3 {
-                    eprintln!("connect failed: {e}");
-                }
-            }
-            Err(e) => anyhow::bail!("connect task: {e}"),
-        }
-    }
-    let setup = started.elapsed().as_secs_f64();
-    let after = node_memory(admins).await;
-    let own_after = own_cost();
-    println!(
-        "idle connections={} failed={failed} setup {:.1} s ({:.0}/s) | bench peak rss {} MiB, cpu {:.1} s",
-        clients.len(),
-        setup,
-        clients.len() as f64 / setup,
-        own_after.max_rss >> 20,
-        own_after.cpu_s - own_before.cpu_s,
-    );
-    let (mut total_bytes, mut total_conns) = (0.0, 0.0);
-    for ((id, _), ((rss0, c0), (rss1, c1))) in admins.iter().zip(before.iter().zip(&after)) {
-        let (bytes, conns) = (rss1 - rss0, c1 - c0);
-        total_bytes += bytes;
-        total_conns += conns;
-        println!(
-            "  {id}: +{conns:.0} connections, resident {:.1} -> {:.1} MiB, {:.2} KiB per connection",
-            rss0 / 1048576.0,
-            rss1 / 1048576.0,
-            if conns > 0.0 { bytes / conns / 1024.0 } else { 0.0 }
-        );
-    }
-    if total_conns > 0.0 {
-        println!(
-            "  all nodes: {:.2} KiB per idle connection",
-            total_bytes / total_conns / 1024.0
-        );
-    }
-    drop(clients);
-    Ok(())
-}
-
-async fn offline_drain(
-    url: &str,
-    secret: &str,
-    users: usize,
-    messages: usize,
-    body_bytes: usize,
-) -> anyhow::Result<()> {
-    let run = run_id();
-    let per_user = messages / users;
-    anyhow::ensure!(per_user > 0, "fewer messages than users");
-    let token = |u: &str| chat_auth::issue_token(secret.as_bytes(), u, "drain", 3600);
-    let body = "x".repeat(body_bytes.max(1));
-    // Fill: one sender per recipient, every message acknowledged (stored) before the drain.
-    let fill_start = Instant::now();
-    let mut fills = tokio::task::JoinSet::new();
-    for i in 0..users {
-        let (s, r) = (format!("d{run}-s{i}"), format!("d{run}-r{i}"));
-        let c = Client::connect(url, &token(&s))
-            .await
-            .context("connect sender")?;
-        let body = body.clone();
-        fills.spawn(async move {
-            let (mut tx, mut rx) = c.into_split();
-            let sending = tokio::spawn(async move {
-                for k in 0..per_user {
-                    let frame = client_frame::Frame::Send(Send {
-                        client_msg_id: k.to_string(),
-                        to: r.clone(),
-                        body: body.clone(),
-                        from: String::new(),
-                    });
-                    if tx.feed(frame).await.is_err() {
-                        return;
-                    }
-                    if k % 64 == 63 && tx.flush().await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.flush().await;
-            });
-            let mut acked = 0;
-            while acked < per_user {
-                match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                    Ok(Ok(f)) => match f.frame {
-                        Some(server_frame::Frame::Sent(_)) => acked += 1,
-                        Some(server_frame::Frame::Error(e)) => {
-                            return Err(anyhow::anyhow!("send refused: {}", e.message))
-                        }
-                        _ => {}
-                    },
-                    _ => return Err(anyhow::anyhow!("sender stalled at {acked}/{per_user}")),
-                }
-            }
-            let _ = sending.await;
-            Ok(())
-        });
-    }
-    while let Some(r) = fills.join_next().await {
-        r??;
-    }
-    let fill = fill_start.elapsed().as_secs_f64();
-    eprintln!(
-        "offline-drain: {} messages stored for {users} offline users in {fill:.1} s",
-        per_user * users
-    );
-    // Drain: every recipient connects at once; time from connect to its last message.
-    let start = Instant::now();
-    let mut drains = tokio::task::JoinSet::new();
-    for i in 0..users {
-        let r = format!("d{run}-r{i}");
-        let (url, t) = (url.to_string(), token(&r));
-        drains.spawn(async move {
-            let c = Client::connect(&url, &t).await?;
-            let (mut tx, mut rx) = c.into_split();
-            let mut got = 0;
-            while got < per_user {
-                match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                    Ok(Ok(f)) => {
-                        if let Some(server_frame::Frame::Deliver(d)) = f.frame {
-                            got += 1;
-                            // Acknowledge in strides, as a real client batching acks would.
-                            if got % 256 == 0 || got == per_user {
-                                tx.send(client_frame::Frame::Ack(Ack { up_to_seq: d.seq }))
-                                    .await?;
-                            }
-                        }
-                    }
-                    _ => anyhow::bail!("drain stalled at {got}/{per_user}"),
-                }
-            }
-            Ok::<_, anyhow::Error>(start.elapsed())
-        });
-    }
-    let mut times = Vec::new();
-    while let Some(r) = drains.join_next().await {
-        times.push(r??.as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let total = start.elapsed().as_secs_f64();
-    println!(
-        "offline-drain users={users} messages={} drained in {total:.2} s = {:.0} msgs/s | per user: p50 {:.2} s, max {:.2} s",
-        per_user * users,
-        (per_user * users) as f64 / total,
-        times[times.len() / 2],
-        times[times.len() - 1],
-    );
-    Ok(())
 }
 
 /// p50, p99, p99.9 and max of a microsecond histogram, in milliseconds.

@@ -19,7 +19,7 @@ mkdir -p "$(dirname "$OUT")"
 export CHAT_DEV_DIR="$DIR" CHAT_DEV_PROFILE=release CHAT_DEV_BASE_PORT="$BASE"
 # The bench offers hundreds of messages a second per user and thousands of connections from a
 # few addresses: far past the per-user and per-address rate limits, which it does not measure.
-export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN=0
+export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__GROUP_SENDS_PER_MIN=0 CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN=0 CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN=0
 cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 

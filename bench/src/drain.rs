@@ -39,6 +39,7 @@ pub async fn offline_drain(
                         to: r.clone(),
                         body: body.clone(),
                         from: String::new(),
+                        group: String::new(),
                     });
                     if tx.feed(frame).await.is_err() {
                         return;

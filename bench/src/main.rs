@@ -588,6 +588,7 @@ async fn send_loop(
             to: to.to_string(),
             body,
             from: String::new(),
+            group: String::new(),
         });
         if tx.send(frame).await.is_err() {
             return;

@@ -257,6 +257,8 @@ impl Cluster {
             .env("CHAT_NODE_STORAGE__MIN_FREE_MIB", "8")
             // The workload sends faster than a person; the limits are not under test here.
             .env("CHAT_NODE_RATE__MESSAGES_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__GROUP_SENDS_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN", "0")
             .env("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "0")
             .env("RUST_LOG", "info,chat_node=debug")
             .env("NO_COLOR", "1")

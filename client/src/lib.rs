@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use chat_proto::v1::{
-    client_frame, presence_request, server_frame, Ack, ClientFrame, ErrorCode, Hello, HistoryPage,
-    HistoryRequest, Ping, PresenceRequest, ReadMarker, Send, ServerFrame, Typing, TypingState,
-    Welcome,
+    client_frame, group_request, presence_request, server_frame, Ack, ClientFrame, ErrorCode,
+    GroupRequest, Hello, HistoryPage, HistoryRequest, Ping, PresenceRequest, ReadMarker, Send,
+    ServerFrame, Typing, TypingState, Welcome,
 };
 use chat_proto::Encoding;
 use futures_util::{SinkExt, StreamExt};
@@ -259,6 +259,42 @@ impl Client {
             to: to.to_string(),
             body: body.to_string(),
             from: String::new(),
+            group: String::new(),
+        }))
+        .await
+    }
+
+    /// Sends a message to a group; answered like `send_message`.
+    pub async fn send_group_message(
+        &mut self,
+        client_msg_id: &str,
+        group: &str,
+        body: &str,
+    ) -> Result<()> {
+        self.send(client_frame::Frame::Send(Send {
+            client_msg_id: client_msg_id.to_string(),
+            group: group.to_string(),
+            body: body.to_string(),
+            ..Default::default()
+        }))
+        .await
+    }
+
+    /// A group request; the answer (`GroupReply` with `request_id`) comes via `recv`.
+    pub async fn group_request(&mut self, request_id: &str, op: group_request::Op) -> Result<()> {
+        self.send(client_frame::Frame::Group(GroupRequest {
+            request_id: request_id.to_string(),
+            op: Some(op),
+        }))
+        .await
+    }
+
+    /// Tells a group's online members this user is typing (or stopped).
+    pub async fn typing_group(&mut self, group: &str, state: TypingState) -> Result<()> {
+        self.send(client_frame::Frame::Typing(Typing {
+            group: group.to_string(),
+            state: state as i32,
+            ..Default::default()
         }))
         .await
     }
@@ -268,6 +304,7 @@ impl Client {
         self.send(client_frame::Frame::Typing(Typing {
             to: to.to_string(),
             state: state as i32,
+            group: String::new(),
         }))
         .await
     }

@@ -61,6 +61,14 @@ pub const SENDS_REFUSED: &str = "chat_sends_refused_total";
 pub const PRESENCE_CHANGES: &str = "chat_presence_changes_total";
 /// Ephemeral events handed to connected devices on this node, by `kind`.
 pub const EPHEMERAL_DELIVERED: &str = "chat_ephemeral_delivered_total";
+/// Group messages stored on their group's home node (one per send, retries not counted).
+pub const GROUP_SENDS: &str = "chat_group_sends_total";
+/// Member copies of group messages made on the group's home node (the fan-out).
+pub const GROUP_COPIES: &str = "chat_group_copies_total";
+/// Group calls made by this node's users, by `route`: `local` (the group's home is here) or
+/// `remote` (sent over QUIC), and by `result`: `ok`, `refused` (an error for the user) or
+/// `unavailable` (the group's node did not answer in time).
+pub const GROUP_CALLS: &str = "chat_group_calls_total";
 /// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
 pub fn metrics_handle() -> PrometheusHandle {
     chat_service::admin::recorder(&[
@@ -96,6 +104,8 @@ pub fn register_all(standalone: bool) {
         PEER_HANDSHAKE_FAILURES,
         ACKS_DEFERRED,
         SENDS_REFUSED,
+        GROUP_SENDS,
+        GROUP_COPIES,
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -114,6 +124,11 @@ pub fn register_all(standalone: bool) {
     metrics::counter!(EPHEMERAL_DELIVERED, "kind" => "typing").increment(0);
     for to in ["online", "offline"] {
         metrics::counter!(PRESENCE_CHANGES, "to" => to).increment(0);
+    }
+    for route in ["local", "remote"] {
+        for result in ["ok", "refused", "unavailable"] {
+            metrics::counter!(GROUP_CALLS, "route" => route, "result" => result).increment(0);
+        }
     }
     for r in COMMIT_FAILURE_REASONS {
         metrics::counter!(COMMIT_FAILURES, "reason" => *r).increment(0);

@@ -1,5 +1,5 @@
 //! What every connection of a node shares: its config, token verifier, storage, hub, writer,
-//! routing, ephemeral events, presence and rate limits.
+//! routing, ephemeral events, presence, group calls and rate limits.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use chat_proto::v1::Limits;
 
 use crate::config::NodeConfig;
 use crate::ephemeral::Ephemeral;
+use crate::groups::Groups;
 use crate::hub::Hub;
 use crate::overload::Load;
 use crate::presence::Presence;
@@ -27,6 +28,7 @@ pub struct NodeContext {
     pub routing: Routing,
     pub ephemeral: Arc<Ephemeral>,
     pub presence: Arc<Presence>,
+    pub groups: Arc<Groups>,
     /// The node's load: what it sheds now (`crate::overload`).
     pub load: Load,
     /// Rate limits per user (`[rate]`).

@@ -40,6 +40,16 @@ pub enum ChatError {
     Blocked(String),
     #[error("limit reached: {0}")]
     LimitReached(String),
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
+    #[error("not a member of group {0}")]
+    NotAMember(String),
+    #[error("only an admin of group {0} may do this")]
+    NotAnAdmin(String),
+    /// The answer of the node that owns a group, for the user as it is (a group call made on
+    /// another node: `crate::groups`).
+    #[error("{}", .0.message)]
+    Relayed(chat_proto::v1::Error),
     /// Over a rate limit (`crate::rate`): nothing was done; the hint is the exact wait.
     #[error("over the {what} rate limit of {per_min} a minute; retry in {retry_after_ms} ms")]
     RateLimited {
@@ -92,6 +102,10 @@ impl ChatError {
             RateLimited { .. } => ErrorCode::RateLimited,
             Blocked(_) => ErrorCode::Blocked,
             LimitReached(_) => ErrorCode::LimitReached,
+            UnknownGroup(_) => ErrorCode::UnknownGroup,
+            NotAMember(_) => ErrorCode::NotAMember,
+            NotAnAdmin(_) => ErrorCode::NotAnAdmin,
+            Relayed(e) => ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
             StorageFull(_) => ErrorCode::StorageFull,
@@ -109,9 +123,15 @@ impl ChatError {
             }
             Move(MoveError::OutOfRange(_)) => PeerErrorCode::OutOfRange,
             InvalidArgument(_) | InvalidId { .. } => PeerErrorCode::OutOfRange,
-            BadFrame(_) | UnknownFrame(_) | FrameTooLarge { .. } | Blocked(_) | LimitReached(_) => {
-                PeerErrorCode::BadRequest
-            }
+            BadFrame(_)
+            | UnknownFrame(_)
+            | FrameTooLarge { .. }
+            | Blocked(_)
+            | LimitReached(_)
+            | UnknownGroup(_)
+            | NotAMember(_)
+            | NotAnAdmin(_)
+            | Relayed(_) => PeerErrorCode::BadRequest,
             Overloaded(_) | StorageFull(_) | RateLimited { .. } => PeerErrorCode::Overloaded,
             ShuttingDown => PeerErrorCode::ShuttingDown,
             _ => PeerErrorCode::Internal,
@@ -120,6 +140,13 @@ impl ChatError {
 
     /// The error frame a client receives. Internal details stay in the node's log.
     pub fn to_frame(&self, reference: &str) -> ServerFrame {
+        if let ChatError::Relayed(e) = self {
+            let mut e = e.clone();
+            e.r#ref = reference.to_string();
+            return ServerFrame {
+                frame: Some(server_frame::Frame::Error(e)),
+            };
+        }
         let message = match self {
             ChatError::Storage(_) | ChatError::Internal(_) => "internal error".to_string(),
             ChatError::StorageFull(_) => {

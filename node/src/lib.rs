@@ -9,7 +9,8 @@
 //! Across nodes: a user's home is its owner on the ring (`chat_cluster` keeps the view from
 //! etcd; `routing`). The `writer` puts entries for users owned elsewhere in the outbox;
 //! `peer::forwarder` hands them over QUIC (`peer::transport`, mutual TLS in `peer::tls`) to the
-//! owner, whose `peer` handler applies them through its own writer. `rebalance` is this node's
+//! owner, whose `peer` handler applies them through its own writer. `groups` takes a group
+//! call to the group's home node (its writer fans messages out to the members' inboxes). `rebalance` is this node's
 //! part in a move of the ring. `admin` serves health and metrics.
 
 //!
@@ -24,6 +25,7 @@ pub(crate) mod context;
 pub(crate) mod ephemeral;
 pub(crate) mod error;
 pub(crate) mod gateway;
+pub(crate) mod groups;
 pub(crate) mod hub;
 pub(crate) mod overload;
 pub(crate) mod peer;

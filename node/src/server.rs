@@ -193,8 +193,16 @@ impl Node {
             cluster.as_ref().map(|c| c.peers.clone()),
             load.clone(),
         );
+        let groups = crate::groups::Groups::new(
+            routing.clone(),
+            writer_handle.clone(),
+            cluster.as_ref().map(|c| c.peers.clone()),
+            cfg.groups.clone(),
+            cfg.limits.max_id_bytes,
+        );
         let shared = Arc::new(NodeContext {
             presence,
+            groups,
             load,
             user_limits: Limiter::new(cfg.rate.per_user()),
             addr_limits: Limiter::new(cfg.rate.per_addr()),

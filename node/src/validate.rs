@@ -8,6 +8,8 @@ pub enum IdKind {
     Recipient,
     /// Another user named in a request (one to block).
     User,
+    Group,
+    MsgId,
 }
 
 impl IdKind {
@@ -16,6 +18,8 @@ impl IdKind {
             IdKind::ClientMsgId => "client_msg_id",
             IdKind::Recipient => "recipient",
             IdKind::User => "user id",
+            IdKind::Group => "group id",
+            IdKind::MsgId => "msg_id",
         }
     }
 }

@@ -53,7 +53,7 @@ pub enum DecodeError {
 
 /// The JSON names of the frame kinds of a `ClientFrame`.
 pub const CLIENT_FRAME_KINDS: &[&str] = &[
-    "hello", "send", "ack", "read", "history", "ping", "typing", "block", "presence",
+    "hello", "send", "ack", "read", "history", "ping", "typing", "block", "presence", "group",
 ];
 /// The JSON names of the frame kinds of a `ServerFrame`.
 pub const SERVER_FRAME_KINDS: &[&str] = &[
@@ -69,6 +69,7 @@ pub const SERVER_FRAME_KINDS: &[&str] = &[
     "presence",
     "presenceUpdate",
     "readState",
+    "group",
 ];
 
 /// A frame type: a message with one `frame` oneof.
@@ -106,15 +107,20 @@ impl Frame for v1::ServerFrame {
         self.frame.is_some()
     }
     fn clear_unknown_enums(&mut self) {
-        use v1::{deliver, server_frame::Frame as F, Deliver, ErrorCode, ReceiptKind, TypingState};
+        use v1::{
+            deliver, server_frame::Frame as F, Deliver, ErrorCode, GroupEventKind, ReceiptKind,
+            TypingState,
+        };
         fn known<E: TryFrom<i32>>(v: &mut i32) {
             if E::try_from(*v).is_err() {
                 *v = 0;
             }
         }
         fn in_deliver(d: &mut Deliver) {
-            if let Some(deliver::Entry::Receipt(r)) = &mut d.entry {
-                known::<ReceiptKind>(&mut r.kind);
+            match &mut d.entry {
+                Some(deliver::Entry::Receipt(r)) => known::<ReceiptKind>(&mut r.kind),
+                Some(deliver::Entry::GroupEvent(e)) => known::<GroupEventKind>(&mut e.kind),
+                _ => {}
             }
         }
         match &mut self.frame {
@@ -130,7 +136,8 @@ impl Frame for v1::ServerFrame {
                 | F::Blocked(_)
                 | F::Presence(_)
                 | F::PresenceUpdate(_)
-                | F::ReadState(_),
+                | F::ReadState(_)
+                | F::Group(_),
             )
             | None => {}
         }
@@ -202,6 +209,7 @@ mod tests {
                 to: "bob".into(),
                 body: "hi".into(),
                 from: String::new(),
+                group: String::new(),
             })),
             active: false,
         }

@@ -131,6 +131,8 @@ impl TestNode {
             // Tests send floods from one user and open many connections from one address; the
             // rate limits' own tests turn them back on.
             .env("CHAT_NODE_RATE__MESSAGES_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__GROUP_SENDS_PER_MIN", "0")
+            .env("CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN", "0")
             .env("CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN", "0")
             // `CHAT_TEST_NODE_LOG` lets a developer trace one flaky run.
             .env(

@@ -105,6 +105,7 @@ async fn bad_sends_are_refused_with_their_code_and_store_nothing() {
             to: to.into(),
             body: body.into(),
             from: from.into(),
+            group: String::new(),
         })
     };
     let cases = vec![

@@ -97,6 +97,7 @@ async fn bad_typing_frames_are_refused_and_the_connection_stays() {
             Typing {
                 to: "".into(),
                 state: TypingState::Typing as i32,
+                group: String::new(),
             },
             ErrorCode::InvalidId,
         ),
@@ -104,6 +105,7 @@ async fn bad_typing_frames_are_refused_and_the_connection_stays() {
             Typing {
                 to: "b o b".into(),
                 state: TypingState::Typing as i32,
+                group: String::new(),
             },
             ErrorCode::InvalidId,
         ),
@@ -111,6 +113,7 @@ async fn bad_typing_frames_are_refused_and_the_connection_stays() {
             Typing {
                 to: "bob".into(),
                 state: TypingState::Unspecified as i32,
+                group: String::new(),
             },
             ErrorCode::InvalidArgument,
         ),
@@ -118,6 +121,7 @@ async fn bad_typing_frames_are_refused_and_the_connection_stays() {
             Typing {
                 to: "bob".into(),
                 state: 99,
+                group: String::new(),
             },
             ErrorCode::InvalidArgument,
         ),
@@ -125,6 +129,7 @@ async fn bad_typing_frames_are_refused_and_the_connection_stays() {
             Typing {
                 to: "alice".into(),
                 state: TypingState::Typing as i32,
+                group: String::new(),
             },
             ErrorCode::InvalidArgument,
         ),

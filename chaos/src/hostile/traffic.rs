@@ -25,6 +25,7 @@ impl Ctx {
             to: to.clone(),
             body: format!("{HOSTILE_MARKER} as {from}"),
             from: from.clone(),
+            group: String::new(),
         };
         c.send(client_frame::Frame::Send(send))
             .await
@@ -148,6 +149,7 @@ impl Ctx {
                     to: sink.clone(),
                     body: format!("{HOSTILE_MARKER} flood {i}"),
                     from: String::new(),
+                    group: String::new(),
                 };
                 if tx.feed(client_frame::Frame::Send(send)).await.is_err() {
                     return;

@@ -209,7 +209,8 @@ impl Dev {
                 client_msg_id: f.client_msg_id,
                 reason: f.reason,
             },
-            None => {
+            // The workload makes no groups yet.
+            Some(deliver::Entry::GroupEvent(_)) | None => {
                 if repeat {
                     self.rec(at, Event::Suppressed { seq });
                 }

@@ -148,6 +148,7 @@ enum Command {
     Send {
         client_msg_id: String,
         to: String,
+        group: bool,
         body: String,
     },
     Read(u64),
@@ -189,6 +190,22 @@ impl Device {
         let _ = self.commands.send(Command::Send {
             client_msg_id: client_msg_id.into(),
             to: to.into(),
+            group: false,
+            body: body.into(),
+        });
+    }
+
+    /// Sends a message to a group, as [`Device::send`] does to a user.
+    pub fn send_group(
+        &self,
+        client_msg_id: impl Into<String>,
+        group: impl Into<String>,
+        body: impl Into<String>,
+    ) {
+        let _ = self.commands.send(Command::Send {
+            client_msg_id: client_msg_id.into(),
+            to: group.into(),
+            group: true,
             body: body.into(),
         });
     }

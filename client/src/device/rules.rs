@@ -35,7 +35,9 @@ pub fn is_definitive(code: ErrorCode) -> bool {
 #[derive(Debug)]
 struct Pending {
     client_msg_id: String,
+    /// A user, or a group's id when `group`.
     to: String,
+    group: bool,
     body: String,
     /// Send frames written so far.
     attempts: u32,
@@ -115,10 +117,17 @@ impl Rules {
     }
 
     /// Queues a message; it is written now if a connection is up, else on the next one.
+    #[cfg(test)]
     pub(crate) fn send(&mut self, client_msg_id: String, to: String, body: String) {
+        self.send_to(client_msg_id, to, false, body)
+    }
+
+    /// Queues a message to a user, or to a group (`group`).
+    pub(crate) fn send_to(&mut self, client_msg_id: String, to: String, group: bool, body: String) {
         self.pending.push_back(Pending {
             client_msg_id,
             to,
+            group,
             body,
             attempts: 0,
             retry_at: None,
@@ -154,6 +163,7 @@ impl Rules {
         let p = &mut self.pending[i];
         p.attempts += 1;
         let (client_msg_id, to, body) = (p.client_msg_id.clone(), p.to.clone(), p.body.clone());
+        let group = p.group;
         let attempt = p.attempts;
         self.report(DeviceEvent::SendAttempt {
             client_msg_id: client_msg_id.clone(),
@@ -161,11 +171,17 @@ impl Rules {
             body: body.clone(),
             attempt,
         });
+        let (to, group) = if group {
+            (String::new(), to)
+        } else {
+            (to, String::new())
+        };
         self.write(client_frame::Frame::Send(Send {
             client_msg_id,
             to,
             body,
             from: String::new(),
+            group,
         }));
     }
 

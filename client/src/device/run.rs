@@ -34,9 +34,10 @@ impl Io {
             Some(Command::Send {
                 client_msg_id,
                 to,
+                group,
                 body,
             }) => {
-                rules.send(client_msg_id, to, body);
+                rules.send_to(client_msg_id, to, group, body);
                 true
             }
             Some(Command::Read(up_to)) => {

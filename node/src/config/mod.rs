@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod groups;
 mod rates;
 mod sections;
 mod tuning;
 
 pub use chat_service::config::ConfigError;
 pub use chat_service::log::{LogFormat, LogSection};
+pub use groups::GroupsSection;
 pub use rates::{EphemeralSection, OverloadSection, PresenceSection, RateSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
@@ -30,6 +32,7 @@ pub struct NodeConfig {
     pub rate: RateSection,
     pub ephemeral: EphemeralSection,
     pub presence: PresenceSection,
+    pub groups: GroupsSection,
     pub overload: OverloadSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
@@ -152,6 +155,7 @@ impl NodeConfig {
         self.rate.check().map_err(ConfigError::Invalid)?;
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
         self.presence.check().map_err(ConfigError::Invalid)?;
+        self.groups.check().map_err(ConfigError::Invalid)?;
         self.overload.check().map_err(ConfigError::Invalid)?;
         if !self.node.standalone {
             let c = &mut self.cluster;

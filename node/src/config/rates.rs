@@ -24,6 +24,15 @@ pub struct RateSection {
     pub presence_per_min: u32,
     /// Presence requests one user may make at once.
     pub presence_burst: u32,
+    /// Group messages one user may send a minute (each also counts as a message). Tighter
+    /// than messages: each is stored once per member.
+    pub group_sends_per_min: u32,
+    /// Group messages one user may send at once.
+    pub group_sends_burst: u32,
+    /// Group changes and queries (create, add, info, receipts...) one user may make a minute.
+    pub group_requests_per_min: u32,
+    /// Group changes and queries one user may make at once.
+    pub group_requests_burst: u32,
     /// New connections a minute from one source IP address; beyond it a connection gets
     /// `RATE_LIMITED` right after the WebSocket handshake and is closed. Generous by default:
     /// many users can share an address (NAT, a company proxy).
@@ -41,6 +50,10 @@ impl Default for RateSection {
             typing_burst: 20,
             presence_per_min: 120,
             presence_burst: 30,
+            group_sends_per_min: 300,
+            group_sends_burst: 50,
+            group_requests_per_min: 120,
+            group_requests_burst: 30,
             connections_per_addr_per_min: 600,
             connections_per_addr_burst: 200,
         }
@@ -65,6 +78,14 @@ impl RateSection {
                 per_min: self.presence_per_min,
                 burst: self.presence_burst,
             },
+            Rate {
+                per_min: self.group_sends_per_min,
+                burst: self.group_sends_burst,
+            },
+            Rate {
+                per_min: self.group_requests_per_min,
+                burst: self.group_requests_burst,
+            },
         ]
     }
 
@@ -79,6 +100,8 @@ impl RateSection {
                 burst: self.connections_per_addr_burst,
             },
             off,
+            off,
+            off,
         ]
     }
 
@@ -88,6 +111,16 @@ impl RateSection {
             ("messages", self.messages_per_min, self.messages_burst),
             ("typing", self.typing_per_min, self.typing_burst),
             ("presence", self.presence_per_min, self.presence_burst),
+            (
+                "group_sends",
+                self.group_sends_per_min,
+                self.group_sends_burst,
+            ),
+            (
+                "group_requests",
+                self.group_requests_per_min,
+                self.group_requests_burst,
+            ),
             (
                 "connections_per_addr",
                 self.connections_per_addr_per_min,

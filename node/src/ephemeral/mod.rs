@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_proto::cluster::{peer_request, peer_response, signal, PeerRequest, Signal, Signals};
-use chat_proto::v1::{server_frame, ServerFrame};
+use chat_proto::v1::{server_frame, ServerFrame, TypingNotice};
 use tokio::sync::mpsc;
 
 use crate::admin;
@@ -105,8 +105,11 @@ impl Ephemeral {
     /// Hands `s` to its recipient's devices connected to this node; whether any took it.
     /// Nothing from a user the recipient blocked is shown. (Presence changes go to the
     /// presence service instead.)
-    pub fn deliver_here(&self, s: &Signal) -> bool {
+    pub fn deliver_here(self: &Arc<Self>, s: &Signal) -> bool {
         let (frame, from) = match &s.item {
+            Some(signal::Item::Typing(t)) if !t.group.is_empty() && s.to == t.group => {
+                return self.to_members(&t.group, t);
+            }
             Some(signal::Item::Typing(t)) => (server_frame::Frame::Typing(t.clone()), &t.from),
             Some(signal::Item::Presence(_)) | None => return false,
         };
@@ -132,6 +135,30 @@ impl Ephemeral {
             metrics::counter!(admin::EPHEMERAL_DELIVERED, "kind" => k).increment(reached as u64);
         }
         reached > 0
+    }
+
+    /// On a group's home node: typing in the group, for each other member (on its own home
+    /// node). Nothing from a non-member; whether the group exists here.
+    fn to_members(self: &Arc<Self>, group: &str, t: &TypingNotice) -> bool {
+        let members = match self.store.group_members(group) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, group, "reading a group's members failed; typing dropped");
+                return false;
+            }
+        };
+        if !members.iter().any(|(u, _)| *u == t.from) {
+            return false;
+        }
+        for (member, _) in members {
+            if member != t.from {
+                self.send(Signal {
+                    to: member,
+                    item: Some(signal::Item::Typing(t.clone())),
+                });
+            }
+        }
+        true
     }
 
     fn queue(self: &Arc<Self>, node: &str, s: Signal) {

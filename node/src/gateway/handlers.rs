@@ -47,7 +47,9 @@ impl Session {
             client_frame::Frame::Hello(_) => {
                 self.conn.refuse(&ChatError::AlreadyAuthenticated, "").await
             }
+            client_frame::Frame::Send(s) if !s.group.is_empty() => self.group_send(live, s).await,
             client_frame::Frame::Send(s) => self.send(live, s).await,
+            client_frame::Frame::Group(r) => self.group(live, r).await,
             client_frame::Frame::Ack(a) => self.ack(live, a.up_to_seq, false).await,
             client_frame::Frame::Read(r) => self.ack(live, r.up_to_seq, true).await,
             client_frame::Frame::History(h) => self.history(live, h).await,
@@ -112,12 +114,19 @@ impl Session {
 
     /// Forwards a typing event to the recipient's connected devices; nothing is stored.
     async fn typing(&mut self, live: &mut Live, t: Typing) -> Result<(), Gone> {
+        let max_id = self.ctx.cfg.limits.max_id_bytes as usize;
         let checked = (|| {
-            check_id(
-                IdKind::Recipient,
-                &t.to,
-                self.ctx.cfg.limits.max_id_bytes as usize,
-            )?;
+            if !t.group.is_empty() {
+                // To the group's home node, which shows it to the members online.
+                check_id(IdKind::Group, &t.group, max_id)?;
+                if !t.to.is_empty() {
+                    return Err(ChatError::InvalidArgument(
+                        "typing in a group names the group, not a recipient".into(),
+                    ));
+                }
+            } else {
+                check_id(IdKind::Recipient, &t.to, max_id)?;
+            }
             if t.to == live.who.user {
                 return Err(ChatError::InvalidArgument(
                     "typing to oneself is not forwarded".into(),
@@ -133,7 +142,7 @@ impl Session {
                 }
             };
             self.ctx.user_limits.check(&live.who.user, Limit::Typing)?;
-            if self.ctx.store.is_blocked(&live.who.user, &t.to)? {
+            if t.group.is_empty() && self.ctx.store.is_blocked(&live.who.user, &t.to)? {
                 return Err(ChatError::Blocked(format!(
                     "you have blocked {}: unblock to type to them",
                     t.to
@@ -145,13 +154,19 @@ impl Session {
             Ok(s) => s,
             Err(e) => return self.conn.refuse(&e, "").await,
         };
+        let to = if t.group.is_empty() {
+            t.to
+        } else {
+            t.group.clone()
+        };
         self.ctx.ephemeral.send(Signal {
-            to: t.to,
+            to,
             item: Some(signal::Item::Typing(TypingNotice {
                 from: live.who.user.clone(),
                 from_device: live.who.device.clone(),
                 state: state as i32,
                 expires_in_ms: self.ctx.ephemeral.typing_expiry_ms(),
+                group: t.group,
             })),
         });
         Ok(())

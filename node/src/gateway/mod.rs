@@ -5,6 +5,7 @@
 
 mod conn;
 mod delivery;
+mod groups;
 mod handlers;
 mod hello;
 mod moved;
@@ -69,6 +70,7 @@ pub fn to_deliver(seq: u64, entry: &InboxEntry) -> Deliver {
             inbox_entry::Entry::Message(m) => deliver::Entry::Message(m),
             inbox_entry::Entry::Receipt(r) => deliver::Entry::Receipt(r),
             inbox_entry::Entry::Failed(f) => deliver::Entry::Failed(f),
+            inbox_entry::Entry::GroupEvent(e) => deliver::Entry::GroupEvent(e),
         }),
     }
 }

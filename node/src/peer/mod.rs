@@ -141,6 +141,22 @@ pub async fn handle(req: PeerRequest, ctx: Arc<NodeContext>) -> PeerResponse {
             }
             presence_answer(epoch, ctx.presence.on_watch(&req.from_node, w))
         }
+        Some(peer_request::Request::GroupCalls(g)) => {
+            if g.calls.len() > MAX_FORWARD_ENTRIES {
+                let e = ChatError::BadFrame(format!(
+                    "{} calls is over the limit of {MAX_FORWARD_ENTRIES}",
+                    g.calls.len()
+                ));
+                return error_response(epoch, &e);
+            }
+            match ctx.groups.serve(g.calls).await {
+                Ok(results) => PeerResponse {
+                    epoch: routing.view.borrow().epoch(),
+                    response: Some(peer_response::Response::GroupResults(results)),
+                },
+                Err(e) => error_response(epoch, &e),
+            }
+        }
         None => error_response(epoch, &ChatError::UnknownFrame("peer request".into())),
     }
 }

@@ -30,10 +30,12 @@ pub enum Limit {
     Typing = 1,
     Connections = 2,
     Presence = 3,
+    GroupSends = 4,
+    GroupRequests = 5,
 }
 
 impl Limit {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 6;
 
     /// The `limit` label of `chat_rate_limited_total`, and the word in the error message.
     pub fn name(self) -> &'static str {
@@ -42,6 +44,8 @@ impl Limit {
             Limit::Typing => "typing",
             Limit::Connections => "connections",
             Limit::Presence => "presence",
+            Limit::GroupSends => "group_sends",
+            Limit::GroupRequests => "group_requests",
         }
     }
 
@@ -50,6 +54,8 @@ impl Limit {
         Limit::Typing,
         Limit::Connections,
         Limit::Presence,
+        Limit::GroupSends,
+        Limit::GroupRequests,
     ];
 }
 
@@ -144,7 +150,7 @@ mod tests {
 
     fn limiter(per_min: u32, burst: u32) -> Limiter<String> {
         let r = Rate { per_min, burst };
-        Limiter::new([r, r, r, r])
+        Limiter::new([r; Limit::COUNT])
     }
 
     #[test]
@@ -183,21 +189,12 @@ mod tests {
 
     #[test]
     fn a_limit_of_zero_is_off() {
-        let l: Limiter<String> = Limiter::new([
-            Rate::OFF,
-            Rate {
-                per_min: 1,
-                burst: 1,
-            },
-            Rate {
-                per_min: 1,
-                burst: 1,
-            },
-            Rate {
-                per_min: 1,
-                burst: 1,
-            },
-        ]);
+        let mut rates = [Rate {
+            per_min: 1,
+            burst: 1,
+        }; Limit::COUNT];
+        rates[Limit::Messages as usize] = Rate::OFF;
+        let l: Limiter<String> = Limiter::new(rates);
         for _ in 0..1000 {
             l.check_at(&"a".to_string(), Limit::Messages, 0).unwrap();
         }

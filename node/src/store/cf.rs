@@ -7,9 +7,10 @@ use chat_proto::cluster::MovingCf;
 pub enum Cf {
     /// Inbox entries, per user and seq (expire with the retention).
     Inbox,
-    /// User states and device states.
+    /// User states, device states, block lists, settings; groups and their members.
     Meta,
-    /// Send dedup records and forwarded-entry ids (expire with the retention).
+    /// Send dedup records, forwarded-entry ids and group message tallies (expire with the
+    /// retention).
     Dedup,
     /// Entries waiting to be forwarded to other nodes: this node's own queue.
     Outbox,

@@ -9,8 +9,15 @@
 //! meta (block)  = owner prefix | 'b' | blocked user bytes           -> ts: i64 BE (when)
 //! meta (seen)   = owner prefix | 'p'                                -> last seen: i64 BE
 //! meta (prefs)  = owner prefix | 's'                                -> UserSettings
+//! meta (mine)   = owner prefix | 'G' | group id bytes               -> MyGroup
+//! meta (group)  = group prefix | 'g'                                -> GroupState
+//! meta (member) = group prefix | 'm' | user bytes                   -> GroupMemberRecord
 //! dedup         = owner prefix | len(device): u16 BE | device | client_msg_id -> ts header | SentRecord
 //! dedup (fwd)   = owner prefix | 0xFFFF | entry id   -> ts header | seq: u64 BE (forwarded entries)
+//! dedup (gsend) = group prefix | 0xFFFD | len(user): u16 BE | user | len(device): u16 BE | device
+//!                 | client_msg_id                    -> ts header | SentRecord (group sends)
+//! dedup (tally) = group prefix | 0xFFFE | len(msg id): u8 | msg id | kind: u8 | member
+//!                                                    -> ts header (a member received or read it)
 //! outbox        = out seq: u64 BE                    -> ForwardEntry
 //! ```
 //!
@@ -18,6 +25,11 @@
 //! hand to other nodes, in the order they were accepted, and it never moves with a ring segment.
 //! A device id is at most 1024 bytes, so the 0xFFFF length marker cannot collide with a dedup key
 //! of a device.
+//!
+//! A group's records begin with the prefix of its id ("group prefix", the same function as a
+//! user's), so they move with the group's ring segment. Group ids ("g-" and a UUID) are made
+//! by nodes, and every group record has a tag or marker no user record has, so a user whose
+//! id happens to equal a group's never shares a key with it.
 //!
 //! The length before the user id keeps users whose ids share a prefix ("al", "alice") apart.
 //! Values that expire carry an 8-byte big-endian millisecond timestamp first, so the retention
@@ -30,6 +42,13 @@ pub const DEVICE_TAG: u8 = b'd';
 pub const BLOCK_TAG: u8 = b'b';
 pub const LAST_SEEN_TAG: u8 = b'p';
 pub const SETTINGS_TAG: u8 = b's';
+pub const MY_GROUP_TAG: u8 = b'G';
+pub const GROUP_TAG: u8 = b'g';
+pub const MEMBER_TAG: u8 = b'm';
+/// Dedup markers of group records, where a user's dedup key has its device length (at most
+/// 1024): never a collision.
+const GROUP_SEND_MARK: u16 = 0xFFFD;
+const TALLY_MARK: u16 = 0xFFFE;
 
 pub fn owner_prefix(owner: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + owner.len() + 16);
@@ -116,6 +135,66 @@ pub fn forward_dedup_key(user: &str, entry_id: &str) -> Vec<u8> {
     k
 }
 
+pub fn my_groups_prefix(user: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.push(MY_GROUP_TAG);
+    k
+}
+
+/// `user` is a member of `group` (as the user's home node knows from its events).
+pub fn my_group_key(user: &str, group: &str) -> Vec<u8> {
+    let mut k = my_groups_prefix(user);
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut k = owner_prefix(group);
+    k.push(GROUP_TAG);
+    k
+}
+
+pub fn members_prefix(group: &str) -> Vec<u8> {
+    let mut k = owner_prefix(group);
+    k.push(MEMBER_TAG);
+    k
+}
+
+pub fn member_key(group: &str, user: &str) -> Vec<u8> {
+    let mut k = members_prefix(group);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// A group send's dedup record: a retry of (user, device, client_msg_id) gets the same ✓.
+pub fn group_send_key(group: &str, user: &str, device: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut k = owner_prefix(group);
+    k.extend_from_slice(&GROUP_SEND_MARK.to_be_bytes());
+    for part in [user, device] {
+        k.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        k.extend_from_slice(part.as_bytes());
+    }
+    k.extend_from_slice(client_msg_id.as_bytes());
+    k
+}
+
+/// The tallies of one group message of one kind (delivered or read): one key per member.
+pub fn tally_prefix(group: &str, msg_id: &str, kind: u8) -> Vec<u8> {
+    let mut k = owner_prefix(group);
+    k.extend_from_slice(&TALLY_MARK.to_be_bytes());
+    let id = &msg_id.as_bytes()[..msg_id.len().min(u8::MAX as usize)];
+    k.push(id.len() as u8);
+    k.extend_from_slice(id);
+    k.push(kind);
+    k
+}
+
+pub fn tally_key(group: &str, msg_id: &str, kind: u8, member: &str) -> Vec<u8> {
+    let mut k = tally_prefix(group, msg_id, kind);
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
 pub fn outbox_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -159,9 +238,41 @@ mod tests {
             block_key("alice", "bob"),
             last_seen_key("alice"),
             settings_key("alice"),
+            my_group_key("alice", "g-1"),
         ] {
             assert!(k.starts_with(&owner_prefix("alice")));
         }
+    }
+
+    #[test]
+    fn group_records_never_meet_user_records_of_the_same_id() {
+        let id = "g-1";
+        let group = [
+            group_key(id),
+            member_key(id, "bob"),
+            group_send_key(id, "bob", "phone", "c1"),
+            tally_key(id, "m1", 1, "bob"),
+        ];
+        let user = [
+            user_state_key(id),
+            device_key(id, "phone"),
+            block_key(id, "bob"),
+            last_seen_key(id),
+            settings_key(id),
+            my_group_key(id, "g-2"),
+            dedup_key(id, "phone", "c1"),
+            forward_dedup_key(id, "m1"),
+            inbox_key(id, 1),
+        ];
+        for g in &group {
+            assert!(g.starts_with(&owner_prefix(id)), "moves with the group");
+            for u in &user {
+                assert!(!g.starts_with(u) && !u.starts_with(g), "{g:?} {u:?}");
+            }
+        }
+        assert!(tally_key(id, "m1", 1, "bob").starts_with(&tally_prefix(id, "m1", 1)));
+        assert!(!tally_key(id, "m1", 2, "bob").starts_with(&tally_prefix(id, "m1", 1)));
+        assert!(member_key(id, "bob").starts_with(&members_prefix(id)));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod cf;
 pub mod engine;
+pub mod groups;
 mod headroom;
 pub mod keys;
 #[cfg(test)]

@@ -275,6 +275,6 @@ fn parse_entry(
     }))
 }
 
-fn corrupt() -> StorageError {
+pub(super) fn corrupt() -> StorageError {
     StorageError::Corrupt("short value".into())
 }

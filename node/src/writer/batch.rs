@@ -10,6 +10,7 @@ use chat_proto::v1::Sent;
 use chat_ring::Ring;
 
 use super::command::{Attached, Outboxed, Reply};
+use super::groups::GroupDone;
 use crate::error::ChatError;
 use crate::rebalance::capture::Capture;
 use crate::store::engine::{EngineBatch, StorageError};
@@ -128,6 +129,7 @@ pub(crate) enum Answer {
     Attached(Reply<Attached>, Attached),
     Applied(Reply<Vec<ForwardStatus>>, Vec<ForwardStatus>),
     Done(Reply<()>),
+    Group(Reply<GroupDone>, GroupDone),
 }
 
 impl Answer {
@@ -138,6 +140,7 @@ impl Answer {
             Answer::Attached(tx, a) => tx.send(Ok(a)).map_err(drop),
             Answer::Applied(tx, st) => tx.send(Ok(st)).map_err(drop),
             Answer::Done(tx) => tx.send(Ok(())).map_err(drop),
+            Answer::Group(tx, g) => tx.send(Ok(g)).map_err(drop),
         };
     }
 
@@ -147,6 +150,7 @@ impl Answer {
             Answer::Attached(tx, _) => tx.send(Err(err)).map_err(drop),
             Answer::Applied(tx, _) => tx.send(Err(err)).map_err(drop),
             Answer::Done(tx) => tx.send(Err(err)).map_err(drop),
+            Answer::Group(tx, _) => tx.send(Err(err)).map_err(drop),
         };
     }
 }

@@ -2,10 +2,10 @@
 //! newest entries. Everything here is on disk too; after a failed batch, or raw writes from a
 //! move, the cache is emptied and read again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use chat_proto::store::{DeviceState, InboxEntry, UserState};
+use chat_proto::store::{DeviceState, GroupMemberRecord, GroupState, InboxEntry, UserState};
 
 use crate::error::ChatError;
 use crate::store::Store;
@@ -15,6 +15,15 @@ const USER_CACHE_MAX: usize = 200_000;
 /// Newest committed entries kept per cached user, and in all, for receipts (see `CachedUser`).
 const RECENT_PER_USER: usize = 32;
 const RECENT_MAX: usize = 100_000;
+/// Groups (state and members) cached between batches.
+const GROUP_CACHE_MAX: usize = 10_000;
+
+/// A group as its home node's writer knows it (`None` in the cache: no such group).
+#[derive(Clone)]
+pub(crate) struct CachedGroup {
+    pub state: GroupState,
+    pub members: BTreeMap<String, GroupMemberRecord>,
+}
 
 #[derive(Clone)]
 pub(crate) struct CachedUser {
@@ -34,6 +43,9 @@ pub(crate) struct Cache {
     recent_len: usize,
     /// Committed device states (`None`: known to have no record), so an ack reads no storage.
     pub devices: HashMap<Vec<u8>, Option<DeviceState>>,
+    /// Groups this node owns, changed in place by a batch before it commits: a failed batch
+    /// empties the cache.
+    pub groups: HashMap<String, Option<CachedGroup>>,
 }
 
 impl Cache {
@@ -54,6 +66,25 @@ impl Cache {
         Ok(self.users.get_mut(user).expect("just inserted"))
     }
 
+    /// `group`'s cached state and members, read from storage first if needed.
+    pub(crate) fn group(
+        &mut self,
+        store: &Store,
+        group: &str,
+    ) -> Result<Option<&mut CachedGroup>, ChatError> {
+        if !self.groups.contains_key(group) {
+            let cached = match store.group_state(group)? {
+                Some(state) => Some(CachedGroup {
+                    state,
+                    members: store.group_members(group)?.into_iter().collect(),
+                }),
+                None => None,
+            };
+            self.groups.insert(group.to_string(), cached);
+        }
+        Ok(self.groups.get_mut(group).expect("just inserted").as_mut())
+    }
+
     pub(crate) fn cached(&self, user: &str) -> Option<&CachedUser> {
         self.users.get(user)
     }
@@ -72,12 +103,16 @@ impl Cache {
     pub(crate) fn forget(&mut self) {
         self.users.clear();
         self.devices.clear();
+        self.groups.clear();
         self.recent_len = 0;
     }
 
     /// Empties the caches once they hold too much.
     pub(crate) fn trim(&mut self) {
-        if self.users.len() > USER_CACHE_MAX || self.devices.len() > USER_CACHE_MAX {
+        if self.users.len() > USER_CACHE_MAX
+            || self.devices.len() > USER_CACHE_MAX
+            || self.groups.len() > GROUP_CACHE_MAX
+        {
             self.forget();
         }
     }

@@ -16,6 +16,7 @@ use chat_proto::v1::Sent;
 use chat_ring::transition::Transition;
 use tokio::sync::{mpsc, oneshot};
 
+use super::groups::{GroupDone, GroupLimits, GroupOp};
 use crate::error::ChatError;
 use crate::rebalance::Page;
 use crate::store::Cf;
@@ -74,6 +75,13 @@ pub(crate) enum ClientCmd {
         block: bool,
         max: u32,
         reply: Reply<()>,
+    },
+    /// A group call for a group this node owns, made by `who` here or on another node.
+    Group {
+        who: Identity,
+        op: GroupOp,
+        limits: GroupLimits,
+        reply: Reply<GroupDone>,
     },
 }
 
@@ -279,6 +287,24 @@ impl WriterHandle {
         .await
     }
 
+    /// Queues a group call (for a group this node owns); the answer comes once stored.
+    pub async fn group(
+        &self,
+        who: Identity,
+        op: GroupOp,
+        limits: GroupLimits,
+    ) -> Result<Pending<GroupDone>, ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Group {
+                who,
+                op,
+                limits,
+                reply,
+            })
+        })
+        .await
+    }
+
     /// Queues an ack (nobody waits for its batch).
     pub async fn ack(&self, who: Identity, up_to: u64, read: bool) -> Result<(), ChatError> {
         self.queue(Command::Client(ClientCmd::Ack { who, up_to, read }))
@@ -359,6 +385,11 @@ impl Command {
                 vec![who.user.as_str()]
             }
             Command::Client(ClientCmd::LastSeen { user, .. }) => vec![user.as_str()],
+            Command::Client(ClientCmd::Group { who, op, .. }) => {
+                let mut users = vec![who.user.as_str()];
+                users.extend(op.group());
+                users
+            }
             Command::Peer(PeerCmd::Apply { entries, .. }) => {
                 entries.iter().map(|e| e.to.as_str()).collect()
             }

@@ -50,15 +50,21 @@ impl Writer {
         if e.to.is_empty() || e.id.is_empty() {
             return Ok(ForwardStatus::Invalid);
         }
-        let entry = match e.item {
-            Some(forward_entry::Item::Message(m)) => inbox_entry::Entry::Message(m),
-            Some(forward_entry::Item::Receipt(r)) => inbox_entry::Entry::Receipt(r),
-            None => return Ok(ForwardStatus::Invalid),
-        };
         // Without a ring (a node that has not loaded it yet) nothing is ours to accept.
         if b.ring.is_none() || !self.owns(&e.to, b) {
             return Ok(ForwardStatus::NotOwner);
         }
+        let entry = match e.item {
+            Some(forward_entry::Item::Message(m)) => inbox_entry::Entry::Message(m),
+            Some(forward_entry::Item::Receipt(r)) => inbox_entry::Entry::Receipt(r),
+            Some(forward_entry::Item::GroupEvent(ev)) => inbox_entry::Entry::GroupEvent(ev),
+            // For the group `to`: tallies are idempotent, no dedup record needed.
+            Some(forward_entry::Item::GroupReceipt(r)) => {
+                self.tally(&e.to, &r, b);
+                return Ok(ForwardStatus::Stored);
+            }
+            None => return Ok(ForwardStatus::Invalid),
+        };
         let key = forward_dedup_key(&e.to, &e.id);
         if b.forwarded.contains(&key) || self.store.forward_seen(&e.to, &e.id)? {
             return Ok(ForwardStatus::Stored);
@@ -66,7 +72,9 @@ impl Writer {
         // A message from a user the recipient blocked is taken (the sender must not learn of
         // the block) and remembered as seen, but never appended: seq 0 in its dedup record.
         let seq = match &entry {
-            inbox_entry::Entry::Message(m) if self.blocked(&e.to, &m.from, b)? => {
+            inbox_entry::Entry::Message(m)
+                if m.group.is_empty() && self.blocked(&e.to, &m.from, b)? =>
+            {
                 tracing::trace!(to = %e.to, id = %e.id, "sender blocked by the recipient: not delivered");
                 0
             }

@@ -70,6 +70,12 @@ impl Writer {
                     .put(Cf::Meta, settings_key(&who.user), settings.encode_to_vec());
                 b.answers.push(Answer::Done(reply));
             }
+            ClientCmd::Group {
+                who,
+                op,
+                limits,
+                reply,
+            } => self.apply_group(who, op, limits, reply, b),
             ClientCmd::Block { who, reply, .. } if !self.owns(&who.user, b) => {
                 let _ = reply.send(Err(moved(&who.user)));
             }
@@ -110,7 +116,8 @@ impl Writer {
             && !self.outbox.pending(user)
         {
             if let Some(inbox_entry::Entry::Message(m)) = &entry.entry {
-                if self.blocked(user, &m.from, b)? {
+                // Blocking is between two users: a group's messages still arrive.
+                if m.group.is_empty() && self.blocked(user, &m.from, b)? {
                     tracing::trace!(
                         to = user,
                         id,
@@ -127,6 +134,7 @@ impl Writer {
         let item = match entry.entry {
             Some(inbox_entry::Entry::Message(m)) => forward_entry::Item::Message(m),
             Some(inbox_entry::Entry::Receipt(r)) => forward_entry::Item::Receipt(r),
+            Some(inbox_entry::Entry::GroupEvent(e)) => forward_entry::Item::GroupEvent(e),
             // Failed entries are only ever written to the sender's inbox on its own node.
             other => {
                 return Err(ChatError::Internal(format!(
@@ -154,6 +162,9 @@ impl Writer {
         entry: InboxEntry,
         b: &mut Batch,
     ) -> Result<u64, ChatError> {
+        if let Some(inbox_entry::Entry::GroupEvent(ev)) = &entry.entry {
+            self.index_group(user, ev, b);
+        }
         let u = self.cache.user(&self.store, user)?;
         let seq = u.state.next_seq;
         u.state.next_seq += 1;
@@ -204,6 +215,7 @@ impl Writer {
             body,
             ts,
             client_msg_id: client_msg_id.clone(),
+            group: String::new(),
         };
         let entry = InboxEntry {
             entry: Some(inbox_entry::Entry::Message(message)),

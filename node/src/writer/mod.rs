@@ -6,7 +6,8 @@
 //! deliveries, the outbox hand-off ([`visibility`]). One thread assigns every sequence number,
 //! so per-user order needs no locks, and a device never sees an entry that is not on disk.
 //!
-//! Rooms per job: [`inbox`] (1:1 sends, attach, acks) and [`receipts`]; [`outbox`] (entries for
+//! Rooms per job: [`inbox`] (1:1 sends, attach, acks) and [`receipts`]; [`groups`] (a group's
+//! changes, sends and tallies on its home node); [`outbox`] (entries for
 //! users owned elsewhere, their delivery and give-up) and [`forwarded`] (entries other nodes
 //! hand here); [`moves`] (this node's part in a move of the ring, as decided by
 //! `crate::rebalance::role`); [`cache`]; [`batch`].
@@ -16,6 +17,7 @@ mod blocks;
 mod cache;
 pub(crate) mod command;
 mod forwarded;
+pub(crate) mod groups;
 mod inbox;
 mod moves;
 mod outbox;
@@ -45,6 +47,7 @@ use batch::{Batch, BatchError, Writes};
 use cache::Cache;
 use command::Command;
 pub use command::{Outboxed, PageRequest, WriterHandle};
+pub use groups::{GroupDone, GroupLimits, GroupOp};
 use outbox::OutboxState;
 pub use visibility::Hold;
 use visibility::Visibility;
@@ -363,8 +366,11 @@ fn moved(user: &str) -> ChatError {
 pub(crate) fn origin(e: &ForwardEntry) -> Option<&str> {
     use chat_proto::cluster::forward_entry::Item;
     match &e.item {
+        // A group's messages and events are made by the group's home node.
+        Some(Item::Message(m)) if !m.group.is_empty() => Some(&m.group),
         Some(Item::Message(m)) => Some(&m.from),
-        Some(Item::Receipt(r)) => Some(&r.by),
+        Some(Item::GroupEvent(e)) => Some(&e.group),
+        Some(Item::Receipt(r) | Item::GroupReceipt(r)) => Some(&r.by),
         None => None,
     }
 }

@@ -132,10 +132,16 @@ impl Writer {
             b.writes.delete(Cf::Outbox, outbox_key(*seq));
             b.unoutboxed.push((*seq, e.to.clone()));
             let Some(forward_entry::Item::Message(m)) = &e.item else {
-                // A receipt that cannot be delivered is dropped: the message it is about stays
-                // delivered or read either way.
+                // A receipt or group event that cannot be delivered is dropped: the message it
+                // is about stays delivered or read either way.
                 continue;
             };
+            if !m.group.is_empty() {
+                // One member's copy of a group message: the sender has its ✓ and the group's
+                // counts, and no one failure report per unreachable member.
+                tracing::warn!(msg_id = %m.msg_id, to = %e.to, group = %m.group, "gave up a member's copy of a group message");
+                continue;
+            }
             if !self.owns(&m.from, b) {
                 tracing::warn!(msg_id = %m.msg_id, from = %m.from, "giving up a message whose sender moved away; not reported");
                 continue;

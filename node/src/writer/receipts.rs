@@ -15,6 +15,13 @@ const MAX_RECEIPT_IDS: usize = 512;
 /// Inbox entries read per step when collecting the messages an ack covers.
 const RECEIPT_SCAN_PAGE: u64 = 1024;
 
+/// Where a receipt goes: the sender's inbox, or a group's tallies.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Sender(String),
+    Group(String),
+}
+
 impl Writer {
     /// Stores a receipt of `kind` in each sender's inbox for the messages of `user`'s inbox in
     /// `from..=to` (one receipt per sender, split at MAX_RECEIPT_IDS).
@@ -26,16 +33,22 @@ impl Writer {
         kind: ReceiptKind,
         b: &mut Batch,
     ) -> Result<(), ChatError> {
-        // Senders in order of first appearance, with their message ids in inbox order.
-        let mut by_sender: Vec<(String, Vec<String>)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        // Senders (or, for group messages, groups: counted on the group's home node) in order
+        // of first appearance, with their message ids in inbox order.
+        let mut by_sender: Vec<(Target, Vec<String>)> = Vec::new();
+        let mut index: HashMap<Target, usize> = HashMap::new();
         let mut note = |entry: &InboxEntry| {
             if let Some(inbox_entry::Entry::Message(m)) = &entry.entry {
                 if m.from == user {
                     return;
                 }
-                let i = *index.entry(m.from.clone()).or_insert_with(|| {
-                    by_sender.push((m.from.clone(), Vec::new()));
+                let target = if m.group.is_empty() {
+                    Target::Sender(m.from.clone())
+                } else {
+                    Target::Group(m.group.clone())
+                };
+                let i = *index.entry(target.clone()).or_insert_with(|| {
+                    by_sender.push((target, Vec::new()));
                     by_sender.len() - 1
                 });
                 by_sender[i].1.push(m.msg_id.clone());
@@ -62,7 +75,7 @@ impl Writer {
             }
         }
         let ts = b.now_ms;
-        for (sender, ids) in by_sender {
+        for (target, ids) in by_sender {
             for chunk in ids.chunks(MAX_RECEIPT_IDS) {
                 let receipt = Receipt {
                     kind: kind as i32,
@@ -70,11 +83,18 @@ impl Writer {
                     msg_ids: chunk.to_vec(),
                     ts,
                 };
+                let sender = match &target {
+                    Target::Sender(s) => s,
+                    Target::Group(g) => {
+                        self.tally_to(g, receipt, b);
+                        continue;
+                    }
+                };
                 let entry = InboxEntry {
                     entry: Some(inbox_entry::Entry::Receipt(receipt)),
                 };
                 let id = (self.env.new_id)();
-                self.deliver_to(&sender, ts, &id, entry, b)?;
+                self.deliver_to(sender, ts, &id, entry, b)?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 mod blocks;
 mod devices;
 mod forwarded;
+mod groups;
 mod inbox;
 mod moves;
 mod retention;
@@ -16,7 +17,7 @@ use chat_auth::Identity;
 use chat_cluster::ClusterView;
 use chat_proto::cluster::{forward_entry, ForwardEntry, ForwardStatus};
 use chat_proto::store::inbox_entry;
-use chat_proto::v1::{Message, Sent};
+use chat_proto::v1::{Message, Receipt, Sent};
 use chat_ring::Ring;
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -8,13 +8,20 @@
 //!   chat presence USER...               who is online, and when they were last seen
 //!   chat watch USER... [--timeout-secs N]   print their status, then each change
 //!   chat hide-last-seen true|false      show others only whether you are online
+//!   chat send --group G "hi", chat typing --group G   the same in a group
+//!   chat group create|rename|add|remove|leave|promote|demote|info|list|receipts
+//!                                       make and manage groups (see `chat group --help`)
+
+mod group;
+mod print;
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chat_client::v1::{deliver, server_frame, Deliver, ReceiptKind, ServerFrame};
+use chat_client::v1::{deliver, server_frame, Deliver, ReceiptKind};
 use chat_client::{Client, ConnectOptions};
 use clap::{Parser, Subcommand, ValueEnum};
+use print::{print_deliver, print_frame, print_status};
 
 #[derive(Parser)]
 #[command(name = "chat", version, about = "Command-line chat client")]
@@ -35,10 +42,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Send a message.
+    /// Send a message to a user (--to) or a group (--group).
     Send {
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
         #[arg(long)]
-        to: String,
+        group: Option<String>,
         /// Message text.
         body: String,
         /// Idempotency key; a fresh UUID when omitted. Reuse it to retry safely.
@@ -91,13 +100,19 @@ enum Cmd {
         #[arg(action = clap::ArgAction::Set)]
         hide: bool,
     },
-    /// Tell a user you are typing (shown for a few seconds; repeat while typing), or stopped.
+    /// Tell a user (or a group's online members) you are typing (shown for a few seconds;
+    /// repeat while typing), or stopped.
     Typing {
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
         #[arg(long)]
-        to: String,
+        group: Option<String>,
         #[arg(long)]
         stopped: bool,
     },
+    /// Make and manage groups.
+    #[command(subcommand)]
+    Group(group::GroupCmd),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,13 +135,18 @@ async fn main() -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Send {
             to,
+            group,
             body,
             client_msg_id,
             wait,
             timeout_secs,
         } => {
             let cmid = client_msg_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            c.send_message(&cmid, &to, &body).await?;
+            match (to, group) {
+                (_, Some(g)) => c.send_group_message(&cmid, &g, &body).await?,
+                (Some(to), None) => c.send_message(&cmid, &to, &body).await?,
+                (None, None) => bail!("say --to or --group"),
+            }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
             let mut msg_id = None;
             loop {
@@ -194,14 +214,19 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Typing { to, stopped } => {
+        Cmd::Group(cmd) => group::run(&mut c, cmd, args.json).await?,
+        Cmd::Typing { to, group, stopped } => {
             use chat_client::v1::TypingState;
             let state = if stopped {
                 TypingState::Stopped
             } else {
                 TypingState::Typing
             };
-            c.typing(&to, state).await?;
+            match (to, group) {
+                (_, Some(g)) => c.typing_group(&g, state).await?,
+                (Some(to), None) => c.typing(&to, state).await?,
+                (None, None) => bail!("say --to or --group"),
+            }
             // A refusal comes back at once; a ping's pong says none came.
             c.ping(1).await?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -310,78 +335,4 @@ async fn main() -> anyhow::Result<()> {
     }
     c.close().await.ok();
     Ok(())
-}
-
-fn print_frame(json: bool, f: &ServerFrame, label: &str) {
-    if json {
-        // The codec, not serde directly: it writes an enum value from a newer node (an error
-        // code this build does not know) as 0 instead of failing.
-        let bytes = chat_proto::encode(chat_proto::Encoding::Json, f);
-        println!("{}", String::from_utf8_lossy(&bytes));
-        return;
-    }
-    match &f.frame {
-        Some(server_frame::Frame::Deliver(d)) => print_deliver(false, d),
-        Some(server_frame::Frame::Sent(s)) => {
-            println!("{label} msg_id={} ts={}", s.msg_id, s.ts)
-        }
-        Some(server_frame::Frame::Typing(t)) => {
-            let what = match chat_client::v1::TypingState::try_from(t.state).unwrap_or_default() {
-                chat_client::v1::TypingState::Typing => "is typing…",
-                _ => "stopped typing",
-            };
-            println!("{} ({}) {what}", t.from, t.from_device)
-        }
-        Some(server_frame::Frame::Error(e)) => println!(
-            "error {:?}: {}",
-            chat_client::v1::ErrorCode::try_from(e.code).unwrap_or_default(),
-            e.message
-        ),
-        other => println!("{other:?}"),
-    }
-}
-
-fn print_status(json: bool, s: &chat_client::v1::PresenceStatus) {
-    if json {
-        println!("{}", serde_json::to_string(s).unwrap_or_default());
-    } else if s.online {
-        println!("{}: online", s.user);
-    } else if s.last_seen_ms > 0 {
-        println!(
-            "{}: last seen {} (ms since the epoch)",
-            s.user, s.last_seen_ms
-        );
-    } else {
-        println!("{}: offline", s.user);
-    }
-}
-
-fn print_deliver(json: bool, d: &Deliver) {
-    if json {
-        // Through the codec (see `print_frame`), then just the deliver object.
-        let frame = ServerFrame {
-            frame: Some(server_frame::Frame::Deliver(d.clone())),
-        };
-        let bytes = chat_proto::encode(chat_proto::Encoding::Json, &frame);
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        println!("{}", v.get("deliver").unwrap_or(&v));
-        return;
-    }
-    match &d.entry {
-        Some(deliver::Entry::Message(m)) => {
-            println!("[{}] {} → {}: {}", d.seq, m.from, m.to, m.body)
-        }
-        Some(deliver::Entry::Receipt(r)) => {
-            let kind = match ReceiptKind::try_from(r.kind).unwrap_or_default() {
-                ReceiptKind::Read => "read ✓✓ (blue)",
-                _ => "delivered ✓✓",
-            };
-            println!("[{}] {} by {}: {}", d.seq, kind, r.by, r.msg_ids.join(", "))
-        }
-        Some(deliver::Entry::Failed(f)) => println!(
-            "[{}] NOT DELIVERED to {}: {} ({})",
-            d.seq, f.to, f.msg_id, f.reason
-        ),
-        None => println!("[{}] (empty)", d.seq),
-    }
 }

@@ -17,6 +17,7 @@
 //! own CPU and memory, so a reader can tell whether the load generator was the bottleneck.
 
 mod drain;
+mod group;
 mod idle;
 mod presence;
 mod rebalance;
@@ -120,6 +121,24 @@ enum Scenario {
         /// Seconds of changes.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+    },
+    /// One group, every member connected: group sends/s, time to every member, CPU per copy.
+    Group {
+        /// Members (one connection each, spread over the nodes by the ring).
+        #[arg(long, default_value_t = 256)]
+        members: usize,
+        /// Members sending (each on a second device).
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Group messages per second, all senders together.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message body size in bytes (at least 24).
+        #[arg(long, default_value_t = 64)]
+        body_bytes: usize,
     },
     /// Messages stored for offline users, then the users connect: time to drain them.
     OfflineDrain {
@@ -382,6 +401,27 @@ async fn main() -> anyhow::Result<()> {
                     watch,
                     rate,
                     duration,
+                },
+                &admins,
+            )
+            .await
+        }
+        Scenario::Group {
+            members,
+            senders,
+            rate,
+            duration,
+            body_bytes,
+        } => {
+            group::run(
+                group::Options {
+                    url: args.url.clone(),
+                    secret: args.secret.clone(),
+                    members: members.max(2),
+                    senders,
+                    rate,
+                    duration,
+                    body_bytes,
                 },
                 &admins,
             )

@@ -3,19 +3,21 @@
 //! and every invariant has hand-written histories in `checker/tests.rs` that it must catch.
 //!
 //! Invariants (each a named entry of [`Report::violations`]):
-//! - `lost`: every ✓'d message reaches every device of its recipient that existed before the ✓
-//!   and was connected at some point after it (unless the sender was told `Failed`).
+//! - `lost`: every ✓'d message reaches every device of its recipient (for a group message:
+//!   of every member, the sender included) that existed before the ✓ and was connected at some
+//!   point after it (unless the sender was told `Failed`).
 //! - `duplicated`: no device is sent an entry again that it had already acknowledged (by `Ack`,
 //!   `Read` or `Hello.resume_after`), nor one msg_id at two seqs, nor one seq twice on one
 //!   connection. Re-sending a seq the device never acknowledged is counted, not judged.
 //! - `non_monotonic`, `reordered`, `gap`, `seq_conflict`: seqs only grow on a connection; one
-//!   sender device's messages to one recipient arrive in ✓ order; no seq is skipped; one seq is
-//!   one entry on every device of the user.
+//!   sender device's messages to one recipient (or one group) arrive in ✓ order; no seq is
+//!   skipped; one seq is one entry on every device of the user.
 //! - `inbox_regressed`: a device is never welcomed with an inbox whose newest seq is below a
 //!   seq it already received (the user's history went backwards, e.g. lost in a move).
-//! - `foreign`: nothing reaches a user it was not addressed to, bodies arrive as sent, and no
-//!   hostile body reaches anyone.
-//! - `receipt_lost`: a DELIVERED (READ) receipt for every ✓'d message some recipient device
+//! - `foreign`: nothing reaches a user it was not addressed to (a group's messages only its
+//!   members), bodies arrive as sent, and no hostile body reaches anyone; no receipt for a group
+//!   message reaches its sender (they are counted on the group's node).
+//! - `receipt_lost`: a DELIVERED (READ) receipt for every ✓'d 1:1 message some recipient device
 //!   acknowledged (read) reaches the sender's devices.
 //! - `unresolved_send`, `unanswered_send`, `dedup`: every message ends ✓'d or definitively
 //!   refused; every attempt is answered unless its connection dropped; a retry gets the same id.
@@ -56,6 +58,9 @@ pub struct Report {
     /// Distinct messages the workload tried to send.
     pub sent: usize,
     pub acknowledged: usize,
+    /// ✓'d messages to one of the workload's groups (each must reach every member's devices).
+    #[serde(default)]
+    pub group_acknowledged: usize,
     /// ✓'d messages that reached every device they had to reach.
     pub delivered: usize,
     pub lost: usize,
@@ -234,6 +239,11 @@ pub fn check(run: &RunData) -> Report {
 fn sends(a: &Analysis, r: &mut Report) {
     r.sent = a.msgs.len();
     r.acknowledged = a.msgs.values().filter(|m| m.acked.is_some()).count();
+    r.group_acknowledged = a
+        .msgs
+        .values()
+        .filter(|m| m.acked.is_some() && a.is_group(&m.to))
+        .count();
     r.definitive_errors = a.msgs.values().filter(|m| m.definitive).count();
     for m in a.msgs.values() {
         for code in &m.error_codes {
@@ -377,7 +387,7 @@ fn deliveries(a: &Analysis, r: &mut Report) {
 fn order(a: &Analysis, r: &mut Report) {
     for (user, seqs) in &a.user_entries {
         // Per sender device: the highest ✓ rank delivered so far, in this user's seq order.
-        let mut high: HashMap<(&str, &str, bool), (usize, u64, &str)> = HashMap::new();
+        let mut high: HashMap<(&str, &str, bool, &str), (usize, u64, &str)> = HashMap::new();
         for (seq, entry) in seqs {
             let analysis::Entry::Msg(msg_id) = entry else {
                 continue;
@@ -386,13 +396,23 @@ fn order(a: &Analysis, r: &mut Report) {
                 continue;
             };
             // In a sender's own inbox (its copies), its messages to everyone keep its ✓ order;
-            // in a recipient's, its messages to that recipient do.
-            let own = key.0 == *user && a.msgs.get(key).is_some_and(|m| &m.to != user);
+            // in a recipient's, its messages to that recipient do; in a member's (the sender's
+            // too), its messages to that group do.
+            let Some(to) = a.msgs.get(key).map(|m| m.to.as_str()) else {
+                continue;
+            };
+            let group = a.is_group(to);
+            let own = key.0 == *user && to != user && !group;
             let ranks = if own { &a.own_rank } else { &a.rank };
             let Some(&rank) = ranks.get(msg_id.as_str()) else {
                 continue;
             };
-            let k = (key.0.as_str(), key.1.as_str(), own);
+            let k = (
+                key.0.as_str(),
+                key.1.as_str(),
+                own,
+                if own { "" } else { to },
+            );
             match high.get(&k) {
                 Some(&(top, top_seq, top_id)) if rank < top => {
                     r.reordered += 1;
@@ -436,8 +456,11 @@ fn foreign(a: &Analysis, r: &mut Report) {
                     let key = (from.clone(), from_device.clone(), client_msg_id.clone());
                     // A multi-device user's own message (its copy in the sender's inbox).
                     let own = from == &h.user;
-                    if to != &h.user && !own {
+                    let member = a.recipients(to).contains(&h.user.as_str());
+                    if to != &h.user && !own && !member {
                         Some(format!("message {msg_id} addressed to {to}"))
+                    } else if a.is_group(to) && !member {
+                        Some(format!("message {msg_id} of group {to}, not theirs"))
                     } else if body.contains(HOSTILE_MARKER) {
                         Some(format!("message {msg_id} carries a hostile client's body"))
                     } else {
@@ -453,7 +476,7 @@ fn foreign(a: &Analysis, r: &mut Report) {
                 Event::ReceiptSeen { msg_ids, by, .. } => msg_ids.iter().find_map(|id| {
                     let key = a.by_msg_id.get(id.as_str())?;
                     let m = &a.msgs[key];
-                    (key.0 != h.user || &m.to != by).then(|| {
+                    (key.0 != h.user || &m.to != by || a.is_group(&m.to)).then(|| {
                         format!("receipt by {by} for {id}, which {} sent to {}", key.0, m.to)
                     })
                 }),

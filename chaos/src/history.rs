@@ -117,6 +117,12 @@ pub enum Event {
     AckSent { up_to: u64 },
     /// A `Read{up_to}` was written.
     ReadSent { up_to: u64 },
+    /// A `Deliver` of a group event (a change of a group the user is in).
+    GroupEventSeen {
+        seq: u64,
+        group: String,
+        event_id: String,
+    },
     /// An `Error` frame that answers no send.
     ErrorFrame { code: String, message: String },
     /// A `Redirect` frame on an established connection (the user moved).
@@ -318,6 +324,9 @@ pub struct RunData {
     pub devices: Vec<DeviceHistory>,
     pub hostile: Vec<HostileRecord>,
     pub nemesis: NemesisLog,
+    /// The workload's groups (made before it starts, never changed): id → members.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The marker every hostile body carries, so the checker can prove none reached anyone else.

@@ -30,6 +30,7 @@ pub fn table(r: &Report, fault_phase_secs: f64) -> String {
     let rows: Vec<(&str, String)> = vec![
         ("sent (distinct messages)", r.sent.to_string()),
         ("acknowledged (✓)", r.acknowledged.to_string()),
+        ("of them to groups (✓)", r.group_acknowledged.to_string()),
         ("delivered (to every device)", r.delivered.to_string()),
         ("lost", r.lost.to_string()),
         (

@@ -141,8 +141,17 @@ pub async fn run(o: Options) -> Result<Outcome> {
         seed: o.seed,
         read_share: 0.3,
         token_ttl_secs: phase.as_secs() + 4 * 3600,
+        groups: 4,
+        group_size: 8.min(users),
+        group_share: 0.15,
     };
-    let workload = Workload::start(&wcfg, clock);
+    let groups = crate::workload::groups::make(&wcfg).await?;
+    eprintln!(
+        "chaos: {} groups of {} members made",
+        groups.len(),
+        wcfg.group_size
+    );
+    let workload = Workload::start(&wcfg, &groups, clock);
     let t0 = Instant::now();
     while workload.connected() < workload.devices() && t0.elapsed() < Duration::from_secs(90) {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -193,6 +202,7 @@ pub async fn run(o: Options) -> Result<Outcome> {
             end: clock.now(),
             devices: workload.snapshot(),
             nemesis: nemesis.log(),
+            groups: groups.clone(),
             ..RunData::default()
         };
         let left = checker::outstanding(&snapshot);
@@ -228,6 +238,7 @@ pub async fn run(o: Options) -> Result<Outcome> {
         devices,
         hostile,
         nemesis: log,
+        groups,
     };
     let report = checker::check(&data);
     let mut text = crate::report::table(&report, phase.as_secs_f64());

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::history::{Clock, DeviceHistory, Event};
 
 mod device;
+pub mod groups;
 
 use device::Dev;
 
@@ -36,6 +37,11 @@ pub struct WorkloadConfig {
     /// Share of delivered messages a device marks read.
     pub read_share: f64,
     pub token_ttl_secs: u64,
+    /// Groups made before the run ([`groups::make`]), their size, and the share of each
+    /// member's messages sent to one of its groups.
+    pub groups: usize,
+    pub group_size: usize,
+    pub group_share: f64,
 }
 
 /// The devices' shared switches.
@@ -68,8 +74,13 @@ pub fn user_id(i: usize) -> String {
 }
 
 impl Workload {
-    /// Starts every device (connecting, not sending until [`Workload::start_sending`]).
-    pub fn start(cfg: &WorkloadConfig, clock: Clock) -> Workload {
+    /// Starts every device (connecting, not sending until [`Workload::start_sending`]);
+    /// `groups` are the groups made for the run (id → members).
+    pub fn start(
+        cfg: &WorkloadConfig,
+        groups: &std::collections::BTreeMap<String, Vec<String>>,
+        clock: Clock,
+    ) -> Workload {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0fde_71ce);
         let mut devices = Vec::new();
         for u in 0..cfg.users {
@@ -112,10 +123,17 @@ impl Workload {
                 silent_limit: SILENT_LIMIT,
                 ..DeviceConfig::new(cfg.router_url.clone(), token)
             };
+            let mine = groups
+                .iter()
+                .filter(|(_, members)| members.contains(&user))
+                .map(|(g, _)| g.clone())
+                .collect();
             let dev = Dev {
                 user,
                 device,
                 users: cfg.users,
+                groups: mine,
+                group_share: cfg.group_share,
                 per_second: per_device,
                 read_share: cfg.read_share,
                 rng: ChaCha8Rng::seed_from_u64(seed),

@@ -42,6 +42,8 @@ pub(crate) enum Entry {
     Msg(String),
     Receipt(ReceiptKind, Vec<String>),
     Failed(String),
+    /// A group event, by its id.
+    GroupEvent(String),
 }
 
 /// One device's deliveries and acknowledgements, and the problems seen while reading them.
@@ -289,6 +291,10 @@ impl<'a> Analysis<'a> {
                     self.failed.insert(msg_id.clone());
                     delivery(&mut v, &mut w, rec, *seq, Entry::Failed(msg_id.clone()));
                 }
+                Event::GroupEventSeen { seq, event_id, .. } => {
+                    let e = Entry::GroupEvent(event_id.clone());
+                    delivery(&mut v, &mut w, rec, *seq, e);
+                }
                 _ => {}
             }
         }
@@ -317,6 +323,20 @@ impl<'a> Analysis<'a> {
         }
     }
 
+    /// Whether `to` names one of the workload's groups.
+    pub fn is_group(&self, to: &str) -> bool {
+        self.run.groups.contains_key(to)
+    }
+
+    /// The users a message to `to` is for: a group's members (its sender too: its other
+    /// devices show it), or the one recipient.
+    pub fn recipients<'b>(&'b self, to: &'b str) -> Vec<&'b str> {
+        match self.run.groups.get(to) {
+            Some(members) => members.iter().map(String::as_str).collect(),
+            None => vec![to],
+        }
+    }
+
     pub fn user_seq_conflicts(&self) -> Vec<(String, u64, Vec<Entry>)> {
         self.conflicts.clone()
     }
@@ -328,7 +348,8 @@ impl<'a> Analysis<'a> {
     pub fn own_copies_missing(&self) -> impl Iterator<Item = (&MsgKey, Vec<usize>)> + '_ {
         self.msgs.iter().filter_map(|(key, m)| {
             let (t, msg_id, _) = m.acked.as_ref()?;
-            if m.to == key.0 {
+            // A group message reaches its sender's devices as a member's copy (`undelivered`).
+            if m.to == key.0 || self.is_group(&m.to) {
                 return None;
             }
             let before: Vec<usize> = devices_of(&self.run.devices, &key.0)
@@ -355,7 +376,10 @@ impl<'a> Analysis<'a> {
             if self.failed.contains(msg_id) {
                 return None;
             }
-            let missing: Vec<usize> = devices_of(&self.run.devices, &m.to)
+            let missing: Vec<usize> = self
+                .recipients(&m.to)
+                .into_iter()
+                .flat_map(|u| devices_of(&self.run.devices, u))
                 .filter(|&i| {
                     let d = &self.devices[i];
                     d.existed_before(*t) && d.open_after(*t) && !d.msg_first.contains_key(msg_id)
@@ -371,6 +395,11 @@ impl<'a> Analysis<'a> {
         let mut out = Vec::new();
         for (key, m) in &self.msgs {
             let Some(msg_id) = m.msg_id() else { continue };
+            // A group message's receipts are counted on the group's node, never sent to its
+            // sender (asked for with a group request instead).
+            if self.is_group(&m.to) {
+                continue;
+            }
             let (mut t_del, mut t_read) = (None::<Micros>, None::<Micros>);
             for i in devices_of(&self.run.devices, &m.to) {
                 let d = &self.devices[i];

@@ -87,6 +87,7 @@ impl Analysis<'_> {
             Event::Delivered { seq, .. }
             | Event::ReceiptSeen { seq, .. }
             | Event::FailedSeen { seq, .. }
+            | Event::GroupEventSeen { seq, .. }
             | Event::Suppressed { seq } => Some(*seq),
             _ => None,
         };

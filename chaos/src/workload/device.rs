@@ -19,6 +19,9 @@ pub(super) struct Dev {
     pub(super) user: String,
     pub(super) device: String,
     pub(super) users: usize,
+    /// The groups the user is a member of, and the share of its messages sent to one.
+    pub(super) groups: Vec<String>,
+    pub(super) group_share: f64,
     pub(super) per_second: f64,
     pub(super) read_share: f64,
     pub(super) rng: ChaCha8Rng,
@@ -83,6 +86,14 @@ impl Dev {
 
     fn new_message(&mut self, device: &Device) {
         if self.users < 2 {
+            return;
+        }
+        if !self.groups.is_empty() && self.rng.random_bool(self.group_share) {
+            let group = self.groups[self.rng.random_range(0..self.groups.len())].clone();
+            self.sent += 1;
+            let cmid = format!("m{}", self.sent);
+            let body = format!("chaos {}/{} #{cmid} to {group}", self.user, self.device);
+            device.send_group(cmid, group, body);
             return;
         }
         let me: usize = self.user[1..].parse().unwrap_or(0);
@@ -209,8 +220,12 @@ impl Dev {
                 client_msg_id: f.client_msg_id,
                 reason: f.reason,
             },
-            // The workload makes no groups yet.
-            Some(deliver::Entry::GroupEvent(_)) | None => {
+            Some(deliver::Entry::GroupEvent(e)) => Event::GroupEventSeen {
+                seq,
+                group: e.group,
+                event_id: e.event_id,
+            },
+            None => {
                 if repeat {
                     self.rec(at, Event::Suppressed { seq });
                 }

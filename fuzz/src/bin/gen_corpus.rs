@@ -9,9 +9,10 @@
 
 use chat_fuzz::{by_name, corpus_dir};
 use chat_proto::v1::{
-    client_frame, deliver, server_frame, Ack, ClientFrame, Deliver, Error as ErrorFrame, Failed,
-    Hello, HistoryPage, HistoryRequest, Limits, Message, Ping, Pong, ReadMarker, Receipt, Redirect,
-    Send, Sent, ServerFrame, Welcome,
+    client_frame, deliver, group_reply, group_request, server_frame, Ack, ClientFrame, Deliver,
+    Error as ErrorFrame, Failed, GroupCreate, GroupEvent, GroupInfo, GroupMember,
+    GroupReceiptsQuery, GroupReply, GroupRequest, Hello, HistoryPage, HistoryRequest, Limits,
+    Message, Ping, Pong, ReadMarker, Receipt, Redirect, Send, Sent, ServerFrame, Welcome,
 };
 use chat_proto::{encode, Encoding};
 
@@ -43,6 +44,38 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 to: "bob".into(),
                 body: "hi bob".into(),
                 from: String::new(),
+                group: String::new(),
+            }),
+        ),
+        f(
+            "send-group",
+            F::Send(Send {
+                client_msg_id: "6f1c-02".into(),
+                body: "hi all".into(),
+                group: "g-019aa1b2-7c3d-7e00-8000-000000000009".into(),
+                ..Send::default()
+            }),
+        ),
+        f(
+            "group-create",
+            F::Group(GroupRequest {
+                request_id: "g1".into(),
+                op: Some(group_request::Op::Create(GroupCreate {
+                    name: "team".into(),
+                    members: vec!["bob".into(), "carol".into()],
+                    group: String::new(),
+                })),
+            }),
+        ),
+        f(
+            "group-receipts",
+            F::Group(GroupRequest {
+                request_id: "g2".into(),
+                op: Some(group_request::Op::Receipts(GroupReceiptsQuery {
+                    group: "g-1".into(),
+                    msg_id: "m1".into(),
+                    who: true,
+                })),
             }),
         ),
         f(
@@ -52,6 +85,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 to: "bob@example.com".into(),
                 body: "é \u{1F600} \"quoted\" \\ \n\t\u{0}".into(),
                 from: "alice".into(),
+                group: String::new(),
             }),
         ),
         f("ack", F::Ack(Ack { up_to_seq: 42 })),
@@ -87,6 +121,7 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         body: "hi bob".into(),
         ts: 1_795_000_000_123,
         client_msg_id: "6f1c-01".into(),
+        group: String::new(),
     };
     let receipt = Receipt {
         kind: 2, // RECEIPT_KIND_READ
@@ -137,6 +172,38 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         f(
             "deliver-message",
             F::Deliver(deliver(43, deliver::Entry::Message(message.clone()))),
+        ),
+        f(
+            "deliver-group-event",
+            F::Deliver(deliver(
+                44,
+                deliver::Entry::GroupEvent(GroupEvent {
+                    group: "g-1".into(),
+                    kind: 2, // GROUP_EVENT_KIND_ADDED
+                    by: "alice".into(),
+                    users: vec!["dave".into()],
+                    name: "team".into(),
+                    ts: 1_795_000_000_789,
+                    event_id: "e1".into(),
+                }),
+            )),
+        ),
+        f(
+            "group-info",
+            F::Group(GroupReply {
+                request_id: "g1".into(),
+                reply: Some(group_reply::Reply::Info(GroupInfo {
+                    group: "g-1".into(),
+                    name: "team".into(),
+                    created_by: "alice".into(),
+                    created_ms: 1_795_000_000_000,
+                    members: vec![GroupMember {
+                        user: "alice".into(),
+                        admin: true,
+                        joined_ms: 1_795_000_000_000,
+                    }],
+                })),
+            }),
         ),
         f(
             "deliver-receipt",

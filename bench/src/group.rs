@@ -80,23 +80,21 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
         let mut acker = tx;
         tokio::spawn(async move {
             while let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                match f.frame {
-                    Some(server_frame::Frame::Deliver(d)) => {
-                        if let Some(chat_client::v1::deliver::Entry::Message(m)) = &d.entry {
-                            let mut s = sends.lock().unwrap();
-                            if let Some((at, n)) = s.get_mut(&m.body) {
-                                *n += 1;
-                                let us = at.elapsed().as_micros() as u64;
-                                let last = (*n == members).then_some(us);
-                                let _ = copy_tx.send((us, last));
-                            }
-                        }
-                        let ack = client_frame::Frame::Ack(Ack { up_to_seq: d.seq });
-                        if acker.send(ack).await.is_err() {
-                            break;
-                        }
+                let Some(server_frame::Frame::Deliver(d)) = f.frame else {
+                    continue;
+                };
+                if let Some(chat_client::v1::deliver::Entry::Message(m)) = &d.entry {
+                    let mut s = sends.lock().unwrap();
+                    if let Some((at, n)) = s.get_mut(&m.body) {
+                        *n += 1;
+                        let us = at.elapsed().as_micros() as u64;
+                        let last = (*n == members).then_some(us);
+                        let _ = copy_tx.send((us, last));
                     }
-                    _ => {}
+                }
+                let ack = client_frame::Frame::Ack(Ack { up_to_seq: d.seq });
+                if acker.send(ack).await.is_err() {
+                    break;
                 }
             }
         });

@@ -384,10 +384,13 @@ fn deliveries(a: &Analysis, r: &mut Report) {
         .count();
 }
 
+/// One sender device's messages to one recipient or group (or, `true`, its own copies).
+type Channel<'a> = (&'a str, &'a str, bool, &'a str);
+
 fn order(a: &Analysis, r: &mut Report) {
     for (user, seqs) in &a.user_entries {
         // Per sender device: the highest ✓ rank delivered so far, in this user's seq order.
-        let mut high: HashMap<(&str, &str, bool, &str), (usize, u64, &str)> = HashMap::new();
+        let mut high: HashMap<Channel, (usize, u64, &str)> = HashMap::new();
         for (seq, entry) in seqs {
             let analysis::Entry::Msg(msg_id) = entry else {
                 continue;

@@ -4,9 +4,10 @@
 //! A call for a group owned here goes straight to the writer. A call for a group owned
 //! elsewhere joins the queue of that node: one task per peer sends the queued calls in order,
 //! one request at a time (`GroupCalls`), so one sender's messages reach the group's node in the
-//! order the sender made them. A request that gets no answer in `groups.call_timeout_ms` fails
-//! its calls with UNAVAILABLE: the client retries, and a send retried with the same
-//! client_msg_id is stored once.
+//! order the sender made them. A request that gets no answer in `groups.call_timeout_ms` is
+//! sent again (nothing behind it goes first) for up to 30 s, then its calls fail with
+//! UNAVAILABLE: the client retries, and a send retried with the same client_msg_id is stored
+//! once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +29,12 @@ use crate::error::ChatError;
 use crate::peer::transport::Peers;
 use crate::routing::Routing;
 use crate::writer::{GroupDone, GroupLimits, GroupOp, WriterHandle};
+
+/// How long a lane sends the same calls again while their node does not answer, and the
+/// waits between tries.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The answer to a group call, once the group's home node has it stored.
 pub type GroupAnswer = Pin<Box<dyn Future<Output = Result<GroupDone, ChatError>> + Send>>;
@@ -248,15 +255,31 @@ impl Lane {
                     self.node
                 ))
             };
-            let results = match self.peers.request(&self.node, &req, self.timeout).await {
-                Ok(resp) => match resp.response {
-                    Some(peer_response::Response::GroupResults(r)) if r.results.len() == n => {
-                        Ok(r.results)
+            // A request that got no answer may still be applied later (a paused node handles its
+            // streams when it resumes, in any order): the same calls go again, and nothing
+            // after them, until the node answers (retried sends are stored once), so a later
+            // request can never overtake them. Only after `RETRY_FOR` are they failed.
+            let first = tokio::time::Instant::now();
+            let mut wait = RETRY_MIN;
+            let results = loop {
+                let answer = match self.peers.request(&self.node, &req, self.timeout).await {
+                    Ok(resp) => match resp.response {
+                        Some(peer_response::Response::GroupResults(r)) if r.results.len() == n => {
+                            Ok(r.results)
+                        }
+                        Some(peer_response::Response::Error(e)) => Err(e.message),
+                        other => Err(format!("unexpected answer {other:?}")),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match answer {
+                    Err(why) if first.elapsed() + wait < RETRY_FOR => {
+                        tracing::debug!(peer = %self.node, calls = n, %why, "group calls again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_MAX);
                     }
-                    Some(peer_response::Response::Error(e)) => Err(e.message),
-                    other => Err(format!("unexpected answer {other:?}")),
-                },
-                Err(e) => Err(e.to_string()),
+                    other => break other,
+                }
             };
             match results {
                 Ok(results) => {

@@ -234,7 +234,11 @@ impl Writer {
         b: &mut Batch,
     ) -> Result<(), ChatError> {
         check_name(name, limits)?;
-        if self.cache.group(&self.store, group)?.is_some() {
+        if let Some(g) = self.cache.group(&self.store, group)? {
+            // The same create again (its first answer was lost on the way): already done.
+            if g.state.created_by == user && g.state.name == name {
+                return Ok(());
+            }
             return Err(ChatError::InvalidArgument(format!("group {group} exists")));
         }
         let mut all = check_users(members, limits)?;

@@ -134,7 +134,10 @@ fn a_group_is_made_with_its_creator_as_admin_and_every_member_told() {
         assert_eq!(inbox(&c, u), vec!["ev:Created:alice,bob,carol"], "{u}");
         assert_eq!(my_groups(&c, u), vec!["g-1:team"], "{u}");
     }
-    // The same id again is refused; nothing changes.
+    // The same create again (a retry) is answered as the first; another's is refused.
+    let retry = create(&mut c, &alice, "g-1", &["bob", "carol"]);
+    assert_eq!(retry.members.len(), 3);
+    assert_eq!(inbox(&c, "bob").len(), 1, "no second creation event");
     let again = run(
         &mut c,
         request(

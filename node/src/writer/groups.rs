@@ -8,13 +8,12 @@
 use std::collections::BTreeSet;
 
 use chat_auth::Identity;
-use chat_proto::cluster::{forward_entry, ForwardEntry};
 use chat_proto::store::{
     inbox_entry, GroupMemberRecord, GroupState, InboxEntry, MyGroup, SentRecord,
 };
 use chat_proto::v1::{
     group_reply, group_request, GroupEvent, GroupEventKind, GroupInfo, GroupMember, GroupReceipts,
-    GroupReceiptsQuery, GroupReply, GroupRequest, Message, Receipt, ReceiptKind, Sent,
+    GroupReceiptsQuery, GroupReply, GroupRequest, Message, Sent,
 };
 use prost::Message as _;
 
@@ -540,36 +539,6 @@ impl Writer {
                 b.writes.delete(Cf::Meta, key);
             }
             _ => {}
-        }
-    }
-
-    /// A member's receipt for group messages, counted on the group's home node: here, or
-    /// through the outbox. Tallies are idempotent (one key per member and message), so
-    /// neither order nor a repeat matters.
-    pub(super) fn tally_to(&mut self, group: &str, receipt: Receipt, b: &mut Batch) {
-        if self.owns(group, b) && !self.held(group) {
-            self.tally(group, &receipt, b);
-            return;
-        }
-        let e = ForwardEntry {
-            to: group.to_string(),
-            id: (self.env.new_id)(),
-            created_ms: receipt.ts,
-            item: Some(forward_entry::Item::GroupReceipt(receipt)),
-        };
-        self.outbox_put(e, b);
-    }
-
-    pub(super) fn tally(&mut self, group: &str, r: &Receipt, b: &mut Batch) {
-        let kind = match ReceiptKind::try_from(r.kind) {
-            Ok(ReceiptKind::Delivered) => TALLY_DELIVERED,
-            Ok(ReceiptKind::Read) => TALLY_READ,
-            _ => return,
-        };
-        let ts = b.now_ms.to_be_bytes();
-        for id in &r.msg_ids {
-            b.writes
-                .put(Cf::Dedup, tally_key(group, id, kind, &r.by), ts);
         }
     }
 }

@@ -6,8 +6,8 @@
 //! deliveries, the outbox hand-off ([`visibility`]). One thread assigns every sequence number,
 //! so per-user order needs no locks, and a device never sees an entry that is not on disk.
 //!
-//! Rooms per job: [`inbox`] (1:1 sends, attach, acks) and [`receipts`]; [`groups`] (a group's
-//! changes, sends and tallies on its home node); [`outbox`] (entries for
+//! Rooms per job: [`inbox`] (1:1 sends, attach, acks) and [`receipts`]; [`groups`] and
+//! [`tallies`] (a group's changes, sends and receipt counts on its home node); [`outbox`] (entries for
 //! users owned elsewhere, their delivery and give-up) and [`forwarded`] (entries other nodes
 //! hand here); [`moves`] (this node's part in a move of the ring, as decided by
 //! `crate::rebalance::role`); [`cache`]; [`batch`].
@@ -22,6 +22,7 @@ mod inbox;
 mod moves;
 mod outbox;
 mod receipts;
+mod tallies;
 mod visibility;
 
 #[cfg(test)]

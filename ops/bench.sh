@@ -6,7 +6,9 @@
 # Env: CHAT_BENCH_RATES (default 1000,4000,8000,12000,16000), CHAT_BENCH_DURATION (10 s a step),
 #      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (5000 connections), CHAT_BENCH_DRAIN (100000
 #      messages), CHAT_BENCH_WATCHERS (1000 presence watchers), CHAT_BENCH_PRESENCE_RATE (200
-#      changes/s), CHAT_BENCH_BASE_PORT (17000).
+#      changes/s), CHAT_BENCH_GROUP_RATES (10,40 group sends/s to a 256-member group),
+#      CHAT_BENCH_BIG_GROUP (1024 members, at the first group rate), CHAT_BENCH_BASE_PORT (17000),
+#      CHAT_BENCH_SCENARIOS (one-to-one,idle,presence,group,offline-drain: the ones to run).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +22,11 @@ export CHAT_DEV_DIR="$DIR" CHAT_DEV_PROFILE=release CHAT_DEV_BASE_PORT="$BASE"
 # The bench offers hundreds of messages a second per user and thousands of connections from a
 # few addresses: far past the per-user and per-address rate limits, which it does not measure.
 export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__GROUP_SENDS_PER_MIN=0 CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN=0 CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN=0
+# The big-group run needs a cap above the default 256.
+BIG_GROUP="${CHAT_BENCH_BIG_GROUP:-1024}"
+export CHAT_NODE_GROUPS__MAX_MEMBERS="$(( BIG_GROUP > 256 ? BIG_GROUP : 256 ))"
+SCENARIOS=",${CHAT_BENCH_SCENARIOS:-one-to-one,idle,presence,group,offline-drain},"
+want() { [[ "$SCENARIOS" == *",$1,"* ]]; }
 cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 
@@ -30,14 +37,32 @@ export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20)
 {
   echo "# chat-bench $(date -u +%FT%TZ) on $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD)"
   echo
-  "$BIN/chat-bench" one-to-one --pairs "${CHAT_BENCH_PAIRS:-50}" \
-    --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
-  echo
-  "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-5000}" --sources 8
-  echo
-  "$BIN/chat-bench" presence --watchers "${CHAT_BENCH_WATCHERS:-1000}" --actors 500 --watch 20 \
-    --rate "${CHAT_BENCH_PRESENCE_RATE:-200}" --duration "${CHAT_BENCH_DURATION:-10}"
-  echo
-  "$BIN/chat-bench" offline-drain --users 20 --messages "${CHAT_BENCH_DRAIN:-100000}"
+  if want one-to-one; then
+    "$BIN/chat-bench" one-to-one --pairs "${CHAT_BENCH_PAIRS:-50}" \
+      --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
+    echo
+  fi
+  if want idle; then
+    "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-5000}" --sources 8
+    echo
+  fi
+  if want presence; then
+    "$BIN/chat-bench" presence --watchers "${CHAT_BENCH_WATCHERS:-1000}" --actors 500 --watch 20 \
+      --rate "${CHAT_BENCH_PRESENCE_RATE:-200}" --duration "${CHAT_BENCH_DURATION:-10}"
+    echo
+  fi
+  if want group; then
+    IFS=, read -ra GROUP_RATES <<<"${CHAT_BENCH_GROUP_RATES:-10,40}"
+    for rate in "${GROUP_RATES[@]}"; do
+      "$BIN/chat-bench" group --members 256 --senders 4 --rate "$rate" --duration "${CHAT_BENCH_DURATION:-10}"
+      echo
+    done
+    "$BIN/chat-bench" group --members "$BIG_GROUP" --senders 4 --rate "${GROUP_RATES[0]}" \
+      --duration "${CHAT_BENCH_DURATION:-10}"
+    echo
+  fi
+  if want offline-drain; then
+    "$BIN/chat-bench" offline-drain --users 20 --messages "${CHAT_BENCH_DRAIN:-100000}"
+  fi
 } 2>&1 | tee "$OUT"
 echo "results written to $OUT"

@@ -7,7 +7,7 @@ use anyhow::Context;
 use chat_client::v1::{client_frame, server_frame, Ack, Send};
 use chat_client::Client;
 
-use super::*;
+use crate::run_id;
 
 pub async fn offline_drain(
     url: &str,

@@ -14,7 +14,8 @@ use chat_client::v1::{
 use chat_client::Client;
 use hdrhistogram::Histogram;
 
-use super::{node_costs, own_cost, run_id};
+use crate::cost::{node_costs, own_cost};
+use crate::run_id;
 
 pub struct Options {
     pub url: String,
@@ -101,18 +102,24 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
     }
     drop(copy_tx);
     // The senders write on their own connections: a second device of each sending member (the
-    // first one receives and acknowledges).
+    // first one receives and acknowledges). Each writer's ✓s are read as they come.
+    // Per writer: the sends still waiting for their ✓, by client_msg_id.
+    let mut pending: Vec<Arc<Mutex<HashMap<String, Instant>>>> = Vec::new();
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut writers = Vec::new();
+    let mut tick_tasks = Vec::new();
     for i in 0..o.senders.clamp(1, o.members) {
         let token = chat_auth::issue_token(o.secret.as_bytes(), &user(i), "w", 3600);
-        writers.push(Client::connect(&o.url, &token).await?);
+        let (tx, rx) = Client::connect(&o.url, &token).await?.into_split();
+        writers.push(tx);
+        let waiting = Arc::<Mutex<HashMap<String, Instant>>>::default();
+        pending.push(waiting.clone());
+        tick_tasks.push(tokio::spawn(ticks(rx, waiting, done_rx.clone())));
     }
     let pad = "x".repeat(o.body_bytes.saturating_sub(24));
     let (nodes_before, own_before) = (node_costs(admins).await, own_cost());
     let started = Instant::now();
     let every = Duration::from_secs_f64(1.0 / o.rate.max(1) as f64);
-    let mut sent_at: HashMap<String, Instant> = HashMap::new();
-    let mut per_writer = vec![0usize; writers.len()];
     let mut made = 0usize;
     let mut next = Instant::now();
     while started.elapsed() < Duration::from_secs(o.duration) {
@@ -123,7 +130,7 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
         let body = format!("{made:020}|{pad}");
         let now = Instant::now();
         sends.lock().unwrap().insert(body.clone(), (now, 0));
-        sent_at.insert(cmid.clone(), now);
+        pending[w].lock().unwrap().insert(cmid.clone(), now);
         let frame = client_frame::Frame::Send(Send {
             client_msg_id: cmid,
             group: group.clone(),
@@ -131,29 +138,17 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
             ..Default::default()
         });
         writers[w].send(frame).await?;
-        per_writer[w] += 1;
         made += 1;
     }
+    let _ = done_tx.send(true);
     // ✓ latencies, from the writers' connections.
     let mut tick = histogram();
-    for (w, want) in writers.iter_mut().zip(per_writer) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut got = 0;
-        while got < want {
-            let Ok(f) = w.recv_until(deadline).await else {
-                break;
-            };
-            match f.frame {
-                Some(server_frame::Frame::Sent(s)) => {
-                    if let Some(at) = sent_at.get(&s.client_msg_id) {
-                        let _ = tick.record((at.elapsed().as_micros() as u64).max(1));
-                    }
-                    got += 1;
-                }
-                Some(server_frame::Frame::Error(e)) => anyhow::bail!("send refused: {e:?}"),
-                _ => {}
-            }
+    for t in tick_tasks {
+        let (h, refused) = t.await?;
+        if let Some(e) = refused {
+            anyhow::bail!("send refused: {e}");
         }
+        tick.add(&h)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     // Copies until every member has every message, or nothing more comes for a while.
@@ -203,4 +198,39 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
         own_after.cpu_s - own_before.cpu_s,
     );
     Ok(())
+}
+
+/// One writer's ✓ latencies (or the error that refused a send): reads until sending is over and
+/// every send has its ✓, or nothing comes for 30 s.
+async fn ticks(
+    mut rx: chat_client::ClientReceiver,
+    waiting: Arc<Mutex<HashMap<String, Instant>>>,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) -> (Histogram<u64>, Option<String>) {
+    let mut tick = histogram();
+    loop {
+        if *done.borrow() && waiting.lock().unwrap().is_empty() {
+            return (tick, None);
+        }
+        let f = tokio::select! {
+            f = tokio::time::timeout(Duration::from_secs(30), rx.recv()) => f,
+            r = done.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => return (tick, None),
+            },
+        };
+        let Ok(Ok(f)) = f else {
+            return (tick, None);
+        };
+        match f.frame {
+            Some(server_frame::Frame::Sent(s)) => {
+                let at = waiting.lock().unwrap().remove(&s.client_msg_id);
+                if let Some(at) = at {
+                    let _ = tick.record((at.elapsed().as_micros() as u64).max(1));
+                }
+            }
+            Some(server_frame::Frame::Error(e)) => return (tick, Some(format!("{e:?}"))),
+            _ => {}
+        }
+    }
 }

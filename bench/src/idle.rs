@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use chat_client::Client;
 
-use super::*;
+use crate::cost::{own_cost, scrape};
+use crate::run_id;
 
 /// (resident bytes, client connections) of each node.
 async fn node_memory(admins: &[(String, String)]) -> Vec<(f64, f64)> {

@@ -11,7 +11,8 @@ use chat_client::v1::{client_frame, presence_request, server_frame, Ping, Presen
 use chat_client::Client;
 use hdrhistogram::Histogram;
 
-use super::{node_costs, own_cost, run_id};
+use crate::cost::{node_costs, own_cost};
+use crate::run_id;
 
 pub struct Options {
     pub url: String,

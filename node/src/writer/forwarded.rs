@@ -51,7 +51,7 @@ impl Writer {
             return Ok(ForwardStatus::Invalid);
         }
         // Without a ring (a node that has not loaded it yet) nothing is ours to accept.
-        if b.ring.is_none() || !self.owns(&e.to, b) {
+        if !self.owns(&e.to, b) {
             return Ok(ForwardStatus::NotOwner);
         }
         let entry = match e.item {

@@ -351,10 +351,15 @@ impl Writer {
 
     /// Whether this node owns `user` under the batch's ring. Without a ring (a cluster that was
     /// never initialised) nothing is routed anywhere: sessions are refused before that point.
+    /// Whether this node owns `user` (or a group) under the batch's ring. Without a ring (a
+    /// cluster node that has not loaded it yet, say restarted while etcd is down) it owns no
+    /// one: a group's fan-out judged then would append every member's copy here, in inboxes
+    /// their home nodes never read (found by the chaos long run). A standalone node always has
+    /// its ring of one.
     fn owns(&self, user: &str, b: &Batch) -> bool {
         b.ring
             .as_ref()
-            .is_none_or(|r| r.owner(user) == self.routing.self_id)
+            .is_some_and(|r| r.owner(user) == self.routing.self_id)
     }
 }
 

@@ -6,6 +6,8 @@
 #   etcd-server       tests and the dev cluster run a real etcd
 #   build-essential   RocksDB is compiled from source (C++)
 #   nftables          the chaos suite drops packets between nodes, and to etcd, with nft rules
+#   s3s-fs            (cargo install) a real S3-compatible server for the media tests; pinned to
+#                     0.14.1, the last release that builds on the Rust this project supports
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -36,4 +38,10 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd 2>/dev/null || true
 fi
+S3S_FS_VERSION=0.14.1
+if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+  echo "install-deps: installing s3s-fs $S3S_FS_VERSION (cargo install, a few minutes)"
+  cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
+fi
+
 echo "install-deps: ok (protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'))"

@@ -86,4 +86,3 @@ pub async fn node_costs(admins: &[(String, String)]) -> Vec<Cost> {
     }
     out
 }
-

@@ -140,7 +140,6 @@ enum Scenario {
     },
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -287,4 +286,3 @@ fn run_id() -> String {
             .unwrap_or(0)
     )
 }
-

@@ -96,7 +96,6 @@ impl Stats {
     }
 }
 
-
 /// What one step measured.
 struct StepResult {
     rate: u64,
@@ -105,7 +104,6 @@ struct StepResult {
     nodes_cpu_s: f64,
     bench_cpu_s: f64,
 }
-
 
 /// p50, p99, p99.9 and max of a microsecond histogram, in milliseconds.
 fn quantiles(h: &Histogram<u64>) -> [f64; 4] {
@@ -361,4 +359,3 @@ async fn receive(
     }
     st
 }
-

@@ -4,7 +4,8 @@
 //!
 //! One module per job: [`process`] (binaries, child processes, `chatctl`), [`node`], [`etcd`],
 //! [`router`], [`cluster`], [`proxy`] (a TCP relay that can stall or cut connections),
-//! [`frames`] (waiting for and picking apart server frames), [`http`] and [`wait`].
+//! [`s3`] (a real S3-compatible server), [`frames`] (waiting for and picking apart server
+//! frames), [`http`] and [`wait`].
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod router;
+pub mod s3;
 pub mod wait;
 
 pub use chat_client;
@@ -29,6 +31,7 @@ pub use node::TestNode;
 pub use process::{bin, chatctl, signal, try_chatctl};
 pub use proxy::TestProxy;
 pub use router::TestRouter;
+pub use s3::TestS3;
 pub use wait::{wait_until, wait_until_async, TimedOut};
 
 /// The secret every test node and token uses.

@@ -1,0 +1,281 @@
+//! The embedded store's two routes, mounted on the node's HTTP listener:
+//! `PUT /media/{id}?exp&size&sha256&sig` stores a blob, `GET /media/{id}?exp&ct&sig` serves it.
+//! The signed query is the whole authorization (see [`crate::signing`]). A refusal is JSON,
+//! `{"code": "...", "message": "..."}`, with the protocol's error code names.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::id::MediaId;
+use crate::local::LocalBlobs;
+use crate::signing::{Action, UrlError, UrlSigner};
+use crate::BlobError;
+
+/// What the routes need: the blobs and the cluster's URL key.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub blobs: LocalBlobs,
+    pub signer: UrlSigner,
+}
+
+pub fn routes(store: Arc<Embedded>) -> Router {
+    Router::new()
+        .route("/media/{id}", get(download).put(upload))
+        .with_state(store)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn refuse(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    let body = format!(
+        "{{\"code\":\"{code}\",\"message\":{}}}",
+        json_string(&message.to_string())
+    );
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A JSON string literal (the messages are ours, but quote them properly anyway).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn url_refusal(e: UrlError) -> Response {
+    match e {
+        UrlError::Expired => refuse(StatusCode::FORBIDDEN, "URL_EXPIRED", e),
+        UrlError::BadSignature => refuse(StatusCode::FORBIDDEN, "URL_INVALID", e),
+        UrlError::Malformed(_) => refuse(StatusCode::BAD_REQUEST, "URL_INVALID", e),
+    }
+}
+
+async fn upload(
+    State(store): State<Arc<Embedded>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    let Some(id) = MediaId::parse(&id) else {
+        return refuse(StatusCode::NOT_FOUND, "UNKNOWN_MEDIA", "no such media id");
+    };
+    let claim = match store
+        .signer
+        .verify(&id, true, query.as_deref().unwrap_or(""), now_ms())
+    {
+        Ok(c) => c,
+        Err(e) => return url_refusal(e),
+    };
+    let Action::Put { size, sha256 } = claim.action else {
+        return refuse(StatusCode::BAD_REQUEST, "URL_INVALID", "not an upload URL");
+    };
+    match store
+        .blobs
+        .put(&id, size, sha256, body.into_data_stream())
+        .await
+    {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e @ BlobError::TooLarge { .. }) => {
+            refuse(StatusCode::PAYLOAD_TOO_LARGE, "MEDIA_TOO_LARGE", e)
+        }
+        Err(e @ (BlobError::SizeMismatch { .. } | BlobError::DigestMismatch)) => {
+            refuse(StatusCode::BAD_REQUEST, "MEDIA_MISMATCH", e)
+        }
+        Err(e @ BlobError::Body(_)) => refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", e),
+        Err(BlobError::Io(e)) => {
+            tracing::error!(media = %id, error = %e, "storing an upload failed");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "the blob could not be stored",
+            )
+        }
+    }
+}
+
+async fn download(
+    State(store): State<Arc<Embedded>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(id) = MediaId::parse(&id) else {
+        return refuse(StatusCode::NOT_FOUND, "UNKNOWN_MEDIA", "no such media id");
+    };
+    let claim = match store
+        .signer
+        .verify(&id, false, query.as_deref().unwrap_or(""), now_ms())
+    {
+        Ok(c) => c,
+        Err(e) => return url_refusal(e),
+    };
+    let Action::Get { content_type } = claim.action else {
+        return refuse(StatusCode::BAD_REQUEST, "URL_INVALID", "not a download URL");
+    };
+    let (file, len) = match store.blobs.open_blob(&id).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "UNKNOWN_MEDIA", "no such media"),
+        Err(e) => {
+            tracing::error!(media = %id, error = %e, "reading a blob failed");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "the blob could not be read",
+            );
+        }
+    };
+    let ct = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+            // Served bytes are whatever a user uploaded: never let a browser guess a type.
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=300"),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Digest;
+    use crate::signing::Claim;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>, Option<String>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec(), ct)
+    }
+
+    #[tokio::test]
+    async fn put_then_get_through_signed_urls_and_every_refusal_has_its_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = UrlSigner::new(b"cluster key");
+        let app = routes(Arc::new(Embedded {
+            blobs: LocalBlobs::open(dir.path()).await.unwrap(),
+            signer: signer.clone(),
+        }));
+        let data = vec![42u8; 300_000];
+        let id = MediaId::generate();
+        let later = now_ms() + 60_000;
+        let put = |size: u64, sha256: Digest, expires_ms: u64| {
+            format!(
+                "/media/{id}?{}",
+                signer.query(&Claim {
+                    media: id.clone(),
+                    action: Action::Put { size, sha256 },
+                    expires_ms,
+                })
+            )
+        };
+        let get_url = format!(
+            "/media/{id}?{}",
+            signer.query(&Claim {
+                media: id.clone(),
+                action: Action::Get {
+                    content_type: "image/png".into()
+                },
+                expires_ms: later,
+            })
+        );
+        let good = put(data.len() as u64, Digest::of(&data), later);
+        let code = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+
+        let (s, b, _) = call(&app, "GET", &get_url, vec![]).await;
+        assert_eq!(
+            (s, code(&b).contains("UNKNOWN_MEDIA")),
+            (StatusCode::NOT_FOUND, true)
+        );
+        let (s, b, _) = call(&app, "PUT", &good, data[..1000].to_vec()).await;
+        assert_eq!(
+            (s, code(&b).contains("MEDIA_MISMATCH")),
+            (StatusCode::BAD_REQUEST, true)
+        );
+        let mut more = data.clone();
+        more.push(1);
+        let (s, b, _) = call(&app, "PUT", &good, more).await;
+        assert_eq!(
+            (s, code(&b).contains("MEDIA_TOO_LARGE")),
+            (StatusCode::PAYLOAD_TOO_LARGE, true)
+        );
+        let (s, b, _) = call(
+            &app,
+            "PUT",
+            &put(1, Digest::of(b"x"), now_ms() - 1),
+            b"x".to_vec(),
+        )
+        .await;
+        assert_eq!(
+            (s, code(&b).contains("URL_EXPIRED")),
+            (StatusCode::FORBIDDEN, true)
+        );
+        let tampered = good.replace("size=300000", "size=300001");
+        let (s, b, _) = call(&app, "PUT", &tampered, data.clone()).await;
+        assert_eq!(
+            (s, code(&b).contains("URL_INVALID")),
+            (StatusCode::FORBIDDEN, true)
+        );
+        // A download URL cannot upload.
+        let (s, _, _) = call(&app, "PUT", &get_url, data.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = call(&app, "PUT", "/media/..%2F..%2Fetc?exp=1", data.clone()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        let (s, _, _) = call(&app, "PUT", &good, data.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b, ct) = call(&app, "GET", &get_url, vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(ct.as_deref(), Some("image/png"));
+        assert!(b == data, "the bytes back are the bytes put");
+        // An upload URL does not download.
+        let (s, _, _) = call(&app, "GET", &good, vec![]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+}

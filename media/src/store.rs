@@ -1,0 +1,305 @@
+//! One interface over the blob stores a node can use: the embedded directory (its bytes served
+//! by a node's HTTP listener) or an S3-compatible object store (bytes straight to and from it).
+//! The node asks for upload and download URLs, a blob's size and its removal; a client's flow
+//! is the same with either.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::{HeaderName, HeaderValue, Method};
+use object_store::signer::{SignedUrlOptions, Signer};
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::id::{Digest, MediaId};
+use crate::local::LocalBlobs;
+use crate::signing::{Action, Claim, UrlSigner};
+
+/// Where an S3-compatible store is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// `https://s3.eu-west-1.amazonaws.com`, or `http://127.0.0.1:9000` for a local server.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `host/bucket/key` (true) or `bucket.host/key` (false).
+    pub path_style: bool,
+    /// Blobs go under this key prefix (e.g. `chat/`); empty for the bucket's root.
+    pub prefix: String,
+}
+
+/// An upload URL and the headers the client must send with its PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadUrl {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What [`BlobStore::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The blob is there and is exactly the promised bytes.
+    Good,
+    /// Nothing was uploaded (yet).
+    Missing,
+    /// Other bytes were stored; they have been removed.
+    Mismatch,
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A cluster's blob store.
+#[derive(Debug, Clone)]
+pub enum BlobStore {
+    /// The embedded store: blobs on the disk of the node that took the upload, behind that
+    /// node's HTTP listener at `base_url` (`http://host:port`).
+    Local {
+        blobs: LocalBlobs,
+        signer: UrlSigner,
+        base_url: String,
+    },
+    S3 {
+        store: AmazonS3,
+        prefix: String,
+    },
+}
+
+impl BlobStore {
+    pub fn s3(o: &S3Options) -> Result<BlobStore, StoreError> {
+        // The HTTP client's TLS uses the process's default crypto provider: make it ring, as
+        // everywhere else in the cluster (an error only means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&o.endpoint)
+            .with_allow_http(o.endpoint.starts_with("http://"))
+            .with_region(&o.region)
+            .with_bucket_name(&o.bucket)
+            .with_access_key_id(&o.access_key_id)
+            .with_secret_access_key(&o.secret_access_key)
+            .with_virtual_hosted_style_request(!o.path_style)
+            .build()?;
+        Ok(BlobStore::S3 {
+            store,
+            prefix: o.prefix.clone(),
+        })
+    }
+
+    /// `<prefix><day>/<id>`: one key prefix per day, as the embedded store has one folder.
+    fn key(prefix: &str, id: &MediaId) -> ObjectPath {
+        ObjectPath::from(format!("{prefix}{}/{id}", id.day()))
+    }
+
+    /// A URL that takes exactly `size` bytes hashing to `sha256` as blob `id`, for `ttl`, and
+    /// the headers the PUT must carry. The embedded store refuses anything else while the bytes
+    /// stream in. S3 checks the hash (the signed `x-amz-checksum-sha256` header) and keeps the
+    /// signed `content-type`, but cannot be told the size: the node checks it with
+    /// [`BlobStore::size`] before a message may name the blob.
+    pub async fn upload_url(
+        &self,
+        id: &MediaId,
+        mime: &str,
+        size: u64,
+        sha256: Digest,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<UploadUrl, StoreError> {
+        match self {
+            BlobStore::Local {
+                signer, base_url, ..
+            } => {
+                let claim = Claim {
+                    media: id.clone(),
+                    action: Action::Put { size, sha256 },
+                    expires_ms: now_ms + ttl.as_millis() as u64,
+                };
+                Ok(UploadUrl {
+                    url: format!("{base_url}/media/{id}?{}", signer.query(&claim)),
+                    headers: vec![("content-type".into(), mime.to_string())],
+                })
+            }
+            BlobStore::S3 { store, prefix } => {
+                let checksum = STANDARD.encode(sha256.0);
+                let value = |v: &str| {
+                    HeaderValue::from_str(v).map_err(|_| object_store::Error::Generic {
+                        store: "S3",
+                        source: format!("not a header value: {v:?}").into(),
+                    })
+                };
+                let opts = SignedUrlOptions::default()
+                    .with_signed_header(
+                        HeaderName::from_static("x-amz-checksum-sha256"),
+                        value(&checksum)?,
+                    )
+                    .with_signed_header(HeaderName::from_static("content-type"), value(mime)?);
+                let url = store
+                    .signed_url_opts(Method::PUT, &Self::key(prefix, id), ttl, &opts)
+                    .await?;
+                Ok(UploadUrl {
+                    url: url.to_string(),
+                    headers: vec![
+                        ("x-amz-checksum-sha256".into(), checksum),
+                        ("content-type".into(), mime.to_string()),
+                    ],
+                })
+            }
+        }
+    }
+
+    /// A URL that serves blob `id` as `content_type`, for `ttl` (S3 is also asked to, with
+    /// `response-content-type`; servers that ignore it serve the type signed at upload).
+    pub async fn download_url(
+        &self,
+        id: &MediaId,
+        content_type: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<String, StoreError> {
+        match self {
+            BlobStore::Local {
+                signer, base_url, ..
+            } => {
+                let claim = Claim {
+                    media: id.clone(),
+                    action: Action::Get {
+                        content_type: content_type.to_string(),
+                    },
+                    expires_ms: now_ms + ttl.as_millis() as u64,
+                };
+                Ok(format!("{base_url}/media/{id}?{}", signer.query(&claim)))
+            }
+            BlobStore::S3 { store, prefix } => {
+                let opts = SignedUrlOptions::default()
+                    .with_query([("response-content-type", content_type)]);
+                let url = store
+                    .signed_url_opts(Method::GET, &Self::key(prefix, id), ttl, &opts)
+                    .await?;
+                Ok(url.to_string())
+            }
+        }
+    }
+
+    /// The stored blob's size, or `None` if nothing was uploaded (yet).
+    pub async fn size(&self, id: &MediaId) -> Result<Option<u64>, StoreError> {
+        match self {
+            BlobStore::Local { blobs, .. } => Ok(blobs.size(id).await?),
+            BlobStore::S3 { store, prefix } => match store.head(&Self::key(prefix, id)).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Removes blob `id` (nothing if it is not there).
+    pub async fn delete(&self, id: &MediaId) -> Result<(), StoreError> {
+        match self {
+            BlobStore::Local { blobs, .. } => {
+                blobs.delete(id).await?;
+                Ok(())
+            }
+            BlobStore::S3 { store, prefix } => match store.delete(&Self::key(prefix, id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+    /// Removes every blob made before `day` (see [`MediaId::day`]), a day at a time: only the
+    /// expired days are listed, never the live ones. Returns the blobs removed.
+    pub async fn expire_before(&self, day: u64) -> Result<u64, StoreError> {
+        match self {
+            BlobStore::Local { blobs, .. } => Ok(blobs.expire_before(day).await?),
+            BlobStore::S3 { store, prefix } => {
+                let root = prefix.trim_end_matches('/');
+                let root = (!root.is_empty()).then(|| ObjectPath::from(root));
+                let days = store
+                    .list_with_delimiter(root.as_ref())
+                    .await?
+                    .common_prefixes;
+                let mut removed = 0;
+                for d in days {
+                    let old = d
+                        .filename()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n < day);
+                    if !old {
+                        continue;
+                    }
+                    let locations = store.list(Some(&d)).map_ok(|m| m.location).boxed();
+                    let mut deleted = store.delete_stream(locations);
+                    while let Some(r) = deleted.next().await {
+                        match r {
+                            Ok(_) => removed += 1,
+                            Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Ok(removed)
+            }
+        }
+    }
+
+    /// Whether blob `id` is exactly `size` bytes hashing to `sha256`, before a message may name
+    /// it; other bytes are removed. The embedded store checked the hash while the bytes came
+    /// in, so its size says enough. An S3 store is read back and hashed once: a presigned PUT
+    /// cannot bind the size, and a server may keep an object whose checksum it refused
+    /// (`s3s-fs` does), so the node trusts only what it has read.
+    pub async fn verify(
+        &self,
+        id: &MediaId,
+        size: u64,
+        sha256: Digest,
+    ) -> Result<Check, StoreError> {
+        use sha2::Digest as _;
+        let (store, key) = match self {
+            BlobStore::Local { blobs, .. } => {
+                return Ok(match blobs.size(id).await? {
+                    None => Check::Missing,
+                    Some(n) if n == size => Check::Good,
+                    Some(_) => {
+                        blobs.delete(id).await?;
+                        Check::Mismatch
+                    }
+                });
+            }
+            BlobStore::S3 { store, prefix } => (store, Self::key(prefix, id)),
+        };
+        let got = match store.get(&key).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Check::Missing),
+            Err(e) => return Err(e.into()),
+        };
+        if got.meta.size != size {
+            self.delete(id).await?;
+            return Ok(Check::Mismatch);
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut read = 0u64;
+        let mut body = got.into_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            read += chunk.len() as u64;
+            if read > size {
+                break;
+            }
+            hasher.update(&chunk);
+        }
+        if read != size || Digest(hasher.finalize().into()) != sha256 {
+            self.delete(id).await?;
+            return Ok(Check::Mismatch);
+        }
+        Ok(Check::Good)
+    }
+}

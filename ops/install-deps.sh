@@ -7,7 +7,7 @@
 #   build-essential   RocksDB is compiled from source (C++)
 #   nftables          the chaos suite drops packets between nodes, and to etcd, with nft rules
 #   s3s-fs            (cargo install) a real S3-compatible server for the media tests; pinned to
-#                     0.14.1, the last release that builds on the Rust this project supports
+#                     0.14.1 (needs Rust 1.92; 0.15 and later need 1.96, newer than this machine's)
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -39,7 +39,7 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/d
   systemctl stop etcd 2>/dev/null || true
 fi
 S3S_FS_VERSION=0.14.1
-if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+if ! s3s-fs --version 2>/dev/null | grep -qwF "$S3S_FS_VERSION"; then
   echo "install-deps: installing s3s-fs $S3S_FS_VERSION (cargo install, a few minutes)"
   cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
 fi

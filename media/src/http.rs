@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -72,6 +72,7 @@ async fn upload(
     State(store): State<Arc<Embedded>>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Some(id) = MediaId::parse(&id) else {
@@ -87,6 +88,18 @@ async fn upload(
     let Action::Put { size, sha256 } = claim.action else {
         return refuse(StatusCode::BAD_REQUEST, "URL_INVALID", "not an upload URL");
     };
+    // A declared length over the slot is refused before a byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > size) {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MEDIA_TOO_LARGE",
+            BlobError::TooLarge { limit: size },
+        );
+    }
     match store
         .blobs
         .put(&id, size, sha256, body.into_data_stream())
@@ -126,6 +139,7 @@ async fn download(
         Ok(c) => c,
         Err(e) => return url_refusal(e),
     };
+    let left_s = claim.expires_ms.saturating_sub(now_ms()) / 1000;
     let Action::Get { content_type } = claim.action else {
         return refuse(StatusCode::BAD_REQUEST, "URL_INVALID", "not a download URL");
     };
@@ -153,9 +167,17 @@ async fn download(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
+            // Cached no longer than the URL is good.
             (
                 header::CACHE_CONTROL,
-                HeaderValue::from_static("private, max-age=300"),
+                HeaderValue::from_str(&format!("private, max-age={}", left_s.min(300)))
+                    .expect("digits"),
+            ),
+            // A type such as text/html or image/svg+xml would run a user's script on this
+            // node's origin if opened directly: never as an active document.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox; default-src 'none'"),
             ),
         ],
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
@@ -197,7 +219,7 @@ mod tests {
     #[tokio::test]
     async fn put_then_get_through_signed_urls_and_every_refusal_has_its_code() {
         let dir = tempfile::tempdir().unwrap();
-        let signer = UrlSigner::new(b"cluster key");
+        let signer = UrlSigner::new(&[9u8; 32]).unwrap();
         let app = routes(Arc::new(Embedded {
             blobs: LocalBlobs::open(dir.path()).await.unwrap(),
             signer: signer.clone(),
@@ -245,6 +267,15 @@ mod tests {
             (s, code(&b).contains("MEDIA_TOO_LARGE")),
             (StatusCode::PAYLOAD_TOO_LARGE, true)
         );
+        // A declared length over the slot: refused before the body is read.
+        let req = Request::builder()
+            .method("PUT")
+            .uri(&good)
+            .header(header::CONTENT_LENGTH, "300001")
+            .body(Body::from(vec![0u8; 10]))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let (s, b, _) = call(
             &app,
             "PUT",

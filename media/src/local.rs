@@ -70,21 +70,24 @@ impl LocalBlobs {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{id}.{}", uuid::Uuid::now_v7().simple()));
-        let result = write_checked(&tmp, size, sha256, body).await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
+        let tmp = TempFile(
+            self.dir
+                .join("tmp")
+                .join(format!("{id}.{}", uuid::Uuid::now_v7().simple())),
+        );
+        write_checked(&tmp.0, size, sha256, body).await?;
         let dest = self.path(id);
         let folder = dest.parent().expect("a blob path has a folder");
+        let new_folder = !tokio::fs::try_exists(folder).await?;
         tokio::fs::create_dir_all(folder).await?;
-        tokio::fs::rename(&tmp, &dest).await?;
+        if new_folder {
+            // The new day folder's own entry is durable once its parent is.
+            sync_dir(&self.dir).await?;
+        }
+        tokio::fs::rename(&tmp.0, &dest).await?;
+        std::mem::forget(tmp);
         // The rename is durable once the folder is.
-        tokio::fs::File::open(folder).await?.sync_all().await?;
+        sync_dir(folder).await?;
         Ok(())
     }
 
@@ -119,6 +122,21 @@ impl LocalBlobs {
     }
 }
 
+/// An upload in progress: removed when dropped, so an upload that fails, or whose client goes
+/// away (the request's future is dropped mid-stream), leaves nothing behind. Forgotten once
+/// renamed into place.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
 async fn write_checked<S, E>(
     tmp: &Path,
     size: u64,
@@ -129,7 +147,7 @@ where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
 {
-    let mut file = tokio::fs::File::create(tmp).await?;
+    let mut file = tokio::fs::File::create_new(tmp).await?;
     let mut hasher = sha2::Sha256::new();
     let mut got = 0u64;
     let mut body = std::pin::pin!(body);
@@ -148,6 +166,9 @@ where
     if Digest(hasher.finalize().into()) != sha256 {
         return Err(BlobError::DigestMismatch);
     }
+    // tokio finishes a write in the background: flush reports its error, which sync_all
+    // would drop, and a short file would then be renamed into place.
+    file.flush().await?;
     file.sync_all().await?;
     Ok(())
 }

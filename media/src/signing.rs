@@ -1,6 +1,7 @@
 //! Signed, expiring URLs of the embedded blob store. A node hands a client the query string
 //! of a URL; the node serving the blob checks it and needs nothing else: no session, no lookup.
-//! Every node of a cluster shares the key, so any node can sign for a blob another one holds.
+//! Every node of a cluster shares the key, so a node can sign a URL that points at the node
+//! holding the blob (the node that took its upload).
 //!
 //! The signature is HMAC-SHA256 over a canonical text naming the action, the media id, the
 //! expiry and, for an upload, the exact size and SHA-256 the bytes must have (the store refuses
@@ -69,9 +70,20 @@ fn canonical(c: &Claim) -> String {
     }
 }
 
+/// The cluster's media key is shorter than [`MIN_KEY_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the media URL key must have at least {MIN_KEY_BYTES} bytes")]
+pub struct KeyTooShort;
+
+/// A key shorter than this is refused: a short (or empty) key would let anyone forge URLs.
+pub const MIN_KEY_BYTES: usize = 32;
+
 impl UrlSigner {
-    pub fn new(key: &[u8]) -> UrlSigner {
-        UrlSigner { key: key.to_vec() }
+    pub fn new(key: &[u8]) -> Result<UrlSigner, KeyTooShort> {
+        if key.len() < MIN_KEY_BYTES {
+            return Err(KeyTooShort);
+        }
+        Ok(UrlSigner { key: key.to_vec() })
     }
 
     fn mac(&self, c: &Claim) -> Hmac<Sha256> {
@@ -128,9 +140,10 @@ impl UrlSigner {
                 return Err(UrlError::Malformed("a repeated parameter"));
             }
         }
+        // Every value must be in the one form `query` writes (no leading zeros, lowercase
+        // hex): a URL has exactly one spelling, so no one can mint variants of it.
         let number = |v: Option<&str>, what| {
-            v.filter(|v| !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
+            v.and_then(|v| v.parse::<u64>().ok().filter(|n| n.to_string() == v))
                 .ok_or(UrlError::Malformed(what))
         };
         let expires_ms = number(exp, "exp")?;
@@ -138,7 +151,7 @@ impl UrlSigner {
             Action::Put {
                 size: number(size, "size")?,
                 sha256: sha
-                    .and_then(Digest::from_hex)
+                    .and_then(|v| Digest::from_hex(v).filter(|d| d.to_hex() == v))
                     .ok_or(UrlError::Malformed("sha256"))?,
             }
         } else {
@@ -172,6 +185,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn signer() -> UrlSigner {
+        UrlSigner::new(b"a test key of thirty-two bytes!!").unwrap()
+    }
+
     fn put(media: &MediaId) -> Claim {
         Claim {
             media: media.clone(),
@@ -195,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_url_is_good_until_it_expires_and_only_for_its_action_and_blob() {
-        let s = UrlSigner::new(b"k");
+        let s = signer();
         let m = MediaId::generate();
         let (p, g) = (put(&m), get(&m));
         assert_eq!(s.verify(&m, true, &s.query(&p), 9_999), Ok(p.clone()));
@@ -214,14 +231,16 @@ mod tests {
             Err(UrlError::BadSignature)
         );
         assert_eq!(
-            UrlSigner::new(b"other").verify(&m, true, &s.query(&p), 0),
+            UrlSigner::new(&[7u8; 32])
+                .unwrap()
+                .verify(&m, true, &s.query(&p), 0),
             Err(UrlError::BadSignature)
         );
     }
 
     #[test]
     fn tampered_values_are_refused() {
-        let s = UrlSigner::new(b"k");
+        let s = signer();
         let m = MediaId::generate();
         let q = s.query(&put(&m));
         let bigger = q.replace("size=2000000", "size=2000001");
@@ -242,8 +261,15 @@ mod tests {
     }
 
     #[test]
+    fn a_short_key_is_refused() {
+        assert_eq!(UrlSigner::new(b"").unwrap_err(), KeyTooShort);
+        assert!(UrlSigner::new(&[1u8; MIN_KEY_BYTES - 1]).is_err());
+        assert!(UrlSigner::new(&[1u8; MIN_KEY_BYTES]).is_ok());
+    }
+
+    #[test]
     fn malformed_queries_are_refused_as_such() {
-        let s = UrlSigner::new(b"k");
+        let s = signer();
         let m = MediaId::generate();
         let q = s.query(&put(&m));
         for bad in [
@@ -255,6 +281,12 @@ mod tests {
             q.replace("exp=10000", "exp="),
             q.replace("size=2000000", "size=99999999999999999999999"),
             q.replace("sig=", "sig=!"),
+            // Other spellings of the same values.
+            q.replace("exp=10000", "exp=010000"),
+            q.replace(
+                &Digest::of(b"bytes").to_hex(),
+                &Digest::of(b"bytes").to_hex().to_uppercase(),
+            ),
         ] {
             assert!(
                 matches!(s.verify(&m, true, &bad, 0), Err(UrlError::Malformed(_))),
@@ -267,7 +299,7 @@ mod tests {
         /// Any single changed byte of a good query makes it fail.
         #[test]
         fn any_flipped_byte_is_refused(at in 0usize..200, to in 0u8..128) {
-            let s = UrlSigner::new(b"k");
+            let s = signer();
             let m = MediaId::generate();
             let q = s.query(&put(&m));
             let mut b = q.clone().into_bytes();

@@ -19,9 +19,11 @@ use crate::local::LocalBlobs;
 use crate::signing::{Action, Claim, UrlSigner};
 
 /// Where an S3-compatible store is and how to reach it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Options {
-    /// `https://s3.eu-west-1.amazonaws.com`, or `http://127.0.0.1:9000` for a local server.
+    /// Path style: the server's URL, `http://127.0.0.1:9000` or `https://s3.example.com`.
+    /// Virtual-hosted style: the bucket's own URL (`https://chat.s3.eu-west-1.amazonaws.com`),
+    /// used as it is. Empty: AWS S3, the URL made from the region and the bucket.
     pub endpoint: String,
     pub region: String,
     pub bucket: String,
@@ -29,8 +31,22 @@ pub struct S3Options {
     pub secret_access_key: String,
     /// `host/bucket/key` (true) or `bucket.host/key` (false).
     pub path_style: bool,
-    /// Blobs go under this key prefix (e.g. `chat/`); empty for the bucket's root.
+    /// Blobs go under this key prefix (`chat` and `chat/` alike); empty for the bucket's root.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("path_style", &self.path_style)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// An upload URL and the headers the client must send with its PUT.
@@ -64,7 +80,9 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum BlobStore {
     /// The embedded store: blobs on the disk of the node that took the upload, behind that
-    /// node's HTTP listener at `base_url` (`http://host:port`).
+    /// node's HTTP listener at `base_url` (`http://host:port`), which every URL points at. A
+    /// blob held by another node is signed for with that node's URL as `base_url` (the signing
+    /// key is the cluster's).
     Local {
         blobs: LocalBlobs,
         signer: UrlSigner,
@@ -81,18 +99,28 @@ impl BlobStore {
         // The HTTP client's TLS uses the process's default crypto provider: make it ring, as
         // everywhere else in the cluster (an error only means one is installed already).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let store = AmazonS3Builder::new()
-            .with_endpoint(&o.endpoint)
-            .with_allow_http(o.endpoint.starts_with("http://"))
+        let mut builder = AmazonS3Builder::new();
+        if !o.endpoint.is_empty() {
+            builder = builder
+                .with_endpoint(&o.endpoint)
+                .with_allow_http(o.endpoint.starts_with("http://"));
+        }
+        let store = builder
             .with_region(&o.region)
             .with_bucket_name(&o.bucket)
             .with_access_key_id(&o.access_key_id)
             .with_secret_access_key(&o.secret_access_key)
             .with_virtual_hosted_style_request(!o.path_style)
             .build()?;
+        let prefix = o.prefix.trim_matches('/');
         Ok(BlobStore::S3 {
             store,
-            prefix: o.prefix.clone(),
+            // Always empty or ending in one '/', so keys and the expiry listing agree.
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
         })
     }
 
@@ -142,15 +170,18 @@ impl BlobStore {
                         HeaderName::from_static("x-amz-checksum-sha256"),
                         value(&checksum)?,
                     )
-                    .with_signed_header(HeaderName::from_static("content-type"), value(mime)?);
+                    .with_signed_header(HeaderName::from_static("content-type"), value(mime)?)
+                    // Once stored, a blob cannot be replaced with the same URL.
+                    .with_signed_header(HeaderName::from_static("if-none-match"), value("*")?);
                 let url = store
-                    .signed_url_opts(Method::PUT, &Self::key(prefix, id), ttl, &opts)
+                    .signed_url_opts(Method::PUT, &Self::key(prefix, id), s3_ttl(ttl), &opts)
                     .await?;
                 Ok(UploadUrl {
                     url: url.to_string(),
                     headers: vec![
                         ("x-amz-checksum-sha256".into(), checksum),
                         ("content-type".into(), mime.to_string()),
+                        ("if-none-match".into(), "*".into()),
                     ],
                 })
             }
@@ -183,7 +214,7 @@ impl BlobStore {
                 let opts = SignedUrlOptions::default()
                     .with_query([("response-content-type", content_type)]);
                 let url = store
-                    .signed_url_opts(Method::GET, &Self::key(prefix, id), ttl, &opts)
+                    .signed_url_opts(Method::GET, &Self::key(prefix, id), s3_ttl(ttl), &opts)
                     .await?;
                 Ok(url.to_string())
             }
@@ -252,10 +283,12 @@ impl BlobStore {
     }
 
     /// Whether blob `id` is exactly `size` bytes hashing to `sha256`, before a message may name
-    /// it; other bytes are removed. The embedded store checked the hash while the bytes came
-    /// in, so its size says enough. An S3 store is read back and hashed once: a presigned PUT
-    /// cannot bind the size, and a server may keep an object whose checksum it refused
-    /// (`s3s-fs` does), so the node trusts only what it has read.
+    /// it; other bytes are removed. Call it with the size and SHA-256 of the blob's upload slot
+    /// (the node's record), never with values a client sent: a blob matching its slot is never
+    /// removed. The embedded store took only bytes matching the slot's signed size and hash,
+    /// so the blob being there says enough. An S3 store is read back and hashed once: a
+    /// presigned PUT cannot bind the size, and a server may keep an object whose checksum it
+    /// refused (`s3s-fs` does), so the node trusts only what it has read.
     pub async fn verify(
         &self,
         id: &MediaId,
@@ -302,4 +335,9 @@ impl BlobStore {
         }
         Ok(Check::Good)
     }
+}
+
+/// S3 URLs live whole seconds: at least one (a shorter TTL would sign `X-Amz-Expires=0`).
+fn s3_ttl(ttl: Duration) -> Duration {
+    ttl.max(Duration::from_secs(1))
 }

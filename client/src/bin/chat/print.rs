@@ -27,6 +27,14 @@ pub fn print_frame(json: bool, f: &ServerFrame, label: &str) {
             chat_client::v1::ErrorCode::try_from(e.code).unwrap_or_default(),
             e.message
         ),
+        Some(server_frame::Frame::ReadState(r)) => {
+            let by = if r.device.is_empty() {
+                "another device".to_string()
+            } else {
+                format!("device {}", r.device)
+            };
+            println!("read up to [{}] (by {by})", r.up_to_seq)
+        }
         other => println!("{other:?}"),
     }
 }

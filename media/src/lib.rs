@@ -5,17 +5,20 @@
 //! - [`id`]: media ids and SHA-256 digests as they appear on the wire.
 //! - [`signing`]: the embedded store's signed, expiring URLs (HMAC-SHA256; no I/O, time passed in).
 //! - [`local`]: the embedded store, a directory on the node's disk.
+//! - [`policy`]: what an upload slot may be (size, type, hash), checked before one is given.
 //! - [`http`]: the embedded store's PUT and GET routes, served by the node's HTTP listener.
 //! - [`store`]: one interface over the embedded store and S3-compatible object stores.
 
 pub mod http;
 pub mod id;
 pub mod local;
+pub mod policy;
 pub mod signing;
 pub mod store;
 
 pub use id::{Digest, MediaId};
 pub use local::LocalBlobs;
+pub use policy::{SlotError, SlotPolicy, SlotRequest};
 pub use signing::{Action, Claim, UrlError, UrlSigner};
 pub use store::{BlobStore, Check, S3Options, StoreError, UploadUrl};
 

@@ -86,3 +86,12 @@ pub async fn node_costs(admins: &[(String, String)]) -> Vec<Cost> {
     }
     out
 }
+
+/// The nodes' CPU seconds between two readings of [`node_costs`].
+pub fn cpu_between(before: &[Cost], after: &[Cost]) -> f64 {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.cpu_s - b.cpu_s)
+        .sum()
+}

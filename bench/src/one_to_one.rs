@@ -13,7 +13,7 @@ use chat_client::v1::{client_frame, deliver, server_frame, Ack, Send};
 use chat_client::{Client, ClientReceiver};
 use hdrhistogram::Histogram;
 
-use crate::cost::{node_costs, own_cost, Cost};
+use crate::cost::{cpu_between, node_costs, own_cost, Cost};
 
 pub struct Options {
     pub url: String,
@@ -41,11 +41,7 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
         )
         .await?;
         let (nodes_after, own_after) = (node_costs(admins).await, own_cost());
-        let nodes_cpu_s: f64 = nodes_after
-            .iter()
-            .zip(&nodes_before)
-            .map(|(a, b)| a.cpu_s - b.cpu_s)
-            .sum();
+        let nodes_cpu_s = cpu_between(&nodes_before, &nodes_after);
         let r = StepResult {
             rate: *rate,
             stats,

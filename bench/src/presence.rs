@@ -11,7 +11,7 @@ use chat_client::v1::{client_frame, presence_request, server_frame, Ping, Presen
 use chat_client::Client;
 use hdrhistogram::Histogram;
 
-use crate::cost::{node_costs, own_cost};
+use crate::cost::{cpu_between, node_costs, own_cost};
 use crate::run_id;
 
 pub struct Options {
@@ -102,11 +102,7 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
         stale += s;
     }
     let (nodes_after, own_after) = (node_costs(admins).await, own_cost());
-    let nodes_cpu: f64 = nodes_after
-        .iter()
-        .zip(&nodes_before)
-        .map(|(a, b)| a.cpu_s - b.cpu_s)
-        .sum();
+    let nodes_cpu = cpu_between(&nodes_before, &nodes_after);
     let delivered = lat.len();
     let ms = |q: f64| lat.value_at_quantile(q) as f64 / 1000.0;
     println!(

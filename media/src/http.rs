@@ -14,7 +14,7 @@ use axum::Router;
 
 use crate::id::MediaId;
 use crate::local::LocalBlobs;
-use crate::signing::{Action, UrlError, UrlSigner};
+use crate::signing::{Action, Claim, UrlError, UrlSigner};
 use crate::BlobError;
 
 /// What the routes need: the blobs and the cluster's URL key.
@@ -37,27 +37,8 @@ fn now_ms() -> u64 {
 }
 
 fn refuse(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    let body = format!(
-        "{{\"code\":\"{code}\",\"message\":{}}}",
-        json_string(&message.to_string())
-    );
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// A JSON string literal (the messages are ours, but quote them properly anyway).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    let body = serde_json::json!({ "code": code, "message": message.to_string() });
+    (status, axum::Json(body)).into_response()
 }
 
 fn url_refusal(e: UrlError) -> Response {
@@ -68,6 +49,27 @@ fn url_refusal(e: UrlError) -> Response {
     }
 }
 
+/// The media id of a request and the claim of its signed query, or the refusal to send.
+fn authorize(
+    store: &Embedded,
+    id: &str,
+    put: bool,
+    query: Option<String>,
+) -> Result<(MediaId, Claim), Box<Response>> {
+    let id = MediaId::parse(id).ok_or_else(|| {
+        Box::new(refuse(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_MEDIA",
+            "no such media id",
+        ))
+    })?;
+    let claim = store
+        .signer
+        .verify(&id, put, query.as_deref().unwrap_or(""), now_ms())
+        .map_err(|e| Box::new(url_refusal(e)))?;
+    Ok((id, claim))
+}
+
 async fn upload(
     State(store): State<Arc<Embedded>>,
     Path(id): Path<String>,
@@ -75,15 +77,9 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(id) = MediaId::parse(&id) else {
-        return refuse(StatusCode::NOT_FOUND, "UNKNOWN_MEDIA", "no such media id");
-    };
-    let claim = match store
-        .signer
-        .verify(&id, true, query.as_deref().unwrap_or(""), now_ms())
-    {
-        Ok(c) => c,
-        Err(e) => return url_refusal(e),
+    let (id, claim) = match authorize(&store, &id, true, query) {
+        Ok(ok) => ok,
+        Err(refused) => return *refused,
     };
     let Action::Put { size, sha256 } = claim.action else {
         return refuse(StatusCode::BAD_REQUEST, "URL_INVALID", "not an upload URL");
@@ -129,15 +125,9 @@ async fn download(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let Some(id) = MediaId::parse(&id) else {
-        return refuse(StatusCode::NOT_FOUND, "UNKNOWN_MEDIA", "no such media id");
-    };
-    let claim = match store
-        .signer
-        .verify(&id, false, query.as_deref().unwrap_or(""), now_ms())
-    {
-        Ok(c) => c,
-        Err(e) => return url_refusal(e),
+    let (id, claim) = match authorize(&store, &id, false, query) {
+        Ok(ok) => ok,
+        Err(refused) => return *refused,
     };
     let left_s = claim.expires_ms.saturating_sub(now_ms()) / 1000;
     let Action::Get { content_type } = claim.action else {

@@ -146,17 +146,17 @@ impl BlobStore {
         match self {
             BlobStore::Local {
                 signer, base_url, ..
-            } => {
-                let claim = Claim {
-                    media: id.clone(),
-                    action: Action::Put { size, sha256 },
-                    expires_ms: now_ms + ttl.as_millis() as u64,
-                };
-                Ok(UploadUrl {
-                    url: format!("{base_url}/media/{id}?{}", signer.query(&claim)),
-                    headers: vec![("content-type".into(), mime.to_string())],
-                })
-            }
+            } => Ok(UploadUrl {
+                url: local_url(
+                    signer,
+                    base_url,
+                    id,
+                    Action::Put { size, sha256 },
+                    ttl,
+                    now_ms,
+                ),
+                headers: vec![("content-type".into(), mime.to_string())],
+            }),
             BlobStore::S3 { store, prefix } => {
                 let checksum = STANDARD.encode(sha256.0);
                 let value = |v: &str| {
@@ -201,14 +201,10 @@ impl BlobStore {
             BlobStore::Local {
                 signer, base_url, ..
             } => {
-                let claim = Claim {
-                    media: id.clone(),
-                    action: Action::Get {
-                        content_type: content_type.to_string(),
-                    },
-                    expires_ms: now_ms + ttl.as_millis() as u64,
+                let action = Action::Get {
+                    content_type: content_type.to_string(),
                 };
-                Ok(format!("{base_url}/media/{id}?{}", signer.query(&claim)))
+                Ok(local_url(signer, base_url, id, action, ttl, now_ms))
             }
             BlobStore::S3 { store, prefix } => {
                 let opts = SignedUrlOptions::default()
@@ -340,4 +336,21 @@ impl BlobStore {
 /// S3 URLs live whole seconds: at least one (a shorter TTL would sign `X-Amz-Expires=0`).
 fn s3_ttl(ttl: Duration) -> Duration {
     ttl.max(Duration::from_secs(1))
+}
+
+/// An embedded store's URL granting `action` on blob `id` for `ttl`.
+fn local_url(
+    signer: &UrlSigner,
+    base_url: &str,
+    id: &MediaId,
+    action: Action,
+    ttl: Duration,
+    now_ms: u64,
+) -> String {
+    let claim = Claim {
+        media: id.clone(),
+        action,
+        expires_ms: now_ms + ttl.as_millis() as u64,
+    };
+    format!("{base_url}/media/{id}?{}", signer.query(&claim))
 }

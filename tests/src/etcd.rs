@@ -15,7 +15,9 @@ pub struct TestEtcd {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now (another process may take it before it is
+/// bound: servers started on one retry with another).
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

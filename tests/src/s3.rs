@@ -3,6 +3,7 @@
 
 use std::process::{Child, Command, Stdio};
 
+use crate::etcd::free_port;
 use crate::process::kill;
 use crate::wait::wait_until;
 use crate::WAIT;
@@ -25,10 +26,7 @@ impl TestS3 {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             std::fs::create_dir_all(dir.path().join("root").join(BUCKET)).expect("bucket");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
+            let port = free_port();
             let log = std::fs::File::create(dir.path().join("s3.log")).expect("log");
             let child = Command::new("s3s-fs")
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])

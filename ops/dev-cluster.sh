@@ -11,7 +11,8 @@
 #
 # Env: CHAT_DEV_DIR (default .dev/cluster), CARGO_TARGET_DIR, CHAT_DEV_PROFILE (debug or release;
 # release for benchmarks), CHAT_DEV_BASE_PORT (default 7000:
-# router on BASE, node i on BASE+100+i (WebSocket), BASE+200+i (QUIC), BASE+300+i (admin);
+# router on BASE, node i on BASE+100+i (WebSocket), BASE+200+i (QUIC), BASE+300+i (admin),
+# BASE+400+i (HTTP: media);
 # etcd on BASE+20 and BASE+21).
 set -euo pipefail
 
@@ -30,6 +31,7 @@ NODES=(n1 n2 n3)
 ws_port() { echo $((BASE + 100 + ${1#n})); }
 quic_port() { echo $((BASE + 200 + ${1#n})); }
 admin_port() { echo $((BASE + 300 + ${1#n})); }
+http_port() { echo $((BASE + 400 + ${1#n})); }
 
 # Prints the HTTP status of GET http://127.0.0.1:PORT/PATH (000 when nothing answers).
 http_status() {
@@ -66,7 +68,8 @@ start_node() { # name
   CHAT_NODE_CLUSTER__CA_FILE="$DIR/certs/ca.pem" \
   start "$n" "$BIN/chat-node" --node-id "$n" --data-dir "$DIR/$n" \
     --listen "127.0.0.1:$(ws_port "$n")" --quic-listen "127.0.0.1:$(quic_port "$n")" \
-    --admin-listen "127.0.0.1:$(admin_port "$n")" --etcd "$ETCD"
+    --admin-listen "127.0.0.1:$(admin_port "$n")" --http-listen "127.0.0.1:$(http_port "$n")" \
+    --etcd "$ETCD"
 }
 
 stop() { # name: SIGTERM, wait, SIGKILL after 20 s

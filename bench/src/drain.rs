@@ -40,6 +40,7 @@ pub async fn offline_drain(
                         body: body.clone(),
                         from: String::new(),
                         group: String::new(),
+                        attachment: None,
                     });
                     if tx.feed(frame).await.is_err() {
                         return;

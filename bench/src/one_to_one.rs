@@ -283,6 +283,7 @@ async fn send_loop(
             body,
             from: String::new(),
             group: String::new(),
+            attachment: None,
         });
         if tx.send(frame).await.is_err() {
             return;

@@ -38,6 +38,8 @@ pub struct NodeSpec {
     pub id: String,
     pub client_port: u16,
     pub admin_port: u16,
+    /// The client HTTP listener (the embedded media store).
+    pub http_port: u16,
     pub quic_port: u16,
     /// Its own etcd client port.
     pub etcd_port: u16,
@@ -202,6 +204,7 @@ impl Cluster {
             id: id.into(),
             client_port: self.ports.take()?,
             admin_port: self.ports.take()?,
+            http_port: self.ports.take()?,
             quic_port: self.ports.take()?,
             etcd_port,
             mount: self.dir.join(id),
@@ -245,6 +248,7 @@ impl Cluster {
             .args(["--node-id", &s.id, "--etcd", &etcd_url])
             .args(["--listen", &format!("127.0.0.1:{}", s.client_port)])
             .args(["--admin-listen", &format!("127.0.0.1:{}", s.admin_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", s.http_port)])
             .args(["--quic-listen", &format!("127.0.0.1:{}", s.quic_port)])
             .arg("--data-dir")
             .arg(s.data_dir())

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use chat_proto::v1::{
-    client_frame, group_request, presence_request, server_frame, Ack, ClientFrame, ErrorCode,
-    GroupRequest, Hello, HistoryPage, HistoryRequest, Ping, PresenceRequest, ReadMarker, Send,
-    ServerFrame, Typing, TypingState, Welcome,
+    client_frame, group_request, media_request, presence_request, server_frame, Ack, ClientFrame,
+    ErrorCode, GroupRequest, Hello, HistoryPage, HistoryRequest, MediaRequest, Ping,
+    PresenceRequest, ReadMarker, Send, ServerFrame, Typing, TypingState, Welcome,
 };
 use chat_proto::Encoding;
 use futures_util::{SinkExt, StreamExt};
@@ -260,6 +260,7 @@ impl Client {
             body: body.to_string(),
             from: String::new(),
             group: String::new(),
+            attachment: None,
         }))
         .await
     }
@@ -276,6 +277,16 @@ impl Client {
             group: group.to_string(),
             body: body.to_string(),
             ..Default::default()
+        }))
+        .await
+    }
+
+    /// A media request (an upload slot, a download URL); the answer (`MediaReply` with
+    /// `request_id`, or Error with that `ref`) comes via `recv`.
+    pub async fn media_request(&mut self, request_id: &str, op: media_request::Op) -> Result<()> {
+        self.send(client_frame::Frame::Media(MediaRequest {
+            request_id: request_id.to_string(),
+            op: Some(op),
         }))
         .await
     }

@@ -31,6 +31,10 @@ pub struct NodeInfo {
     pub quic_addr: String,
     /// Base URL of `/healthz`, `/readyz` and `/metrics`.
     pub admin_url: String,
+    /// Base URL of the client HTTP listener (the embedded blob store's media routes); empty
+    /// for a node of an older version.
+    #[serde(default)]
+    pub http_url: String,
     /// Weight the node asks for when a ring is built from the registered nodes.
     pub weight: u32,
     pub version: String,
@@ -260,6 +264,7 @@ mod tests {
             client_url: "ws://x".into(),
             quic_addr: "127.0.0.1:1".into(),
             admin_url: "http://x".into(),
+            http_url: String::new(),
             weight: 1,
             version: "0".into(),
         };

@@ -124,6 +124,19 @@ impl BlobStore {
         })
     }
 
+    /// The same store, its URLs pointing at the node whose HTTP listener is `base_url`: the
+    /// embedded store's blobs are on the disk of the node that took them. S3 is unchanged.
+    pub fn at(&self, base_url: &str) -> BlobStore {
+        match self {
+            BlobStore::Local { blobs, signer, .. } => BlobStore::Local {
+                blobs: blobs.clone(),
+                signer: signer.clone(),
+                base_url: base_url.to_string(),
+            },
+            s3 => s3.clone(),
+        }
+    }
+
     /// `<prefix><day>/<id>`: one key prefix per day, as the embedded store has one folder.
     fn key(prefix: &str, id: &MediaId) -> ObjectPath {
         ObjectPath::from(format!("{prefix}{}/{id}", id.day()))

@@ -10,6 +10,7 @@ use crate::config::NodeConfig;
 use crate::ephemeral::Ephemeral;
 use crate::groups::Groups;
 use crate::hub::Hub;
+use crate::media::Media;
 use crate::overload::Load;
 use crate::presence::Presence;
 use crate::rate::Limiter;
@@ -21,6 +22,8 @@ pub struct NodeContext {
     pub cfg: NodeConfig,
     pub client_url: String,
     pub admin_url: String,
+    /// Base URL of the client HTTP listener.
+    pub http_url: String,
     pub verifier: Verifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
@@ -29,6 +32,8 @@ pub struct NodeContext {
     pub ephemeral: Arc<Ephemeral>,
     pub presence: Arc<Presence>,
     pub groups: Arc<Groups>,
+    /// Attachments: upload slots, checks, download URLs.
+    pub media: Arc<Media>,
     /// The node's load: what it sheds now (`crate::overload`).
     pub load: Load,
     /// Rate limits per user (`[rate]`).
@@ -48,6 +53,8 @@ impl NodeContext {
             max_history_page: l.max_history_page,
             max_devices_per_user: l.max_devices_per_user,
             max_inflight_sends: l.max_inflight_sends,
+            max_media_bytes: self.cfg.media.max_bytes,
+            max_thumbnail_bytes: self.cfg.media.max_thumbnail_bytes,
         }
     }
 }

@@ -46,6 +46,16 @@ pub enum ChatError {
     NotAMember(String),
     #[error("only an admin of group {0} may do this")]
     NotAnAdmin(String),
+    /// No file the user may fetch or attach has this id (the same words whatever the reason,
+    /// so that ids cannot be probed).
+    #[error("unknown media: {0}")]
+    UnknownMedia(String),
+    #[error("media too large: {0}")]
+    MediaTooLarge(String),
+    #[error("media mismatch: {0}")]
+    MediaMismatch(String),
+    #[error("media type: {0}")]
+    MediaType(String),
     /// The answer of the node that owns a group, for the user as it is (a group call made on
     /// another node: `crate::groups`).
     #[error("{}", .0.message)]
@@ -105,6 +115,10 @@ impl ChatError {
             UnknownGroup(_) => ErrorCode::UnknownGroup,
             NotAMember(_) => ErrorCode::NotAMember,
             NotAnAdmin(_) => ErrorCode::NotAnAdmin,
+            UnknownMedia(_) => ErrorCode::UnknownMedia,
+            MediaTooLarge(_) => ErrorCode::MediaTooLarge,
+            MediaMismatch(_) => ErrorCode::MediaMismatch,
+            MediaType(_) => ErrorCode::MediaType,
             Relayed(e) => ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
             ShuttingDown => ErrorCode::ShuttingDown,
             Unavailable(_) => ErrorCode::Unavailable,
@@ -131,6 +145,10 @@ impl ChatError {
             | UnknownGroup(_)
             | NotAMember(_)
             | NotAnAdmin(_)
+            | UnknownMedia(_)
+            | MediaTooLarge(_)
+            | MediaMismatch(_)
+            | MediaType(_)
             | Relayed(_) => PeerErrorCode::BadRequest,
             Overloaded(_) | StorageFull(_) | RateLimited { .. } => PeerErrorCode::Overloaded,
             ShuttingDown => PeerErrorCode::ShuttingDown,
@@ -192,6 +210,26 @@ impl From<StorageError> for ChatError {
             StorageError::Full(m) => ChatError::StorageFull(m),
             other => ChatError::Storage(other),
         }
+    }
+}
+
+impl From<chat_media::SlotError> for ChatError {
+    fn from(e: chat_media::SlotError) -> Self {
+        use chat_media::SlotError::*;
+        match e {
+            TooLarge { .. } => ChatError::MediaTooLarge(e.to_string()),
+            BadType(_) | TypeNotAllowed(_) => ChatError::MediaType(e.to_string()),
+            Empty | BadDigest => ChatError::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
+/// The blob store did not answer (S3 down, a disk error): the client may retry; the details
+/// stay in the node's log.
+impl From<chat_media::StoreError> for ChatError {
+    fn from(e: chat_media::StoreError) -> Self {
+        tracing::warn!(error = %e, "blob store");
+        ChatError::Unavailable("the blob store did not answer; retry".into())
     }
 }
 

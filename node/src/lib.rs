@@ -11,7 +11,9 @@
 //! `peer::forwarder` hands them over QUIC (`peer::transport`, mutual TLS in `peer::tls`) to the
 //! owner, whose `peer` handler applies them through its own writer. `groups` takes a group
 //! call to the group's home node (its writer fans messages out to the members' inboxes). `rebalance` is this node's
-//! part in a move of the ring. `admin` serves health and metrics.
+//! part in a move of the ring. `admin` serves health and metrics. `media` decides who may put
+//! and get which attachment bytes (the bytes go straight to the blob store, or to the embedded
+//! store's routes on `http`, the client HTTP listener).
 
 //!
 //! Only what the `chat-node` binary and the other crates need is public; everything else is
@@ -26,7 +28,9 @@ pub(crate) mod ephemeral;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod groups;
+pub(crate) mod http;
 pub(crate) mod hub;
+pub(crate) mod media;
 pub(crate) mod overload;
 pub(crate) mod peer;
 pub(crate) mod presence;

@@ -38,6 +38,9 @@ struct Args {
     /// Overrides admin.listen.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Overrides http.listen.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
     /// Overrides log.format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -58,15 +61,21 @@ fn main() -> anyhow::Result<()> {
         etcd: args.etcd,
         quic_listen: args.quic_listen,
         admin_listen: args.admin_listen,
+        http_listen: args.http_listen,
     };
     let cfg = NodeConfig::load(args.config.as_deref(), &overrides).context("configuration")?;
     if args.check_config {
         let mut shown = cfg.clone();
         shown.auth.jwt_secret = "<redacted>".into();
+        if !shown.media.s3.secret_access_key.is_empty() {
+            shown.media.s3.secret_access_key = "<redacted>".into();
+        }
         println!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
     chat_service::log::init(&cfg.log);
+    // One TLS crypto provider for the whole process (QUIC, and the S3 client's HTTPS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -79,6 +88,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node = Node::bind(cfg).await?;
     // One line on stdout for scripts and tests that start nodes with port 0; logs go to stderr.
-    println!("chat-node ready {} {}", node.client_url(), node.admin_url());
+    println!(
+        "chat-node ready {} {} {}",
+        node.client_url(),
+        node.admin_url(),
+        node.http_url()
+    );
     node.run(chat_service::signal::shutdown()).await
 }

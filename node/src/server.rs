@@ -1,5 +1,6 @@
 //! The node process: opens storage, joins the cluster (etcd registration, ring watch, QUIC
-//! endpoint, outbox forwarder), accepts WebSocket clients, serves the admin HTTP listener, and
+//! endpoint, outbox forwarder), accepts WebSocket clients, serves the client HTTP listener
+//! (media) and the admin HTTP listener, and
 //! shuts down gracefully (stop accepting, deregister, let sessions finish their pending ✓, stop
 //! peers, drain the writer, flush storage).
 
@@ -21,6 +22,7 @@ use crate::ephemeral::Ephemeral;
 use crate::error::ChatError;
 use crate::gateway;
 use crate::hub::Hub;
+use crate::media::Media;
 use crate::overload::Load;
 use crate::peer::forwarder::Forwarder;
 use crate::peer::transport::Peers;
@@ -50,6 +52,7 @@ struct ClusterParts {
 pub struct Node {
     listener: TcpListener,
     admin: TcpListener,
+    http: TcpListener,
     shared: Arc<NodeContext>,
     writer: std::thread::JoinHandle<()>,
     store: Arc<Store>,
@@ -122,6 +125,9 @@ impl Node {
         let client_url = cfg.client_url(listener.local_addr()?);
         let admin = TcpListener::bind(cfg.admin.listen).await?;
         let admin_url = format!("http://{}", admin.local_addr()?);
+        let http = TcpListener::bind(cfg.http.listen).await?;
+        let http_url = cfg.http_url(http.local_addr()?);
+        let media = Arc::new(Media::open(&cfg, &http_url, routing.clone(), store.clone()).await?);
         let cluster = match (peers, outbox_rx) {
             (Some(peers), Some(outbox_rx)) => {
                 let quic_addr = if cfg.cluster.quic_public_addr.is_empty() {
@@ -134,6 +140,7 @@ impl Node {
                     client_url: client_url.clone(),
                     quic_addr,
                     admin_url: admin_url.clone(),
+                    http_url: http_url.clone(),
                     weight: cfg.cluster.weight,
                     version: env!("CARGO_PKG_VERSION").into(),
                 };
@@ -203,6 +210,7 @@ impl Node {
         let shared = Arc::new(NodeContext {
             presence,
             groups,
+            media,
             load,
             user_limits: Limiter::new(cfg.rate.per_user()),
             addr_limits: Limiter::new(cfg.rate.per_addr()),
@@ -210,6 +218,7 @@ impl Node {
             cfg,
             client_url,
             admin_url,
+            http_url,
             verifier,
             store: store.clone(),
             hub,
@@ -219,12 +228,17 @@ impl Node {
         Ok(Node {
             listener,
             admin,
+            http,
             shared,
             writer,
             store,
             health,
             cluster,
         })
+    }
+
+    pub fn http_url(&self) -> &str {
+        &self.shared.http_url
     }
 
     pub fn client_url(&self) -> &str {
@@ -240,6 +254,7 @@ impl Node {
         let Node {
             listener,
             admin,
+            http,
             shared,
             writer,
             store,
@@ -251,6 +266,14 @@ impl Node {
         let admin_task = tokio::spawn(admin::serve(admin, health.clone(), async move {
             let _ = admin_stop.recv().await;
         }));
+        let mut http_stop = notify_shutdown.subscribe();
+        let http_task = tokio::spawn(crate::http::serve(http, shared.media.clone(), async move {
+            let _ = http_stop.recv().await;
+        }));
+        tokio::spawn(shared.media.clone().run_sweep(
+            shared.cfg.retention().as_millis() as i64,
+            notify_shutdown.subscribe(),
+        ));
         tokio::spawn(
             shared
                 .presence
@@ -305,7 +328,7 @@ impl Node {
         // Every session holds a clone; when all are dropped, recv() returns None.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let slots = Arc::new(Semaphore::new(shared.cfg.limits.max_connections as usize));
-        tracing::info!(url = %shared.client_url, admin = %shared.admin_url, node = %shared.cfg.node.id, "serving clients");
+        tracing::info!(url = %shared.client_url, http = %shared.http_url, admin = %shared.admin_url, node = %shared.cfg.node.id, "serving clients");
 
         tokio::select! {
             res = accept_loop(&listener, &shared, &notify_shutdown, &done_tx, &slots) => {
@@ -342,6 +365,7 @@ impl Node {
             let _ = tokio::time::timeout(SESSION_DRAIN, forwarder).await;
         }
         let _ = tokio::time::timeout(SESSION_DRAIN, admin_task).await;
+        let _ = tokio::time::timeout(SESSION_DRAIN, http_task).await;
         // The writer stops once the last handle (held by `shared`, sessions, the peer server
         // and the forwarder) is gone and its queue is empty: every submitted command is committed
         // first.

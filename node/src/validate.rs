@@ -35,8 +35,10 @@ pub fn check_id(kind: IdKind, id: &str, max: usize) -> Result<(), ChatError> {
     }
 }
 
-pub fn check_body(body: &str, max: usize) -> Result<(), ChatError> {
-    if body.is_empty() {
+/// A message's text: 1..=max bytes, or empty when the message carries an attachment (a
+/// caption is optional).
+pub fn check_body(body: &str, max: usize, attachment: bool) -> Result<(), ChatError> {
+    if body.is_empty() && !attachment {
         return Err(ChatError::BodyEmpty);
     }
     if body.len() > max {
@@ -64,11 +66,18 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert!(matches!(check_body("", 10), Err(ChatError::BodyEmpty)));
         assert!(matches!(
-            check_body("12345678901", 10),
+            check_body("", 10, false),
+            Err(ChatError::BodyEmpty)
+        ));
+        assert!(
+            check_body("", 10, true).is_ok(),
+            "an attachment needs no caption"
+        );
+        assert!(matches!(
+            check_body("12345678901", 10, true),
             Err(ChatError::BodyTooLarge { size: 11, max: 10 })
         ));
-        assert!(check_body("ok", 10).is_ok());
+        assert!(check_body("ok", 10, false).is_ok());
     }
 }

@@ -54,6 +54,7 @@ pub enum DecodeError {
 /// The JSON names of the frame kinds of a `ClientFrame`.
 pub const CLIENT_FRAME_KINDS: &[&str] = &[
     "hello", "send", "ack", "read", "history", "ping", "typing", "block", "presence", "group",
+    "media",
 ];
 /// The JSON names of the frame kinds of a `ServerFrame`.
 pub const SERVER_FRAME_KINDS: &[&str] = &[
@@ -70,6 +71,7 @@ pub const SERVER_FRAME_KINDS: &[&str] = &[
     "presenceUpdate",
     "readState",
     "group",
+    "media",
 ];
 
 /// A frame type: a message with one `frame` oneof.
@@ -137,7 +139,8 @@ impl Frame for v1::ServerFrame {
                 | F::Presence(_)
                 | F::PresenceUpdate(_)
                 | F::ReadState(_)
-                | F::Group(_),
+                | F::Group(_)
+                | F::Media(_),
             )
             | None => {}
         }
@@ -210,6 +213,7 @@ mod tests {
                 body: "hi".into(),
                 from: String::new(),
                 group: String::new(),
+                attachment: None,
             })),
             active: false,
         }

@@ -17,6 +17,8 @@ pub struct TestNode {
     pub id: String,
     pub url: String,
     pub admin_url: String,
+    /// The client HTTP listener (the embedded media store's routes).
+    pub http_url: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -105,6 +107,7 @@ impl TestNode {
             id: id.into(),
             url: String::new(),
             admin_url: String::new(),
+            http_url: String::new(),
             data_dir,
             args,
             env,
@@ -125,6 +128,7 @@ impl TestNode {
         cmd.args(&self.args)
             .args(["--node-id", &self.id, "--listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
@@ -158,9 +162,13 @@ impl TestNode {
         let rest = line
             .strip_prefix("chat-node ready ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let (url, admin) = rest.split_once(' ').expect("client and admin URLs");
+        let urls: Vec<&str> = rest.split(' ').collect();
+        let [url, admin, http] = urls[..] else {
+            panic!("expected client, admin and HTTP URLs in {line:?}");
+        };
         self.url = url.to_string();
         self.admin_url = admin.to_string();
+        self.http_url = http.to_string();
         self.child = Some(child);
     }
 

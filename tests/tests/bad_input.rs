@@ -106,6 +106,7 @@ async fn bad_sends_are_refused_with_their_code_and_store_nothing() {
             body: body.into(),
             from: from.into(),
             group: String::new(),
+            attachment: None,
         })
     };
     let cases = vec![

@@ -26,6 +26,7 @@ impl Ctx {
             body: format!("{HOSTILE_MARKER} as {from}"),
             from: from.clone(),
             group: String::new(),
+            attachment: None,
         };
         c.send(client_frame::Frame::Send(send))
             .await
@@ -150,6 +151,7 @@ impl Ctx {
                     body: format!("{HOSTILE_MARKER} flood {i}"),
                     from: String::new(),
                     group: String::new(),
+                    attachment: None,
                 };
                 if tx.feed(client_frame::Frame::Send(send)).await.is_err() {
                     return;

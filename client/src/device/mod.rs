@@ -92,6 +92,8 @@ impl fmt::Display for CloseReason {
 }
 
 /// One thing the device did or saw.
+// A few events a second per device, each consumed at once: not worth a box per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum DeviceEvent {
     /// A `Welcome` arrived (after any redirects): the connection is usable.

@@ -182,6 +182,7 @@ impl Rules {
             body,
             from: String::new(),
             group,
+            attachment: None,
         }));
     }
 

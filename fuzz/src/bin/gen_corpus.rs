@@ -9,7 +9,8 @@
 
 use chat_fuzz::{by_name, corpus_dir};
 use chat_proto::v1::{
-    client_frame, deliver, group_reply, group_request, server_frame, Ack, ClientFrame, Deliver,
+    client_frame, deliver, media_request, Attachment, HttpHeader, MediaDownload, MediaReply,
+    MediaRequest, MediaUpload, group_reply, group_request, server_frame, Ack, ClientFrame, Deliver,
     Error as ErrorFrame, Failed, GroupCreate, GroupEvent, GroupInfo, GroupMember,
     GroupReceiptsQuery, GroupReply, GroupRequest, Hello, HistoryPage, HistoryRequest, Limits,
     Message, Ping, Pong, ReadMarker, Receipt, Redirect, Send, Sent, ServerFrame, Welcome,
@@ -45,6 +46,37 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 body: "hi bob".into(),
                 from: String::new(),
                 group: String::new(),
+                attachment: None,
+            }),
+        ),
+        f(
+            "send-attachment",
+            F::Send(Send {
+                client_msg_id: "6f1c-03".into(),
+                to: "bob".into(),
+                attachment: Some(attachment()),
+                ..Send::default()
+            }),
+        ),
+        f(
+            "media-upload",
+            F::Media(MediaRequest {
+                request_id: "u1".into(),
+                op: Some(media_request::Op::Upload(MediaUpload {
+                    mime: "image/jpeg".into(),
+                    size: 2_097_152,
+                    sha256: SHA.into(),
+                })),
+            }),
+        ),
+        f(
+            "media-download",
+            F::Media(MediaRequest {
+                request_id: "d1".into(),
+                op: Some(media_request::Op::Download(MediaDownload {
+                    media_id: MEDIA.into(),
+                    seq: 41,
+                })),
             }),
         ),
         f(
@@ -86,6 +118,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 body: "é \u{1F600} \"quoted\" \\ \n\t\u{0}".into(),
                 from: "alice".into(),
                 group: String::new(),
+                attachment: None,
             }),
         ),
         f("ack", F::Ack(Ack { up_to_seq: 42 })),
@@ -110,6 +143,21 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     ]
 }
 
+const MEDIA: &str = "m019aa1b27c3d7e008000000000000001";
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn attachment() -> Attachment {
+    Attachment {
+        media_id: MEDIA.into(),
+        mime: "image/jpeg".into(),
+        size: 2_097_152,
+        sha256: SHA.into(),
+        thumbnail: vec![0xff, 0xd8, 0xff, 0xe0, 0, 16],
+        name: "beach.jpg".into(),
+        node: "n1".into(),
+    }
+}
+
 fn server_frames() -> Vec<(&'static str, ServerFrame)> {
     use server_frame::Frame as F;
     let f = |name, frame| (name, ServerFrame { frame: Some(frame) });
@@ -122,6 +170,12 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         ts: 1_795_000_000_123,
         client_msg_id: "6f1c-01".into(),
         group: String::new(),
+        attachment: None,
+    };
+    let with_file = Message {
+        attachment: Some(attachment()),
+        body: String::new(),
+        ..message.clone()
     };
     let receipt = Receipt {
         kind: 2, // RECEIPT_KIND_READ
@@ -157,6 +211,8 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                     max_history_page: 200,
                     max_devices_per_user: 8,
                     max_inflight_sends: 256,
+                    max_media_bytes: 67_108_864,
+                    max_thumbnail_bytes: 16_384,
                 }),
                 server_time_ms: 1_795_000_000_000,
             }),
@@ -187,6 +243,24 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                     event_id: "e1".into(),
                 }),
             )),
+        ),
+        f(
+            "deliver-attachment",
+            F::Deliver(deliver(44, deliver::Entry::Message(with_file))),
+        ),
+        f(
+            "media-reply",
+            F::Media(MediaReply {
+                request_id: "u1".into(),
+                media_id: MEDIA.into(),
+                method: "PUT".into(),
+                url: format!("http://127.0.0.1:7700/media/{MEDIA}?exp=1795000300123&size=2097152&sha256={SHA}&sig=AAAA"),
+                headers: vec![HttpHeader {
+                    name: "content-type".into(),
+                    value: "image/jpeg".into(),
+                }],
+                expires_ms: 1_795_000_300_123,
+            }),
         ),
         f(
             "group-info",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod groups;
+mod media;
 mod rates;
 mod sections;
 mod tuning;
@@ -17,6 +18,7 @@ mod tuning;
 pub use chat_service::config::ConfigError;
 pub use chat_service::log::{LogFormat, LogSection};
 pub use groups::GroupsSection;
+pub use media::{MediaBackend, MediaSection, S3Section};
 pub use rates::{EphemeralSection, OverloadSection, PresenceSection, RateSection};
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
@@ -26,6 +28,7 @@ pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 pub struct NodeConfig {
     pub node: NodeSection,
     pub client: ClientSection,
+    pub http: HttpSection,
     pub auth: AuthSection,
     pub storage: StorageSection,
     pub limits: LimitsSection,
@@ -33,6 +36,7 @@ pub struct NodeConfig {
     pub ephemeral: EphemeralSection,
     pub presence: PresenceSection,
     pub groups: GroupsSection,
+    pub media: MediaSection,
     pub overload: OverloadSection,
     pub log: LogSection,
     pub cluster: ClusterSection,
@@ -54,6 +58,7 @@ pub struct Overrides {
     pub etcd: Option<Vec<String>>,
     pub quic_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -92,6 +97,9 @@ impl NodeConfig {
         }
         if let Some(v) = o.admin_listen {
             self.admin.listen = v;
+        }
+        if let Some(v) = o.http_listen {
+            self.http.listen = v;
         }
     }
 
@@ -156,6 +164,12 @@ impl NodeConfig {
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
         self.presence.check().map_err(ConfigError::Invalid)?;
         self.groups.check().map_err(ConfigError::Invalid)?;
+        self.media
+            .check(l.max_frame_bytes, l.max_body_bytes)
+            .map_err(ConfigError::Invalid)?;
+        self.media
+            .url_key(&self.auth.jwt_secret)
+            .map_err(ConfigError::Invalid)?;
         self.overload.check().map_err(ConfigError::Invalid)?;
         if !self.node.standalone {
             let c = &mut self.cluster;
@@ -170,6 +184,12 @@ impl NodeConfig {
                 return bad(format!(
                     "cluster.quic_listen {} is a wildcard: set cluster.quic_public_addr to the address peers dial",
                     c.quic_listen
+                ));
+            }
+            if self.http.listen.ip().is_unspecified() && self.http.public_url.is_empty() {
+                return bad(format!(
+                    "http.listen {} is a wildcard: set http.public_url to the URL clients reach it at",
+                    self.http.listen
                 ));
             }
             if self.client.listen.ip().is_unspecified() && self.client.public_url.is_empty() {
@@ -248,6 +268,15 @@ impl NodeConfig {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.storage.retention_secs)
+    }
+
+    /// The base URL of this node's client HTTP listener, once its real address is known.
+    pub fn http_url(&self, bound: SocketAddr) -> String {
+        if self.http.public_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.http.public_url.trim_end_matches('/').to_string()
+        }
     }
 
     /// The URL given to clients for this node, once the listener's real address is known.

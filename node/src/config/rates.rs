@@ -33,6 +33,10 @@ pub struct RateSection {
     pub group_requests_per_min: u32,
     /// Group changes and queries one user may make at once.
     pub group_requests_burst: u32,
+    /// Media requests (upload slots, download URLs) one user may make a minute.
+    pub media_per_min: u32,
+    /// Media requests one user may make at once.
+    pub media_burst: u32,
     /// New connections a minute from one source IP address; beyond it a connection gets
     /// `RATE_LIMITED` right after the WebSocket handshake and is closed. Generous by default:
     /// many users can share an address (NAT, a company proxy).
@@ -54,6 +58,8 @@ impl Default for RateSection {
             group_sends_burst: 50,
             group_requests_per_min: 120,
             group_requests_burst: 30,
+            media_per_min: 120,
+            media_burst: 30,
             connections_per_addr_per_min: 600,
             connections_per_addr_burst: 200,
         }
@@ -86,6 +92,10 @@ impl RateSection {
                 per_min: self.group_requests_per_min,
                 burst: self.group_requests_burst,
             },
+            Rate {
+                per_min: self.media_per_min,
+                burst: self.media_burst,
+            },
         ]
     }
 
@@ -99,6 +109,7 @@ impl RateSection {
                 per_min: self.connections_per_addr_per_min,
                 burst: self.connections_per_addr_burst,
             },
+            off,
             off,
             off,
             off,
@@ -121,6 +132,7 @@ impl RateSection {
                 self.group_requests_per_min,
                 self.group_requests_burst,
             ),
+            ("media", self.media_per_min, self.media_burst),
             (
                 "connections_per_addr",
                 self.connections_per_addr_per_min,

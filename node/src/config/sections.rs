@@ -117,6 +117,26 @@ impl Default for ClientSection {
     }
 }
 
+/// The client HTTP listener: the media routes of the embedded blob store (and the HTTP API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address the client HTTP listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// URL clients use to reach it (signed media URLs point here); empty:
+    /// `http://<listen address>`.
+    pub public_url: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:7700".parse().expect("valid address"),
+            public_url: String::new(),
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {

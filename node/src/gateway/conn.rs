@@ -16,6 +16,8 @@ use super::End;
 use crate::error::ChatError;
 
 /// What one message from the client is.
+// Made and matched once per frame, never stored: a box would cost more than the move.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Inbound {
     Frame(ClientFrame),
     /// A ping or pong: the WebSocket layer answers it.

@@ -19,7 +19,11 @@ use crate::writer::GroupDone;
 impl Session {
     /// Checks a group message and queues it for the group's home node; its ✓ is sent in order
     /// with the connection's other sends.
-    pub(super) async fn group_send(&mut self, live: &mut Live, s: SendMessage) -> Result<(), Gone> {
+    pub(super) async fn group_send(
+        &mut self,
+        live: &mut Live,
+        mut s: SendMessage,
+    ) -> Result<(), Gone> {
         let max_id = self.ctx.cfg.limits.max_id_bytes as usize;
         let checked = (|| {
             check_id(IdKind::ClientMsgId, &s.client_msg_id, max_id)?;
@@ -35,11 +39,16 @@ impl Session {
                     "a group message names its group, not a recipient".into(),
                 ));
             }
-            check_body(&s.body, self.ctx.cfg.limits.max_body_bytes as usize)?;
+            let max_body = self.ctx.cfg.limits.max_body_bytes as usize;
+            check_body(&s.body, max_body, s.attachment.is_some())?;
             let limits = &self.ctx.user_limits;
             limits.check(&live.who.user, Limit::GroupSends)?;
             limits.check(&live.who.user, Limit::Messages)
         })();
+        let checked = match checked {
+            Ok(()) => self.checked_attachment(&live.who.user, &mut s).await,
+            Err(e) => Err(e),
+        };
         let cmid = s.client_msg_id.clone();
         if let Err(e) = checked {
             return self.conn.refuse(&e, &cmid).await;

@@ -57,12 +57,13 @@ impl Session {
             client_frame::Frame::Typing(t) => self.typing(live, t).await,
             client_frame::Frame::Block(r) => self.block(live, r).await,
             client_frame::Frame::Presence(r) => self.presence(live, r).await,
+            client_frame::Frame::Media(r) => self.media(live, r).await,
         };
         Ok(done?)
     }
 
     /// Checks a message and queues it; its ✓ is sent when the writer answers (in order).
-    async fn send(&mut self, live: &mut Live, s: SendMessage) -> Result<(), Gone> {
+    async fn send(&mut self, live: &mut Live, mut s: SendMessage) -> Result<(), Gone> {
         let lim = &self.ctx.cfg.limits;
         let checked = (|| {
             check_id(
@@ -77,10 +78,15 @@ impl Session {
                 )));
             }
             check_id(IdKind::Recipient, &s.to, lim.max_id_bytes as usize)?;
-            check_body(&s.body, lim.max_body_bytes as usize)?;
+            let max_body = lim.max_body_bytes as usize;
+            check_body(&s.body, max_body, s.attachment.is_some())?;
             // Last, so that a malformed send never costs the user a token.
             self.ctx.user_limits.check(&live.who.user, Limit::Messages)
         })();
+        let checked = match checked {
+            Ok(()) => self.checked_attachment(&live.who.user, &mut s).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = checked {
             return self.conn.refuse(&e, &s.client_msg_id).await;
         }
@@ -89,10 +95,13 @@ impl Session {
         // for room, then is refused with a retry hint (nothing was queued: the wait is
         // cancel-safe).
         let wait = Duration::from_millis(self.ctx.cfg.overload.send_wait_ms);
-        let queue = self
-            .ctx
-            .writer
-            .send(live.who.clone(), s.client_msg_id, s.to, s.body);
+        let queue = self.ctx.writer.send(
+            live.who.clone(),
+            s.client_msg_id,
+            s.to,
+            s.body,
+            s.attachment,
+        );
         let queued = match tokio::time::timeout(wait, queue).await {
             Ok(q) => q,
             Err(_) => {
@@ -110,6 +119,21 @@ impl Session {
             }
             Err(e) => self.conn.refuse(&e, &cmid).await,
         }
+    }
+
+    /// Replaces a send's attachment with the checked one (its slot's type, size and hash), once
+    /// its bytes are known to be in the store and right. A retry of a send already stored
+    /// passes too: its file is still there.
+    pub(super) async fn checked_attachment(
+        &self,
+        user: &str,
+        s: &mut SendMessage,
+    ) -> Result<(), ChatError> {
+        if let Some(a) = s.attachment.take() {
+            let now = chat_proto::now_ms();
+            s.attachment = Some(self.ctx.media.attachment(user, a, now).await?);
+        }
+        Ok(())
     }
 
     /// Forwards a typing event to the recipient's connected devices; nothing is stored.

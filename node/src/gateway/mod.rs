@@ -8,6 +8,7 @@ mod delivery;
 mod groups;
 mod handlers;
 mod hello;
+mod media;
 mod moved;
 mod presence;
 mod session;

@@ -199,6 +199,7 @@ fn to_op(call: &group_call::Call) -> GroupOp {
             client_msg_id: s.client_msg_id.clone(),
             group: s.group.clone(),
             body: s.body.clone(),
+            attachment: s.attachment.clone(),
         },
         group_call::Call::Request(r) => GroupOp::Request(r.clone()),
     }

@@ -22,7 +22,7 @@ const SHARDS: usize = 16;
 /// the last sweep.
 const SWEEP_FLOOR: usize = 1024;
 
-/// What a request counts against: a user's sends, typing events and presence requests, an
+/// What a request counts against: a user's sends, typing events, presence and media requests, an
 /// address's new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -32,10 +32,11 @@ pub enum Limit {
     Presence = 3,
     GroupSends = 4,
     GroupRequests = 5,
+    Media = 6,
 }
 
 impl Limit {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     /// The `limit` label of `chat_rate_limited_total`, and the word in the error message.
     pub fn name(self) -> &'static str {
@@ -46,6 +47,7 @@ impl Limit {
             Limit::Presence => "presence",
             Limit::GroupSends => "group_sends",
             Limit::GroupRequests => "group_requests",
+            Limit::Media => "media",
         }
     }
 
@@ -56,6 +58,7 @@ impl Limit {
         Limit::Presence,
         Limit::GroupSends,
         Limit::GroupRequests,
+        Limit::Media,
     ];
 }
 

@@ -16,6 +16,7 @@
 //! dedup (fwd)   = owner prefix | 0xFFFF | entry id   -> ts header | seq: u64 BE (forwarded entries)
 //! dedup (gsend) = group prefix | 0xFFFD | len(user): u16 BE | user | len(device): u16 BE | device
 //!                 | client_msg_id                    -> ts header | SentRecord (group sends)
+//! dedup (upload)= owner prefix | 0xFFFC | media id                -> ts header | UploadRecord
 //! dedup (tally) = group prefix | 0xFFFE | len(msg id): u8 | msg id | kind: u8 | member
 //!                                                    -> ts header (a member received or read it)
 //! outbox        = out seq: u64 BE                    -> ForwardEntry
@@ -48,6 +49,8 @@ pub const MEMBER_TAG: u8 = b'm';
 /// Dedup markers of group records, where a user's dedup key has its device length (at most
 /// 1024): never a collision.
 const GROUP_SEND_MARK: u16 = 0xFFFD;
+/// An upload slot given to a user: a dedup record, so it expires with the retention.
+const UPLOAD_MARK: u16 = 0xFFFC;
 const TALLY_MARK: u16 = 0xFFFE;
 
 pub fn owner_prefix(owner: &str) -> Vec<u8> {
@@ -132,6 +135,14 @@ pub fn forward_dedup_key(user: &str, entry_id: &str) -> Vec<u8> {
     let mut k = owner_prefix(user);
     k.extend_from_slice(&u16::MAX.to_be_bytes());
     k.extend_from_slice(entry_id.as_bytes());
+    k
+}
+
+/// The upload slot `media_id` given to `user` (what its bytes must be).
+pub fn upload_key(user: &str, media_id: &str) -> Vec<u8> {
+    let mut k = owner_prefix(user);
+    k.extend_from_slice(&UPLOAD_MARK.to_be_bytes());
+    k.extend_from_slice(media_id.as_bytes());
     k
 }
 
@@ -262,6 +273,7 @@ mod tests {
             my_group_key(id, "g-2"),
             dedup_key(id, "phone", "c1"),
             forward_dedup_key(id, "m1"),
+            upload_key(id, "m0190"),
             inbox_key(id, 1),
         ];
         for g in &group {

@@ -1,7 +1,7 @@
 //! Typed reads of the node's records. Blocking: async callers use `spawn_blocking`.
 
 use chat_proto::cluster::ForwardEntry;
-use chat_proto::store::{DeviceState, SentRecord, UserSettings, UserState};
+use chat_proto::store::{DeviceState, SentRecord, UploadRecord, UserSettings, UserState};
 
 use super::engine::{Scan, StorageError};
 use super::keys::*;
@@ -182,6 +182,38 @@ impl Store {
                 }
                 Ok(Some(decode(rec)?))
             }
+            None => Ok(None),
+        }
+    }
+
+    /// The upload slot `media_id` given to `user` and when, unless past the retention.
+    pub fn upload_record(
+        &self,
+        user: &str,
+        media_id: &str,
+    ) -> Result<Option<(i64, UploadRecord)>, StorageError> {
+        match self.engine.get(Cf::Dedup, &upload_key(user, media_id))? {
+            Some(v) => {
+                let (ts, rec) = split_timed(&v).ok_or_else(corrupt)?;
+                if ts < self.retention_floor_ms() {
+                    return Ok(None);
+                }
+                Ok(Some((ts, decode(rec)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The entry of `user`'s inbox at `seq`, unless there is none or it is past the retention.
+    pub fn inbox_entry(&self, user: &str, seq: u64) -> Result<Option<StoredEntry>, StorageError> {
+        let prefix = owner_prefix(user);
+        match self.engine.get(Cf::Inbox, &inbox_key(user, seq))? {
+            Some(v) => parse_entry(
+                &prefix,
+                &inbox_key(user, seq),
+                &v,
+                self.retention_floor_ms(),
+            ),
             None => Ok(None),
         }
     }

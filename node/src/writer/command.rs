@@ -45,7 +45,15 @@ pub(crate) enum ClientCmd {
         client_msg_id: String,
         to: String,
         body: String,
+        attachment: Option<chat_proto::v1::Attachment>,
         reply: Reply<Sent>,
+    },
+    /// An upload slot given to the user: stored so that a message may name it later.
+    Upload {
+        who: Identity,
+        media_id: String,
+        record: chat_proto::store::UploadRecord,
+        reply: Reply<()>,
     },
     /// A device connects: registers it (within the device limit) and returns its cursor.
     Attach {
@@ -218,6 +226,7 @@ impl WriterHandle {
         client_msg_id: String,
         to: String,
         body: String,
+        attachment: Option<chat_proto::v1::Attachment>,
     ) -> Result<Pending<Sent>, ChatError> {
         self.ask(|reply| {
             Command::Client(ClientCmd::Send {
@@ -225,6 +234,7 @@ impl WriterHandle {
                 client_msg_id,
                 to,
                 body,
+                attachment,
                 reply,
             })
         })
@@ -269,6 +279,25 @@ impl WriterHandle {
         self.tx
             .try_send(Command::Client(ClientCmd::LastSeen { user, ts }))
             .is_ok()
+    }
+
+    /// Stores an upload slot given to `who`; returns once it is on disk.
+    pub async fn upload(
+        &self,
+        who: Identity,
+        media_id: String,
+        record: chat_proto::store::UploadRecord,
+    ) -> Result<(), ChatError> {
+        self.ask(|reply| {
+            Command::Client(ClientCmd::Upload {
+                who,
+                media_id,
+                record,
+                reply,
+            })
+        })
+        .await?
+        .await
     }
 
     pub async fn settings(
@@ -380,7 +409,8 @@ impl Command {
                 ClientCmd::Attach { who, .. }
                 | ClientCmd::Ack { who, .. }
                 | ClientCmd::Block { who, .. }
-                | ClientCmd::Settings { who, .. },
+                | ClientCmd::Settings { who, .. }
+                | ClientCmd::Upload { who, .. },
             ) => {
                 vec![who.user.as_str()]
             }

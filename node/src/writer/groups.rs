@@ -33,6 +33,7 @@ pub enum GroupOp {
         client_msg_id: String,
         group: String,
         body: String,
+        attachment: Option<chat_proto::v1::Attachment>,
     },
     Request(GroupRequest),
 }
@@ -114,10 +115,11 @@ impl Writer {
             GroupOp::Send {
                 client_msg_id,
                 body,
+                attachment,
                 ..
             } => {
                 return self
-                    .group_send(who, group, client_msg_id, body, b)
+                    .group_send(who, group, client_msg_id, body, attachment, b)
                     .map(GroupDone::Sent)
             }
             GroupOp::Request(r) => r,
@@ -440,6 +442,7 @@ impl Writer {
         group: &str,
         client_msg_id: String,
         body: String,
+        attachment: Option<chat_proto::v1::Attachment>,
         b: &mut Batch,
     ) -> Result<Sent, ChatError> {
         let key = group_send_key(group, &who.user, &who.device, &client_msg_id);
@@ -468,6 +471,7 @@ impl Writer {
                 ts,
                 client_msg_id: client_msg_id.clone(),
                 group: group.to_string(),
+                attachment,
             })),
         };
         // The sender too: its other devices show what it sent.

@@ -26,8 +26,9 @@ impl Writer {
                 client_msg_id,
                 to,
                 body,
+                attachment,
                 reply,
-            } => match self.send(&from, client_msg_id, to, body, b) {
+            } => match self.send(&from, client_msg_id, to, body, attachment, b) {
                 Ok(sent) => b.answers.push(Answer::Sent(reply, sent)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -57,6 +58,19 @@ impl Writer {
             ClientCmd::LastSeen { user, ts } => {
                 b.writes
                     .put_relaxed(Cf::Meta, last_seen_key(&user), ts.to_be_bytes());
+            }
+            ClientCmd::Upload { who, reply, .. } if !self.owns(&who.user, b) => {
+                let _ = reply.send(Err(moved(&who.user)));
+            }
+            ClientCmd::Upload {
+                who,
+                media_id,
+                record,
+                reply,
+            } => {
+                let key = upload_key(&who.user, &media_id);
+                b.writes.put(Cf::Dedup, key, timed_value(b.now_ms, &record));
+                b.answers.push(Answer::Done(reply));
             }
             ClientCmd::Settings { who, reply, .. } if !self.owns(&who.user, b) => {
                 let _ = reply.send(Err(moved(&who.user)));
@@ -184,6 +198,7 @@ impl Writer {
         client_msg_id: String,
         to: String,
         body: String,
+        attachment: Option<chat_proto::v1::Attachment>,
         b: &mut Batch,
     ) -> Result<Sent, ChatError> {
         let dkey = dedup_key(&from.user, &from.device, &client_msg_id);
@@ -216,6 +231,7 @@ impl Writer {
             ts,
             client_msg_id: client_msg_id.clone(),
             group: String::new(),
+            attachment,
         };
         let entry = InboxEntry {
             entry: Some(inbox_entry::Entry::Message(message)),

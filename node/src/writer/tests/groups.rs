@@ -81,6 +81,7 @@ fn group_send(who: &Identity, cmid: &str, group: &str) -> (Command, GroupRx) {
             client_msg_id: cmid.into(),
             group: group.into(),
             body: format!("{cmid} from {}", who.user),
+            attachment: None,
         },
     )
 }

@@ -119,6 +119,7 @@ fn send(
         to: to.into(),
         body: "hi".into(),
         reply,
+        attachment: None,
     });
     (cmd, rx)
 }

@@ -15,7 +15,7 @@ async fn send(c: &WriterHandle, cmid: &str, body: &str) -> chat_proto::v1::Sent 
         user: "alice".into(),
         device: "phone".into(),
     };
-    let queued = c.send(from, cmid.into(), "bob".into(), body.into());
+    let queued = c.send(from, cmid.into(), "bob".into(), body.into(), None);
     queued.await.unwrap().await.unwrap()
 }
 

@@ -29,17 +29,7 @@ mod device;
 pub use chat_retry::Backoff;
 pub use device::{is_definitive, CloseReason, Device, DeviceConfig, DeviceEvent, Stamped};
 
-/// The user a token is for (its `sub` claim), read without checking the signature: only to build
-/// the connect path; the node checks the token.
-pub fn token_subject(token: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("sub")?.as_str().map(str::to_string)
-}
+pub use chat_auth::token_subject;
 
 /// `url` with `/v1/connect/<user>` appended when it has no path (and the user is known).
 pub fn connect_url(url: &str, user: Option<&str>) -> String {
@@ -497,13 +487,5 @@ mod tests {
         );
         assert_eq!(connect_url("ws://n:1/x", Some("bob")), "ws://n:1/x");
         assert_eq!(connect_url("ws://n:1", None), "ws://n:1");
-    }
-
-    #[test]
-    fn token_subject_is_read_without_verifying() {
-        // {"alg":"HS256"}.{"sub":"alice","dev":"d"}.sig
-        let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImRldiI6ImQifQ.x";
-        assert_eq!(token_subject(t).as_deref(), Some("alice"));
-        assert_eq!(token_subject("garbage"), None);
     }
 }

@@ -194,6 +194,55 @@ impl ChatError {
     }
 }
 
+/// The HTTP status of an error code, for the HTTP API (`crate::http`); the body carries the
+/// code itself, the same as the WebSocket's.
+pub fn http_status(code: ErrorCode) -> u16 {
+    use ErrorCode::*;
+    match code {
+        Unauthenticated | TokenInvalid | TokenExpired => 401,
+        PermissionDenied | Blocked | NotAMember | NotAnAdmin | UrlInvalid | UrlExpired => 403,
+        UnknownGroup | UnknownMedia => 404,
+        TooManyDevices | LimitReached => 409,
+        FrameTooLarge | BodyTooLarge | MediaTooLarge => 413,
+        MediaType => 415,
+        RateLimited => 429,
+        Internal | Unspecified => 500,
+        Overloaded | ShuttingDown | Unavailable => 503,
+        StorageFull => 507,
+        BadFrame | UnknownFrame | InvalidId | BodyEmpty | AlreadyAuthenticated
+        | InvalidArgument | MediaMismatch => 400,
+    }
+}
+
+/// An HTTP API refusal: the status of its code, `{"code", "message", "retryAfterMs"}` (the
+/// code's name without its `ERROR_CODE_` prefix, as the embedded media store's routes answer),
+/// and `Retry-After` when the client should retry.
+impl axum::response::IntoResponse for ChatError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{header, HeaderValue, StatusCode};
+        if self.is_internal() {
+            tracing::warn!(error = %self, "HTTP request failed");
+        }
+        let Some(server_frame::Frame::Error(e)) = self.to_frame("").frame else {
+            unreachable!("to_frame makes an error frame");
+        };
+        let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
+        let name = code.as_str_name().trim_start_matches("ERROR_CODE_");
+        let mut body = serde_json::json!({ "code": name, "message": e.message });
+        if e.retry_after_ms > 0 {
+            body["retryAfterMs"] = e.retry_after_ms.into();
+        }
+        let status = StatusCode::from_u16(http_status(code)).expect("a valid status");
+        let mut resp = (status, axum::Json(body)).into_response();
+        if e.retry_after_ms > 0 {
+            let secs = e.retry_after_ms.div_ceil(1000);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
 impl ChatError {
     /// Whether this error points at a fault of the node (logged as a warning) rather than at
     /// the request or a refusal the client is told to retry (logged at debug level).

@@ -26,7 +26,12 @@ impl Routing {
 #[derive(Debug, PartialEq)]
 pub enum Route {
     Here,
-    Elsewhere { url: String, epoch: u64 },
+    /// `url`: the home node's WebSocket URL; `http_url`: its client HTTP listener.
+    Elsewhere {
+        url: String,
+        http_url: String,
+        epoch: u64,
+    },
     Unavailable(String),
 }
 
@@ -40,6 +45,7 @@ impl Routing {
             Some(o) => match v.node(o) {
                 Some(n) => Route::Elsewhere {
                     url: n.client_url.clone(),
+                    http_url: n.http_url.clone(),
                     epoch: v.epoch(),
                 },
                 None => Route::Unavailable(format!("home node {o} is not available")),

@@ -267,7 +267,7 @@ impl Node {
             let _ = admin_stop.recv().await;
         }));
         let mut http_stop = notify_shutdown.subscribe();
-        let http_task = tokio::spawn(crate::http::serve(http, shared.media.clone(), async move {
+        let http_task = tokio::spawn(crate::http::serve(http, shared.clone(), async move {
             let _ = http_stop.recv().await;
         }));
         tokio::spawn(shared.media.clone().run_sweep(

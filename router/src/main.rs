@@ -4,6 +4,8 @@
 //!
 //! - `GET /v1/route/{user}`: `{"user", "node", "url", "epoch"}` as JSON;
 //! - `GET /v1/connect/{user}`: `307` to the home node's WebSocket URL (WebSocket clients follow);
+//! - any other `/v1/...` (the nodes' HTTP API): `307` to the same path on the home node of the
+//!   bearer token's user (the node checks the token; the router only reads its `sub`);
 //! - `GET /healthz`, `GET /readyz` (ring loaded), `GET /metrics` (Prometheus).
 
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use chat_cluster::{ClusterView, EtcdConfig};
 use chat_service::config::EtcdSection;
@@ -200,6 +202,49 @@ async fn connect(State(state): State<Arc<AppState>>, Path(user): Path<String>) -
     }
 }
 
+/// An HTTP API request: to the same path and query on the token user's home node. The API's
+/// error form (`{"code", "message"}`), as the nodes answer it.
+async fn api(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        let body = serde_json::json!({ "code": code, "message": message });
+        (status, Json(body)).into_response()
+    };
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| chat_auth::token_subject(t.trim()));
+    let Some(user) = user else {
+        let m = "send the user's token as Authorization: Bearer <token>".to_string();
+        return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", m);
+    };
+    let r = route(&state, &user).and_then(|a| {
+        let v = state.view.borrow();
+        match v.node(&a.node) {
+            Some(info) if !info.http_url.is_empty() => Ok(info.http_url.clone()),
+            _ => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("home node {} has no HTTP listener registered", a.node),
+            )),
+        }
+    });
+    metrics::counter!("chat_router_requests_total", "route" => "api", "ok" => r.is_ok().to_string())
+        .increment(1);
+    match r {
+        Ok(base) => {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let to = format!("{base}{path}");
+            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+        }
+        Err((status, m)) if status == StatusCode::BAD_REQUEST => refuse(status, "TOKEN_INVALID", m),
+        Err((status, m)) => refuse(status, "UNAVAILABLE", m),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = load(&args).context("configuration")?;
@@ -228,6 +273,7 @@ async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/route/{user}", get(route_json))
         .route("/v1/connect/{user}", get(connect))
+        .route("/v1/{*rest}", any(api))
         .with_state(state.clone())
         .merge(chat_service::admin::routes(state, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.router.listen).await?;

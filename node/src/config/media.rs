@@ -25,7 +25,7 @@ pub struct MediaSection {
     /// The embedded store's directory; empty: `<node.data_dir>/media`.
     pub local_dir: PathBuf,
     /// The largest upload, in bytes; larger slots are refused with MEDIA_TOO_LARGE. 0 turns
-    /// media off (every request is refused).
+    /// uploads off (every slot is refused; files already sent can still be fetched).
     pub max_bytes: u64,
     /// Media types a slot may have: exact (`application/pdf`) or a whole top-level type
     /// (`image/*`); others are refused with MEDIA_TYPE.

@@ -10,6 +10,7 @@ use chat_auth::Identity;
 
 use super::conn::Gone;
 use super::session::{Live, Session};
+use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::groups::{request_call, send_call};
 use crate::rate::Limit;
@@ -74,7 +75,7 @@ impl Session {
     /// A group request: answered with a GroupReply once the group's home node has it.
     pub(super) async fn group(&mut self, live: &mut Live, mut r: GroupRequest) -> Result<(), Gone> {
         let request_id = r.request_id.clone();
-        let answer = match self.group_answer(live.who.clone(), &mut r).await {
+        let answer = match group_answer(&self.ctx, live.who.clone(), &mut r).await {
             Ok(a) => a,
             Err(e) => return self.conn.refuse(&e, &request_id).await,
         };
@@ -83,60 +84,66 @@ impl Session {
         };
         self.conn.send(&frame).await
     }
+}
 
-    async fn group_answer(
-        &mut self,
-        who: Identity,
-        r: &mut GroupRequest,
-    ) -> Result<GroupReply, ChatError> {
-        use group_request::Op;
-        self.ctx
-            .user_limits
-            .check(&who.user, Limit::GroupRequests)?;
-        let max_id = self.ctx.cfg.limits.max_id_bytes as usize;
-        match &mut r.op {
-            None => return Err(ChatError::InvalidArgument(
+/// A group request of `who` (WebSocket or HTTP API), answered once the group's home node has it.
+pub(crate) async fn group_answer(
+    ctx: &NodeContext,
+    who: Identity,
+    r: &mut GroupRequest,
+) -> Result<GroupReply, ChatError> {
+    use group_request::Op;
+    ctx.user_limits.check(&who.user, Limit::GroupRequests)?;
+    let max_id = ctx.cfg.limits.max_id_bytes as usize;
+    match &mut r.op {
+        None => {
+            return Err(ChatError::InvalidArgument(
                 "say create, rename, add, remove, leave, promote, demote, info, mine or receipts"
                     .into(),
-            )),
-            Some(Op::Mine(_)) => return self.my_groups(who.user, &r.request_id).await,
-            // The group's id decides its home node: made here, before the call is routed.
-            Some(Op::Create(c)) => c.group = format!("g-{}", uuid::Uuid::now_v7()),
-            Some(Op::Receipts(q)) => {
-                check_id(IdKind::Group, &q.group, max_id)?;
-                check_id(IdKind::MsgId, &q.msg_id, max_id)?;
-            }
-            Some(_) => {}
+            ))
         }
-        let call = request_call(r.clone())
-            .ok_or_else(|| ChatError::InvalidArgument("not a group call".into()))?;
-        if !matches!(r.op, Some(Op::Create(_))) {
-            if let Some(group) = crate::writer::GroupOp::Request(r.clone()).group() {
-                check_id(IdKind::Group, group, max_id)?;
-            }
+        Some(Op::Mine(_)) => return my_groups(ctx, who.user, &r.request_id).await,
+        // The group's id decides its home node: made here, before the call is routed.
+        Some(Op::Create(c)) => c.group = format!("g-{}", uuid::Uuid::now_v7()),
+        Some(Op::Receipts(q)) => {
+            check_id(IdKind::Group, &q.group, max_id)?;
+            check_id(IdKind::MsgId, &q.msg_id, max_id)?;
         }
-        match self.ctx.groups.call(who, call).await?.await? {
-            GroupDone::Reply(reply) => Ok(reply),
-            GroupDone::Sent(_) => Err(ChatError::Internal("a request answered as a send".into())),
+        Some(_) => {}
+    }
+    let call = request_call(r.clone())
+        .ok_or_else(|| ChatError::InvalidArgument("not a group call".into()))?;
+    if !matches!(r.op, Some(Op::Create(_))) {
+        if let Some(group) = crate::writer::GroupOp::Request(r.clone()).group() {
+            check_id(IdKind::Group, group, max_id)?;
         }
     }
+    match ctx.groups.call(who, call).await?.await? {
+        GroupDone::Reply(reply) => Ok(reply),
+        GroupDone::Sent(_) => Err(ChatError::Internal("a request answered as a send".into())),
+    }
+}
 
-    async fn my_groups(&mut self, user: String, request_id: &str) -> Result<GroupReply, ChatError> {
-        let store = self.ctx.store.clone();
-        let mine = tokio::task::spawn_blocking(move || store.my_groups(&user))
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))??;
-        Ok(GroupReply {
-            request_id: request_id.to_string(),
-            reply: Some(group_reply::Reply::Groups(GroupList {
-                groups: mine
-                    .into_iter()
-                    .map(|(group, m)| GroupSummary {
-                        group,
-                        name: m.name,
-                    })
-                    .collect(),
-            })),
-        })
-    }
+/// The groups `user` is a member of, from its own records.
+pub(crate) async fn my_groups(
+    ctx: &NodeContext,
+    user: String,
+    request_id: &str,
+) -> Result<GroupReply, ChatError> {
+    let store = ctx.store.clone();
+    let mine = tokio::task::spawn_blocking(move || store.my_groups(&user))
+        .await
+        .map_err(|e| ChatError::Internal(e.to_string()))??;
+    Ok(GroupReply {
+        request_id: request_id.to_string(),
+        reply: Some(group_reply::Reply::Groups(GroupList {
+            groups: mine
+                .into_iter()
+                .map(|(group, m)| GroupSummary {
+                    group,
+                    name: m.name,
+                })
+                .collect(),
+        })),
+    })
 }

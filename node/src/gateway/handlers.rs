@@ -14,6 +14,7 @@ use super::conn::{Gone, Inbound};
 use super::session::{Live, Session};
 use super::{to_deliver, End};
 use crate::admin;
+use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::overload::Level;
 use crate::rate::Limit;
@@ -298,34 +299,16 @@ impl Session {
     }
 
     async fn history(&mut self, live: &mut Live, h: HistoryRequest) -> Result<(), Gone> {
-        let max = self.ctx.cfg.limits.max_history_page;
-        if h.limit > max {
-            let e = ChatError::InvalidArgument(format!("history limit {} is over {max}", h.limit));
-            return self.conn.refuse(&e, &h.request_id).await;
+        match history_page(&self.ctx, &live.who.user, h.before_seq, h.limit).await {
+            Ok(mut page) => {
+                page.request_id = h.request_id;
+                let frame = ServerFrame {
+                    frame: Some(server_frame::Frame::History(page)),
+                };
+                self.conn.send(&frame).await
+            }
+            Err(e) => self.conn.refuse(&e, &h.request_id).await,
         }
-        let limit = if h.limit == 0 { max } else { h.limit } as usize;
-        let store = self.ctx.store.clone();
-        let user = live.who.user.clone();
-        let before = h.before_seq;
-        let res = tokio::task::spawn_blocking(move || store.inbox_before(&user, before, limit))
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))
-            .and_then(|r| r.map_err(ChatError::from));
-        let (entries, more) = match res {
-            Ok(r) => r,
-            Err(e) => return self.conn.refuse(&e, &h.request_id).await,
-        };
-        let page = ServerFrame {
-            frame: Some(server_frame::Frame::History(HistoryPage {
-                request_id: h.request_id,
-                entries: entries
-                    .iter()
-                    .map(|e| to_deliver(e.seq, &e.entry))
-                    .collect(),
-                more,
-            })),
-        };
-        self.conn.send(&page).await
     }
 
     async fn ping(&mut self, p: Ping) -> Result<(), Gone> {
@@ -337,4 +320,34 @@ impl Session {
         };
         self.conn.send(&pong).await
     }
+}
+
+/// A page of `user`'s inbox, newest first, before `before_seq` (0: the newest), at most `limit`
+/// entries (0: the node's maximum); for the WebSocket and the HTTP API.
+pub(crate) async fn history_page(
+    ctx: &NodeContext,
+    user: &str,
+    before_seq: u64,
+    limit: u32,
+) -> Result<HistoryPage, ChatError> {
+    let max = ctx.cfg.limits.max_history_page;
+    if limit > max {
+        return Err(ChatError::InvalidArgument(format!(
+            "history limit {limit} is over {max}"
+        )));
+    }
+    let limit = if limit == 0 { max } else { limit } as usize;
+    let (store, user) = (ctx.store.clone(), user.to_string());
+    let (entries, more) =
+        tokio::task::spawn_blocking(move || store.inbox_before(&user, before_seq, limit))
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))??;
+    Ok(HistoryPage {
+        request_id: String::new(),
+        entries: entries
+            .iter()
+            .map(|e| to_deliver(e.seq, &e.entry))
+            .collect(),
+        more,
+    })
 }

@@ -6,13 +6,14 @@ use chat_proto::v1::{media_request, server_frame, MediaReply, MediaRequest, Serv
 
 use super::conn::Gone;
 use super::session::{Live, Session};
+use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::rate::Limit;
 
 impl Session {
     pub(super) async fn media(&mut self, live: &mut Live, r: MediaRequest) -> Result<(), Gone> {
         let request_id = r.request_id.clone();
-        match self.media_answer(&live.who, r).await {
+        match media_answer(&self.ctx, &live.who, r.op).await {
             Ok(mut reply) => {
                 reply.request_id = request_id;
                 let frame = ServerFrame {
@@ -23,25 +24,27 @@ impl Session {
             Err(e) => self.conn.refuse(&e, &request_id).await,
         }
     }
+}
 
-    async fn media_answer(&self, who: &Identity, r: MediaRequest) -> Result<MediaReply, ChatError> {
-        self.ctx.user_limits.check(&who.user, Limit::Media)?;
-        let now = chat_proto::now_ms();
-        match r.op {
-            Some(media_request::Op::Upload(u)) => {
-                let (id, record, reply) = self.ctx.media.slot(&u, now).await?;
-                // Recorded before the URL is handed out: a message may name only a slot the
-                // user's home node remembers.
-                self.ctx
-                    .writer
-                    .upload(who.clone(), id.to_string(), record)
-                    .await?;
-                Ok(reply)
-            }
-            Some(media_request::Op::Download(d)) => {
-                self.ctx.media.download(&who.user, &d, now).await
-            }
-            None => Err(ChatError::InvalidArgument("say upload or download".into())),
+/// A media request of `who` (WebSocket or HTTP API): an upload slot or a download URL.
+pub(crate) async fn media_answer(
+    ctx: &NodeContext,
+    who: &Identity,
+    op: Option<media_request::Op>,
+) -> Result<MediaReply, ChatError> {
+    ctx.user_limits.check(&who.user, Limit::Media)?;
+    let now = chat_proto::now_ms();
+    match op {
+        Some(media_request::Op::Upload(u)) => {
+            let (id, record, reply) = ctx.media.slot(&u, now).await?;
+            // Recorded before the URL is handed out: a message may name only a slot the
+            // user's home node remembers.
+            ctx.writer
+                .upload(who.clone(), id.to_string(), record)
+                .await?;
+            Ok(reply)
         }
+        Some(media_request::Op::Download(d)) => ctx.media.download(&who.user, &d, now).await,
+        None => Err(ChatError::InvalidArgument("say upload or download".into())),
     }
 }

@@ -14,6 +14,11 @@ mod presence;
 mod session;
 
 pub use moved::signal_moved;
+// What the HTTP API asks the same way as a connection does.
+pub(crate) use groups::{group_answer, my_groups};
+pub(crate) use handlers::history_page;
+pub(crate) use media::media_answer;
+pub(crate) use presence::checked_users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

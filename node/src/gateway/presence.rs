@@ -8,6 +8,7 @@ use chat_proto::v1::{
 
 use super::conn::Gone;
 use super::session::{Live, Session};
+use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::rate::Limit;
 use crate::validate::{check_id, IdKind};
@@ -52,11 +53,11 @@ impl Session {
                 Ok(Vec::new())
             }
             Some(presence_request::Op::Query(q)) => {
-                let users = self.checked_users(&user, q.users, presence.max_query())?;
+                let users = checked_users(&self.ctx, &user, q.users, presence.max_query())?;
                 Ok(presence.query(&user, &users).await)
             }
             Some(presence_request::Op::Watch(w)) => {
-                let users = self.checked_users(&user, w.users, presence.max_watch())?;
+                let users = checked_users(&self.ctx, &user, w.users, presence.max_watch())?;
                 let sink = live.sub.notices_tx.clone();
                 Ok(presence
                     .watch(live.presence.conn, &user, sink, &users)
@@ -64,30 +65,28 @@ impl Session {
             }
         }
     }
+}
 
-    /// The users of a query or watch list: valid ids, at most `max`, each once; counted against
-    /// the user's presence rate.
-    fn checked_users(
-        &self,
-        user: &str,
-        mut users: Vec<String>,
-        max: usize,
-    ) -> Result<Vec<String>, ChatError> {
-        if users.len() > max {
-            return Err(ChatError::InvalidArgument(format!(
-                "{} users is over the limit of {max}",
-                users.len()
-            )));
-        }
-        let max_id = self.ctx.cfg.limits.max_id_bytes as usize;
-        for u in &users {
-            check_id(IdKind::User, u, max_id)?;
-        }
-        let mut seen = std::collections::HashSet::new();
-        users.retain(|u| seen.insert(u.clone()));
-        self.ctx
-            .user_limits
-            .check(&user.to_string(), Limit::Presence)?;
-        Ok(users)
+/// The users of a query or watch list: valid ids, at most `max`, each once; counted against
+/// the user's presence rate.
+pub(crate) fn checked_users(
+    ctx: &NodeContext,
+    user: &str,
+    mut users: Vec<String>,
+    max: usize,
+) -> Result<Vec<String>, ChatError> {
+    if users.len() > max {
+        return Err(ChatError::InvalidArgument(format!(
+            "{} users is over the limit of {max}",
+            users.len()
+        )));
     }
+    let max_id = ctx.cfg.limits.max_id_bytes as usize;
+    for u in &users {
+        check_id(IdKind::User, u, max_id)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    users.retain(|u| seen.insert(u.clone()));
+    ctx.user_limits.check(&user.to_string(), Limit::Presence)?;
+    Ok(users)
 }

@@ -200,7 +200,7 @@ impl Session {
     async fn redirect_unless_here(&mut self, user: &str, why: &'static str) -> Result<(), End> {
         match self.ctx.routing.route(user) {
             Route::Here => Ok(()),
-            Route::Elsewhere { url, epoch } => {
+            Route::Elsewhere { url, epoch, .. } => {
                 tracing::info!(%url, epoch, why, "not this user's home: redirecting");
                 metrics::counter!(admin::REDIRECTS).increment(1);
                 let frame = ServerFrame {

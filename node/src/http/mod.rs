@@ -1,0 +1,47 @@
+//! The client HTTP listener: the HTTP API ([`api`], as the user of a bearer token, [`auth`]) and
+//! the embedded blob store's signed media routes (`chat_media::http`), for the bytes that never
+//! go through the WebSocket. Anything else is a JSON 404.
+
+mod api;
+mod auth;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::context::NodeContext;
+
+pub fn routes(ctx: Arc<NodeContext>) -> Router {
+    // An API body is a small JSON document: no larger than a WebSocket frame.
+    let limit = ctx.cfg.limits.max_frame_bytes as usize;
+    let media = match &ctx.media.embedded {
+        Some(e) => chat_media::http::routes(e.clone()),
+        None => Router::new(),
+    };
+    api::routes(ctx)
+        .layer(DefaultBodyLimit::max(limit))
+        .merge(media)
+        .fallback(|| async {
+            let body = serde_json::json!({ "code": "NOT_FOUND", "message": "no such route" });
+            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        })
+}
+
+/// Serves until `shutdown`; requests in progress finish first.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<NodeContext>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = routes(ctx);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "client HTTP listener failed");
+    }
+}

@@ -23,6 +23,9 @@ pub use rates::{EphemeralSection, OverloadSection, PresenceSection, RateSection}
 pub use sections::*;
 pub use tuning::{ForwardSection, PeerSection, RebalanceSection};
 
+/// The longest retention a cluster may have.
+pub const MAX_RETENTION_SECS: u64 = 366 * 24 * 3600;
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -153,8 +156,10 @@ impl NodeConfig {
         if !(256..=1 << 20).contains(&self.client.read_buffer_bytes) {
             return bad("client.read_buffer_bytes must be 256 to 1048576".into());
         }
-        if self.storage.retention_secs == 0 {
-            return bad("storage.retention_secs must be at least 1".into());
+        if !(1..=MAX_RETENTION_SECS).contains(&self.storage.retention_secs) {
+            return bad(format!(
+                "storage.retention_secs must be 1 to {MAX_RETENTION_SECS} (a year)"
+            ));
         }
         if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
@@ -268,6 +273,11 @@ impl NodeConfig {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.storage.retention_secs)
+    }
+
+    /// The longest history a user may ask to keep: the retention, in whole days.
+    pub fn max_history_days(&self) -> u32 {
+        (self.storage.retention_secs / 86_400) as u32
     }
 
     /// The base URL of this node's client HTTP listener, once its real address is known.

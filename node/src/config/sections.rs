@@ -174,7 +174,9 @@ impl std::fmt::Debug for AuthSection {
 pub struct StorageSection {
     /// fsync the write-ahead log before acknowledging (✓). Turn off only for throwaway data.
     pub sync: bool,
-    /// Inbox entries and dedup records older than this are dropped by compaction.
+    /// Inbox entries and dedup records older than this are dropped by compaction: how long an
+    /// entry not yet received or read by all of its user's devices is kept, and the longest
+    /// history a user may ask for (in whole days). At most a year.
     pub retention_secs: u64,
     /// Most commands committed in one write batch (one fsync).
     pub max_batch: usize,

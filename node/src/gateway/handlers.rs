@@ -338,16 +338,26 @@ pub(crate) async fn history_page(
     }
     let limit = if limit == 0 { max } else { limit } as usize;
     let (store, user) = (ctx.store.clone(), user.to_string());
-    let (entries, more) =
-        tokio::task::spawn_blocking(move || store.inbox_before(&user, before_seq, limit))
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))??;
+    let now = chat_proto::now_ms();
+    let (entries, more, window) = tokio::task::spawn_blocking(move || {
+        let (entries, more) = store.inbox_before(&user, before_seq, limit)?;
+        Ok::<_, crate::store::engine::StorageError>((
+            entries,
+            more,
+            store.history_window(&user, now)?,
+        ))
+    })
+    .await
+    .map_err(|e| ChatError::Internal(e.to_string()))??;
+    // Newest first: past the first entry the user's setting no longer keeps, none is kept.
+    let kept = |e: &&crate::store::StoredEntry| {
+        window.is_none_or(|(upto, floor)| e.seq > upto || e.ts_ms >= floor)
+    };
+    let shown: Vec<_> = entries.iter().take_while(kept).collect();
+    let more = more && shown.len() == entries.len();
     Ok(HistoryPage {
         request_id: String::new(),
-        entries: entries
-            .iter()
-            .map(|e| to_deliver(e.seq, &e.entry))
-            .collect(),
+        entries: shown.iter().map(|e| to_deliver(e.seq, &e.entry)).collect(),
         more,
     })
 }

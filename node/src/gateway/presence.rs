@@ -1,7 +1,6 @@
 //! The presence request of a connection: query users, watch a list of users, or change this
 //! user's own presence settings.
 
-use chat_proto::store::UserSettings;
 use chat_proto::v1::{
     presence_request, server_frame, PresenceList, PresenceRequest, PresenceStatus, ServerFrame,
 };
@@ -12,6 +11,7 @@ use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::rate::Limit;
 use crate::validate::{check_id, IdKind};
+use crate::writer::SettingsChange;
 
 impl Session {
     pub(super) async fn presence(
@@ -46,10 +46,11 @@ impl Session {
                 "say query, watch or settings".into(),
             )),
             Some(presence_request::Op::Settings(s)) => {
-                let settings = UserSettings {
-                    hide_last_seen: s.hide_last_seen,
+                let change = SettingsChange {
+                    hide_last_seen: Some(s.hide_last_seen),
+                    history_days: None,
                 };
-                self.ctx.writer.settings(live.who.clone(), settings).await?;
+                self.ctx.writer.settings(live.who.clone(), change).await?;
                 Ok(Vec::new())
             }
             Some(presence_request::Op::Query(q)) => {

@@ -11,7 +11,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chat_proto::store::UserSettings;
 use chat_proto::v1::{
     group_reply, group_request, media_request, GroupInfo, GroupList, GroupRef, GroupRequest,
     HistoryPage, MediaDownload, MediaReply, MediaUpload, PresenceList, Settings,
@@ -22,6 +21,7 @@ use super::auth::Caller;
 use crate::context::NodeContext;
 use crate::error::ChatError;
 use crate::gateway;
+use crate::writer::SettingsChange;
 
 /// The OpenAPI description of these routes, served as is.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -127,6 +127,7 @@ async fn settings(State(ctx): State<Arc<NodeContext>>, Caller(who): Caller) -> A
         .map_err(|e| ChatError::Internal(e.to_string()))??;
     Ok(Json(Settings {
         hide_last_seen: s.hide_last_seen,
+        history_days: s.history_days,
     }))
 }
 
@@ -136,12 +137,20 @@ async fn put_settings(
     b: Result<Json<Settings>, JsonRejection>,
 ) -> Answer<Settings> {
     let s = body(b)?;
+    let max = ctx.cfg.max_history_days();
+    if s.history_days.is_some_and(|d| d > max) {
+        return Err(ChatError::InvalidArgument(format!(
+            "historyDays is at most {max} (the cluster's retention)"
+        )));
+    }
     ctx.user_limits
         .check(&who.user, crate::rate::Limit::Presence)?;
-    let stored = UserSettings {
-        hide_last_seen: s.hide_last_seen,
+    // A PUT replaces every setting.
+    let change = SettingsChange {
+        hide_last_seen: Some(s.hide_last_seen),
+        history_days: Some(s.history_days),
     };
-    ctx.writer.settings(who, stored).await?;
+    ctx.writer.settings(who, change).await?;
     Ok(Json(s))
 }
 

@@ -186,6 +186,26 @@ impl Store {
         }
     }
 
+    /// What of `user`'s inbox its history setting no longer keeps but is not trimmed yet (see
+    /// `writer::history`): the entries up to the returned seq older than the returned time.
+    pub fn history_window(
+        &self,
+        user: &str,
+        now_ms: i64,
+    ) -> Result<Option<(u64, i64)>, StorageError> {
+        let Some(days) = self.settings(user)?.history_days else {
+            return Ok(None);
+        };
+        let Some(min_cursor) = self.devices(user)?.iter().map(|(_, d)| d.cursor).min() else {
+            return Ok(None);
+        };
+        let read = self.user_state(user)?.read_upto;
+        Ok(Some((
+            min_cursor.min(read),
+            now_ms - i64::from(days) * 86_400_000,
+        )))
+    }
+
     /// The upload slot `media_id` given to `user` and when, unless past the retention.
     pub fn upload_record(
         &self,

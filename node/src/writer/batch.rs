@@ -187,6 +187,8 @@ pub(crate) struct Batch {
     pub blocks: HashMap<(String, String), bool>,
     /// Users whose read mark advanced: (user, read up to, by device), told to their devices.
     pub read_states: Vec<(String, u64, String)>,
+    /// Settings written in this batch, read back before storage.
+    pub settings: HashMap<String, chat_proto::store::UserSettings>,
 }
 
 impl Batch {
@@ -209,6 +211,7 @@ impl Batch {
             unoutboxed: Vec::new(),
             blocks: HashMap::new(),
             read_states: Vec::new(),
+            settings: HashMap::new(),
         }
     }
 

@@ -38,6 +38,14 @@ pub type Outboxed = Vec<(u64, Arc<ForwardEntry>)>;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
 
+/// A change of a user's settings; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SettingsChange {
+    pub hide_last_seen: Option<bool>,
+    /// `Some(None)`: back to the cluster's retention.
+    pub history_days: Option<Option<u32>>,
+}
+
 /// Commands from client sessions.
 pub(crate) enum ClientCmd {
     Send {
@@ -70,10 +78,10 @@ pub(crate) enum ClientCmd {
     /// The user went offline at `ts` (its last seen): stored without an fsync, and dropped
     /// rather than queued when the writer is busy (presence never waits for the disk).
     LastSeen { user: String, ts: i64 },
-    /// The user's settings, stored like any user record.
+    /// A change of the user's settings, stored like any user record.
     Settings {
         who: Identity,
-        settings: chat_proto::store::UserSettings,
+        change: SettingsChange,
         reply: Reply<()>,
     },
     /// `who` blocks (`block`) or unblocks `other`; at most `max` blocked users.
@@ -300,20 +308,10 @@ impl WriterHandle {
         .await
     }
 
-    pub async fn settings(
-        &self,
-        who: Identity,
-        settings: chat_proto::store::UserSettings,
-    ) -> Result<(), ChatError> {
-        self.ask(|reply| {
-            Command::Client(ClientCmd::Settings {
-                who,
-                settings,
-                reply,
-            })
-        })
-        .await?
-        .await
+    pub async fn settings(&self, who: Identity, change: SettingsChange) -> Result<(), ChatError> {
+        self.ask(|reply| Command::Client(ClientCmd::Settings { who, change, reply }))
+            .await?
+            .await
     }
 
     /// Queues a group call (for a group this node owns); the answer comes once stored.

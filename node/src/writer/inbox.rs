@@ -75,14 +75,13 @@ impl Writer {
             ClientCmd::Settings { who, reply, .. } if !self.owns(&who.user, b) => {
                 let _ = reply.send(Err(moved(&who.user)));
             }
-            ClientCmd::Settings {
-                who,
-                settings,
-                reply,
-            } => {
-                b.writes
-                    .put(Cf::Meta, settings_key(&who.user), settings.encode_to_vec());
-                b.answers.push(Answer::Done(reply));
+            ClientCmd::Settings { who, change, reply } => {
+                match self.change_settings(&who.user, change, b) {
+                    Ok(()) => b.answers.push(Answer::Done(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             ClientCmd::Group {
                 who,
@@ -397,6 +396,6 @@ impl Writer {
             b.mark_dirty(&who.user);
         }
         self.cache.covered(&who.user, done);
-        Ok(())
+        self.trim_history(&who.user, b)
     }
 }

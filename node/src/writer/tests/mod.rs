@@ -5,6 +5,7 @@ mod blocks;
 mod devices;
 mod forwarded;
 mod groups;
+mod history;
 mod inbox;
 mod moves;
 mod retention;

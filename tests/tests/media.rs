@@ -352,6 +352,94 @@ async fn slot_of(c: &mut Client, id: &str, mime: &str, size: u64) -> Result<Medi
     media(c, id, op).await
 }
 
+/// A media id made `days_ago` days ago (a UUIDv7's first 48 bits are its time).
+fn old_id(days_ago: u64) -> chat_media::MediaId {
+    let ms = chat_proto::now_ms() as u64 - days_ago * chat_media::id::DAY_MS;
+    chat_media::MediaId::parse(&format!("m{ms:012x}70008000000000000000")).unwrap()
+}
+
+/// The node's sweep deletes a blob whose every message has expired (one made longer ago than
+/// the retention plus the attach window), and keeps one just sent.
+async fn the_sweep(env: &[(&str, &str)], store: chat_media::BlobStore) {
+    let mut all = vec![("CHAT_NODE_MEDIA__SWEEP_EVERY_SECS", "1")];
+    all.extend_from_slice(env);
+    let node = TestNode::start(&all);
+    let store = store.at(&node.http_url);
+    // 30 days of retention and 1 of attach window: a blob from 33 days ago is past both.
+    let old = old_id(33);
+    let bytes = payload(5000, 7);
+    let sha = chat_media::Digest::of(&bytes);
+    let now = chat_proto::now_ms() as u64;
+    let ttl = Duration::from_secs(60);
+    let up = store
+        .upload_url(&old, "image/png", bytes.len() as u64, sha, ttl, now)
+        .await
+        .unwrap();
+    let mut req = http().put(&up.url).body(bytes.clone());
+    for (k, v) in &up.headers {
+        req = req.header(k, v);
+    }
+    assert!(req.send().await.unwrap().status().is_success());
+
+    // A live one, in a message.
+    let mut a = node.connect("alice", "phone").await;
+    let fresh = payload(5000, 8);
+    let slot = slot(&mut a, "s", "image/png", &fresh).await.unwrap();
+    assert!(put(&slot, fresh.clone()).await.is_success());
+    send_file(&mut a, "c", "bob", "", named(&slot.media_id))
+        .await
+        .unwrap();
+
+    wait_until_async("the old blob to be swept", WAIT, async || {
+        let url = store
+            .download_url(&old, "image/png", ttl, chat_proto::now_ms() as u64)
+            .await
+            .unwrap();
+        get(&url).await.0 == reqwest::StatusCode::NOT_FOUND
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", node.log_text()));
+    let mut b = node.connect("bob", "phone").await;
+    let (seq, _) = receive_messages(&mut b, 1).await.remove(0);
+    fetch_and_check(&mut b, &slot.media_id, seq, &fresh).await;
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_expired_blobs_from_the_embedded_store() {
+    let key = chat_node::config::MediaSection::default()
+        .url_key(SECRET)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = chat_media::BlobStore::Local {
+        blobs: chat_media::LocalBlobs::open(dir.path()).await.unwrap(),
+        signer: chat_media::UrlSigner::new(&key).unwrap(),
+        base_url: String::new(),
+    };
+    the_sweep(&[], store).await;
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_expired_blobs_from_s3() {
+    let s3 = TestS3::start();
+    let o = s3.options("sweep");
+    let env = [
+        ("CHAT_NODE_MEDIA__BACKEND", "s3"),
+        ("CHAT_NODE_MEDIA__S3__ENDPOINT", o.endpoint.as_str()),
+        ("CHAT_NODE_MEDIA__S3__BUCKET", o.bucket.as_str()),
+        (
+            "CHAT_NODE_MEDIA__S3__ACCESS_KEY_ID",
+            o.access_key_id.as_str(),
+        ),
+        (
+            "CHAT_NODE_MEDIA__S3__SECRET_ACCESS_KEY",
+            o.secret_access_key.as_str(),
+        ),
+        ("CHAT_NODE_MEDIA__S3__PREFIX", o.prefix.as_str()),
+    ];
+    let store = chat_media::BlobStore::s3(&o).unwrap();
+    the_sweep(&env, store).await;
+}
+
 #[tokio::test]
 async fn files_through_the_embedded_store() {
     the_flow(&[], true).await;

@@ -1,6 +1,6 @@
 //! `chat-bench`: drives a running cluster (or one node) like real clients and prints figures.
 //! One module per scenario: `one_to_one`, `idle`, `presence`, `group`, `offline-drain`
-//! (`drain`), `rebalance`.
+//! (`drain`), `rebalance`, `media`.
 //!
 //! Cost accounting (`cost`): with `--etcd` (or `--admin`), a scenario also reads each node's
 //! `process_cpu_seconds_total` and memory from its `/metrics` before and after, and this process's
@@ -10,6 +10,7 @@ mod cost;
 mod drain;
 mod group;
 mod idle;
+mod media;
 mod one_to_one;
 mod presence;
 mod rebalance;
@@ -125,6 +126,18 @@ enum Scenario {
         /// Message body size in bytes (at least 24).
         #[arg(long, default_value_t = 64)]
         body_bytes: usize,
+    },
+    /// Files through the blob store: uploads then downloads, MB/s and latency per file.
+    Media {
+        /// Uploader/recipient pairs, all at once.
+        #[arg(long, default_value_t = 4)]
+        pairs: usize,
+        /// Files each uploader sends.
+        #[arg(long, default_value_t = 10)]
+        files: usize,
+        /// Bytes per file.
+        #[arg(long, default_value_t = 2_000_000)]
+        size: usize,
     },
     /// Messages stored for offline users, then the users connect: time to drain them.
     OfflineDrain {
@@ -262,6 +275,19 @@ async fn main() -> anyhow::Result<()> {
                     rate,
                     duration,
                     body_bytes,
+                },
+                &admins,
+            )
+            .await
+        }
+        Scenario::Media { pairs, files, size } => {
+            media::run(
+                media::Options {
+                    url: args.url.clone(),
+                    secret: args.secret.clone(),
+                    pairs: pairs.max(1),
+                    files: files.max(1),
+                    size: size.max(1),
                 },
                 &admins,
             )

@@ -28,7 +28,7 @@ pub use etcd::TestEtcd;
 pub use frames::*;
 pub use http::{http_get, http_location, is_ok, metrics_contain};
 pub use node::TestNode;
-pub use process::{bin, chatctl, signal, try_chatctl};
+pub use process::{bin, chat_cli, chatctl, signal, try_chatctl};
 pub use proxy::TestProxy;
 pub use router::TestRouter;
 pub use s3::TestS3;

@@ -117,3 +117,29 @@ pub fn chatctl(args: &[&str]) -> String {
     }
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+/// Runs the `chat` CLI with `args` and `CHAT_TOKEN` = `token`, killing it after `WAIT`:
+/// (succeeded, stdout, stderr). Its output must be small (it is read once it exits).
+pub fn chat_cli(token: &str, args: &[&str]) -> (bool, String, String) {
+    use std::io::Read;
+    let mut child = Some(
+        Command::new(bin("chat"))
+            .args(args)
+            .env("CHAT_TOKEN", token)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn chat"),
+    );
+    let (mut out, mut err) = {
+        let c = child.as_mut().unwrap();
+        (c.stdout.take().unwrap(), c.stderr.take().unwrap())
+    };
+    let status = wait_exit(&mut child, crate::WAIT);
+    kill(&mut child);
+    let (mut o, mut e) = (String::new(), String::new());
+    let _ = out.read_to_string(&mut o);
+    let _ = err.read_to_string(&mut e);
+    (status.is_some_and(|s| s.success()), o, e)
+}

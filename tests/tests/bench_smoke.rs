@@ -124,6 +124,14 @@ async fn idle_presence_and_offline_drain_scenarios_run_and_report() {
         out.contains("offline-drain users=3 messages=300 drained"),
         "{out}"
     );
+
+    // Files through the embedded store: every file uploaded, then fetched and checked.
+    let mut args = common.to_vec();
+    args.extend(["media", "--pairs", "2", "--files", "3", "--size", "100000"]);
+    let out = bench(&args);
+    for phase in ["| upload | 6 | 0.6 |", "| download | 6 | 0.6 |"] {
+        assert!(out.contains(phase), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

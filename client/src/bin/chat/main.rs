@@ -1,6 +1,8 @@
 //! `chat`: a command-line chat client.
 //!
 //!   chat send --to bob "hello"          send, print ✓ (and optionally wait for ✓✓ or read)
+//!   chat send --to bob --file photo.jpg ["caption"]   send a file (uploaded to the blob store)
+//!   chat fetch --seq N [--out PATH]     download the file of the message at seq N
 //!   chat listen [--read] [--count N]    print incoming messages and receipts, acknowledge them
 //!   chat history [--limit N]            page back through your inbox
 //!   chat typing --to bob [--stopped]    tell bob you are typing (or stopped)
@@ -13,6 +15,7 @@
 //!                                       make and manage groups (see `chat group --help`)
 
 mod group;
+mod media;
 mod print;
 
 use std::time::Duration;
@@ -48,8 +51,15 @@ enum Cmd {
         to: Option<String>,
         #[arg(long)]
         group: Option<String>,
-        /// Message text.
-        body: String,
+        /// Message text (a caption with --file, optional there).
+        #[arg(required_unless_present = "file")]
+        body: Option<String>,
+        /// Attach this file: uploaded to the cluster's blob store, named in the message.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// The file's media type; guessed from its name when omitted.
+        #[arg(long, requires = "file")]
+        mime: Option<String>,
         /// Idempotency key; a fresh UUID when omitted. Reuse it to retry safely.
         #[arg(long)]
         client_msg_id: Option<String>,
@@ -71,6 +81,14 @@ enum Cmd {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout_secs: Option<u64>,
+    },
+    /// Download the file of the message at a seq of your inbox (checked against its SHA-256).
+    Fetch {
+        #[arg(long)]
+        seq: u64,
+        /// Where to write it; default: the file's name, in the current directory.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Print a page of your inbox, newest first.
     History {
@@ -137,16 +155,31 @@ async fn main() -> anyhow::Result<()> {
             to,
             group,
             body,
+            file,
+            mime,
             client_msg_id,
             wait,
             timeout_secs,
         } => {
             let cmid = client_msg_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            match (to, group) {
-                (_, Some(g)) => c.send_group_message(&cmid, &g, &body).await?,
-                (Some(to), None) => c.send_message(&cmid, &to, &body).await?,
-                (None, None) => bail!("say --to or --group"),
+            let attachment = match file {
+                Some(path) => Some(media::upload(&mut c, &path, mime).await?),
+                None => None,
+            };
+            if to.is_none() && group.is_none() {
+                bail!("say --to or --group");
             }
+            c.send(chat_client::v1::client_frame::Frame::Send(
+                chat_client::v1::Send {
+                    client_msg_id: cmid.clone(),
+                    to: to.unwrap_or_default(),
+                    group: group.unwrap_or_default(),
+                    body: body.unwrap_or_default(),
+                    attachment,
+                    ..Default::default()
+                },
+            ))
+            .await?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
             let mut msg_id = None;
             loop {
@@ -319,6 +352,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Fetch { seq, out } => media::fetch(&mut c, seq, out).await?,
         Cmd::History { limit, before } => {
             let mut other = Vec::new();
             let page = c

@@ -68,12 +68,24 @@ pub fn print_deliver(json: bool, d: &Deliver) {
     match &d.entry {
         Some(deliver::Entry::Message(m)) if !m.group.is_empty() => {
             println!(
-                "[{}] {} in {}: {} (msg_id {})",
-                d.seq, m.from, m.group, m.body, m.msg_id
+                "[{}] {} in {}: {}{} (msg_id {})",
+                d.seq,
+                m.from,
+                m.group,
+                m.body,
+                file(d.seq, m),
+                m.msg_id
             )
         }
         Some(deliver::Entry::Message(m)) => {
-            println!("[{}] {} → {}: {}", d.seq, m.from, m.to, m.body)
+            println!(
+                "[{}] {} → {}: {}{}",
+                d.seq,
+                m.from,
+                m.to,
+                m.body,
+                file(d.seq, m)
+            )
         }
         Some(deliver::Entry::Receipt(r)) => {
             let kind = match ReceiptKind::try_from(r.kind).unwrap_or_default() {
@@ -96,5 +108,22 @@ pub fn print_deliver(json: bool, d: &Deliver) {
             e.by
         ),
         None => println!("[{}] (empty)", d.seq),
+    }
+}
+
+/// A message's file, as a line's tail.
+fn file(seq: u64, m: &chat_client::v1::Message) -> String {
+    match &m.attachment {
+        Some(a) => format!(
+            " [file {} ({}, {} bytes): chat fetch --seq {seq}]",
+            if a.name.is_empty() {
+                &a.media_id
+            } else {
+                &a.name
+            },
+            a.mime,
+            a.size
+        ),
+        None => String::new(),
     }
 }

@@ -7,8 +7,10 @@
 #      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (5000 connections), CHAT_BENCH_DRAIN (100000
 #      messages), CHAT_BENCH_WATCHERS (1000 presence watchers), CHAT_BENCH_PRESENCE_RATE (200
 #      changes/s), CHAT_BENCH_GROUP_RATES (10,40 group sends/s to a 256-member group),
-#      CHAT_BENCH_BIG_GROUP (1024 members, at the first group rate), CHAT_BENCH_BASE_PORT (17000),
-#      CHAT_BENCH_SCENARIOS (one-to-one,idle,presence,group,offline-drain: the ones to run).
+#      CHAT_BENCH_BIG_GROUP (1024 members, at the first group rate), CHAT_BENCH_MEDIA (pairs x
+#      files x bytes of the media scenario, default 4x10x2000000 then 16x4x200000: the
+#      embedded store), CHAT_BENCH_BASE_PORT (17000), CHAT_BENCH_SCENARIOS
+#      (one-to-one,idle,presence,group,offline-drain,media: the ones to run).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,11 +23,11 @@ mkdir -p "$(dirname "$OUT")"
 export CHAT_DEV_DIR="$DIR" CHAT_DEV_PROFILE=release CHAT_DEV_BASE_PORT="$BASE"
 # The bench offers hundreds of messages a second per user and thousands of connections from a
 # few addresses: far past the per-user and per-address rate limits, which it does not measure.
-export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__GROUP_SENDS_PER_MIN=0 CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN=0 CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN=0
+export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__GROUP_SENDS_PER_MIN=0 CHAT_NODE_RATE__GROUP_REQUESTS_PER_MIN=0 CHAT_NODE_RATE__CONNECTIONS_PER_ADDR_PER_MIN=0 CHAT_NODE_RATE__MEDIA_PER_MIN=0
 # The big-group run needs a cap above the default 256.
 BIG_GROUP="${CHAT_BENCH_BIG_GROUP:-1024}"
 export CHAT_NODE_GROUPS__MAX_MEMBERS="$(( BIG_GROUP > 256 ? BIG_GROUP : 256 ))"
-SCENARIOS=",${CHAT_BENCH_SCENARIOS:-one-to-one,idle,presence,group,offline-drain},"
+SCENARIOS=",${CHAT_BENCH_SCENARIOS:-one-to-one,idle,presence,group,offline-drain,media},"
 want() { [[ "$SCENARIOS" == *",$1,"* ]]; }
 cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }
 trap cleanup EXIT
@@ -63,6 +65,15 @@ export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20)
   fi
   if want offline-drain; then
     "$BIN/chat-bench" offline-drain --users 20 --messages "${CHAT_BENCH_DRAIN:-100000}"
+    echo
+  fi
+  if want media; then
+    IFS=' ' read -ra MEDIA <<<"${CHAT_BENCH_MEDIA:-4x10x2000000 16x4x200000}"
+    for m in "${MEDIA[@]}"; do
+      IFS=x read -r pairs files size <<<"$m"
+      "$BIN/chat-bench" media --pairs "$pairs" --files "$files" --size "$size"
+      echo
+    done
   fi
 } 2>&1 | tee "$OUT"
 echo "results written to $OUT"

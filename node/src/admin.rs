@@ -69,6 +69,12 @@ pub const GROUP_COPIES: &str = "chat_group_copies_total";
 /// `remote` (sent over QUIC), and by `result`: `ok`, `refused` (an error for the user) or
 /// `unavailable` (the group's node did not answer in time).
 pub const GROUP_CALLS: &str = "chat_group_calls_total";
+/// Media requests answered (WebSocket and HTTP API), by `kind`: `slot` (an upload slot),
+/// `attachment` (a message naming an upload, checked), `download` (a download URL); and by
+/// `result`: `ok` or `refused` (an error for the user).
+pub const MEDIA_REQUESTS: &str = "chat_media_requests_total";
+/// Blobs the sweep deleted (past the retention and the attach window).
+pub const MEDIA_SWEPT: &str = "chat_media_blobs_deleted_total";
 /// The process-wide Prometheus recorder (installed once), with the node's histogram buckets.
 pub fn metrics_handle() -> PrometheusHandle {
     chat_service::admin::recorder(&[
@@ -106,6 +112,7 @@ pub fn register_all(standalone: bool) {
         SENDS_REFUSED,
         GROUP_SENDS,
         GROUP_COPIES,
+        MEDIA_SWEPT,
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -128,6 +135,11 @@ pub fn register_all(standalone: bool) {
     for route in ["local", "remote"] {
         for result in ["ok", "refused", "unavailable"] {
             metrics::counter!(GROUP_CALLS, "route" => route, "result" => result).increment(0);
+        }
+    }
+    for kind in ["slot", "attachment", "download"] {
+        for result in ["ok", "refused"] {
+            metrics::counter!(MEDIA_REQUESTS, "kind" => kind, "result" => result).increment(0);
         }
     }
     for r in COMMIT_FAILURE_REASONS {

@@ -21,6 +21,7 @@ use chat_proto::store::{inbox_entry, UploadRecord};
 use chat_proto::v1::{Attachment, HttpHeader, MediaDownload, MediaReply, MediaUpload};
 use tokio::sync::broadcast;
 
+use crate::admin;
 use crate::config::{MediaBackend, MediaSection, NodeConfig};
 use crate::error::ChatError;
 use crate::routing::Routing;
@@ -313,7 +314,10 @@ impl Media {
             let floor = (chat_proto::now_ms() - keep_ms).max(0) as u64 / DAY_MS;
             match self.store.expire_before(floor).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(blobs = n, before_day = floor, "expired media deleted"),
+                Ok(n) => {
+                    metrics::counter!(admin::MEDIA_SWEPT).increment(n);
+                    tracing::info!(blobs = n, before_day = floor, "expired media deleted")
+                }
                 Err(e) => tracing::warn!(error = %e, "media sweep failed; trying again later"),
             }
             tokio::select! {
@@ -322,6 +326,12 @@ impl Media {
             }
         }
     }
+}
+
+/// Counts a media request's outcome (`admin::MEDIA_REQUESTS`).
+pub(crate) fn count<T>(kind: &'static str, r: &Result<T, ChatError>) {
+    let result = if r.is_ok() { "ok" } else { "refused" };
+    metrics::counter!(admin::MEDIA_REQUESTS, "kind" => kind, "result" => result).increment(1);
 }
 
 async fn blocking<T: Send + 'static>(

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod frames;
 pub mod http;
 pub mod node;
+pub mod openapi;
 pub mod process;
 pub mod proxy;
 pub mod router;

@@ -132,7 +132,9 @@ impl Session {
     ) -> Result<(), ChatError> {
         if let Some(a) = s.attachment.take() {
             let now = chat_proto::now_ms();
-            s.attachment = Some(self.ctx.media.attachment(user, a, now).await?);
+            let checked = self.ctx.media.attachment(user, a, now).await;
+            crate::media::count("attachment", &checked);
+            s.attachment = Some(checked?);
         }
         Ok(())
     }

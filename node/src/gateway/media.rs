@@ -32,19 +32,28 @@ pub(crate) async fn media_answer(
     who: &Identity,
     op: Option<media_request::Op>,
 ) -> Result<MediaReply, ChatError> {
-    ctx.user_limits.check(&who.user, Limit::Media)?;
     let now = chat_proto::now_ms();
-    match op {
-        Some(media_request::Op::Upload(u)) => {
-            let (id, record, reply) = ctx.media.slot(&u, now).await?;
-            // Recorded before the URL is handed out: a message may name only a slot the
-            // user's home node remembers.
-            ctx.writer
-                .upload(who.clone(), id.to_string(), record)
-                .await?;
-            Ok(reply)
+    let kind = match op {
+        Some(media_request::Op::Download(_)) => "download",
+        _ => "slot",
+    };
+    let answer = async {
+        ctx.user_limits.check(&who.user, Limit::Media)?;
+        match op {
+            Some(media_request::Op::Upload(u)) => {
+                let (id, record, reply) = ctx.media.slot(&u, now).await?;
+                // Recorded before the URL is handed out: a message may name only a slot the
+                // user's home node remembers.
+                ctx.writer
+                    .upload(who.clone(), id.to_string(), record)
+                    .await?;
+                Ok(reply)
+            }
+            Some(media_request::Op::Download(d)) => ctx.media.download(&who.user, &d, now).await,
+            None => Err(ChatError::InvalidArgument("say upload or download".into())),
         }
-        Some(media_request::Op::Download(d)) => ctx.media.download(&who.user, &d, now).await,
-        None => Err(ChatError::InvalidArgument("say upload or download".into())),
     }
+    .await;
+    crate::media::count(kind, &answer);
+    answer
 }

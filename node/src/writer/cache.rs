@@ -34,6 +34,9 @@ pub(crate) struct CachedUser {
     /// (seq, stored ts, entry). A device acks an entry milliseconds after it was appended, so
     /// the receipts for it are made from here instead of reading the entry back from storage.
     pub recent: VecDeque<(u64, i64, Arc<InboxEntry>)>,
+    /// The user's `history_days` setting once read (`None`: not read yet), so that an ack
+    /// reads no storage for it.
+    pub history_days: Option<Option<u32>>,
 }
 
 #[derive(Default)]
@@ -60,6 +63,7 @@ impl Cache {
                     state,
                     committed_next,
                     recent: VecDeque::new(),
+                    history_days: None,
                 },
             );
         }
@@ -180,6 +184,7 @@ mod tests {
                 state: UserState::default(),
                 committed_next: 1,
                 recent: VecDeque::new(),
+                history_days: None,
             },
         );
         c

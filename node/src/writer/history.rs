@@ -49,11 +49,25 @@ impl Writer {
         }
         b.writes
             .put(Cf::Meta, settings_key(user), s.encode_to_vec());
+        self.cache.user(&self.store, user)?.history_days = Some(s.history_days);
         b.settings.insert(user.to_string(), s);
         if history {
             self.trim_history(user, b)?;
         }
         Ok(())
+    }
+
+    /// `user`'s history setting, read from storage once per cached user.
+    fn history_days_of(&mut self, user: &str, b: &Batch) -> Result<Option<u32>, ChatError> {
+        if let Some(s) = b.settings.get(user) {
+            return Ok(s.history_days);
+        }
+        if let Some(d) = self.cache.user(&self.store, user)?.history_days {
+            return Ok(d);
+        }
+        let d = self.store.settings(user)?.history_days;
+        self.cache.user(&self.store, user)?.history_days = Some(d);
+        Ok(d)
     }
 
     /// The least advanced cursor of `user`'s devices (as this batch leaves them); `None`
@@ -73,7 +87,7 @@ impl Writer {
 
     /// Deletes the entries of `user`'s inbox its history setting no longer keeps.
     pub(super) fn trim_history(&mut self, user: &str, b: &mut Batch) -> Result<(), ChatError> {
-        let Some(days) = self.settings_of(user, b)?.history_days else {
+        let Some(days) = self.history_days_of(user, b)? else {
             return Ok(());
         };
         let Some(min_cursor) = self.min_cursor(user, b)? else {

@@ -30,7 +30,9 @@ pub struct MediaSection {
     /// Media types a slot may have: exact (`application/pdf`) or a whole top-level type
     /// (`image/*`); others are refused with MEDIA_TYPE.
     pub types: Vec<String>,
-    /// Largest inline thumbnail of an attachment, in bytes (it travels in the message).
+    /// Largest inline thumbnail of an attachment, in bytes (it travels in the message, whose
+    /// frame must still fit in `limits.max_frame_bytes`; in JSON a thumbnail is base64, 4/3
+    /// of its size).
     pub max_thumbnail_bytes: u32,
     /// How long a signed upload or download URL stays valid, in seconds.
     pub url_ttl_secs: u64,
@@ -134,7 +136,7 @@ impl S3Section {
 }
 
 impl MediaSection {
-    pub(super) fn check(&self, max_frame: u32, max_body: u32) -> Result<(), String> {
+    pub(super) fn check(&self) -> Result<(), String> {
         for (name, v) in [
             ("media.url_ttl_secs", self.url_ttl_secs),
             ("media.attach_window_secs", self.attach_window_secs),
@@ -146,14 +148,6 @@ impl MediaSection {
         }
         if self.url_ttl_secs > 7 * 24 * 3600 {
             return Err("media.url_ttl_secs must be at most 7 days (S3's limit)".into());
-        }
-        // A send carries its body and the thumbnail (base64 in JSON: 4/3 of its size).
-        let thumb = u64::from(self.max_thumbnail_bytes) * 4 / 3 + 3;
-        if u64::from(max_body) + thumb + 1024 > u64::from(max_frame) {
-            return Err(format!(
-                "media.max_thumbnail_bytes {} and limits.max_body_bytes {max_body} do not fit in limits.max_frame_bytes {max_frame} (a thumbnail is base64 in JSON)",
-                self.max_thumbnail_bytes
-            ));
         }
         if self.types.is_empty() && self.max_bytes > 0 {
             return Err(
@@ -236,21 +230,28 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let ok = MediaSection::default();
-        assert!(ok.check(64 * 1024, 32 * 1024).is_ok());
-        assert!(
-            ok.check(40 * 1024, 32 * 1024).is_err(),
-            "thumbnail does not fit"
-        );
+        assert!(MediaSection::default().check().is_ok());
         let s3 = MediaSection {
             backend: MediaBackend::S3,
             ..Default::default()
         };
-        assert!(s3.check(64 * 1024, 32 * 1024).is_err(), "no bucket");
+        assert!(s3.check().is_err(), "no bucket");
+        let s3 = MediaSection {
+            backend: MediaBackend::S3,
+            s3: S3Section {
+                bucket: "b".into(),
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                endpoint: "ftp://x".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(s3.check().is_err(), "not an http(s) endpoint");
         let ttl = MediaSection {
             url_ttl_secs: 0,
             ..Default::default()
         };
-        assert!(ttl.check(64 * 1024, 32 * 1024).is_err());
+        assert!(ttl.check().is_err());
     }
 }

@@ -169,9 +169,7 @@ impl NodeConfig {
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
         self.presence.check().map_err(ConfigError::Invalid)?;
         self.groups.check().map_err(ConfigError::Invalid)?;
-        self.media
-            .check(l.max_frame_bytes, l.max_body_bytes)
-            .map_err(ConfigError::Invalid)?;
+        self.media.check().map_err(ConfigError::Invalid)?;
         self.media
             .url_key(&self.auth.jwt_secret)
             .map_err(ConfigError::Invalid)?;

@@ -188,6 +188,11 @@ pub enum HostileCase {
     Flood,
     /// Stops reading while its inbox is pushed to it: expect to be disconnected.
     StopReading,
+    /// A message naming a file this user was never given: refused, never ✓.
+    ForeignMedia,
+    /// A download URL for a file not in this user's inbox: refused, never granted (`acked`
+    /// counts URLs granted).
+    StealMedia,
 }
 
 /// What one hostile connection observed: facts only; the checker holds the expectations.
@@ -201,7 +206,7 @@ pub struct HostileRecord {
     pub welcomed_as: Option<String>,
     /// Error codes received, in order (e.g. `BAD_FRAME`).
     pub errors: Vec<String>,
-    /// `Sent` answers received.
+    /// `Sent` answers received (for `StealMedia`, download URLs granted).
     pub acked: u32,
     /// Sends written.
     pub sent: u32,

@@ -1,5 +1,5 @@
 //! Hostile clients inside the run: malformed and oversize frames, bad tokens, impersonation,
-//! lying acknowledgements, floods and connections that stop reading, one case after another in
+//! lying acknowledgements, floods, connections that stop reading, files that are not theirs, one case after another in
 //! a seeded order for the whole fault phase. Each case records what it observed; the checker
 //! judges it, and proves (by the marker every hostile body carries) that none of their content
 //! reached an honest user. Hostile users are `h-*`; their messages go to hostile sinks only,
@@ -19,12 +19,13 @@ use crate::history::{Clock, HostileCase, HostileRecord, HOSTILE_MARKER};
 use crate::rawws::{Incoming, RawWs, OP_BINARY, OP_TEXT};
 use crate::workload::code_name;
 
+mod media;
 mod traffic;
 
 use traffic::not_mine;
 
 /// Every case, in the order a cycle is shuffled from.
-const CASES: [HostileCase; 13] = [
+const CASES: [HostileCase; 15] = [
     HostileCase::MalformedProtobuf,
     HostileCase::MalformedJson,
     HostileCase::OversizeFrame,
@@ -38,6 +39,8 @@ const CASES: [HostileCase; 13] = [
     HostileCase::AckUnreceived,
     HostileCase::Flood,
     HostileCase::StopReading,
+    HostileCase::ForeignMedia,
+    HostileCase::StealMedia,
 ];
 
 #[derive(Debug, Clone)]
@@ -216,6 +219,8 @@ impl Ctx {
             AckUnreceived => self.ack_unreceived(&mut r, n).await,
             Flood => self.flood(&mut r, n).await,
             StopReading => self.stop_reading(&mut r, n).await,
+            ForeignMedia => self.foreign_media(&mut r, n).await,
+            StealMedia => self.steal_media(&mut r, n).await,
         };
         if let Err(e) = result {
             r.skipped = true;

@@ -39,6 +39,20 @@ pub(super) fn hostile(run: &RunData, r: &mut Report) {
                 line.clone(),
             );
         }
+        if h.case == ForeignMedia && h.acked > 0 {
+            r.violate(
+                "hostile",
+                format!("a Send naming a file never given got {} ✓", h.acked),
+                line.clone(),
+            );
+        }
+        if h.case == StealMedia && h.acked > 0 {
+            r.violate(
+                "hostile",
+                format!("{} download URLs for a file not in the inbox", h.acked),
+                line.clone(),
+            );
+        }
         if h.foreign_entries > 0 {
             r.violate(
                 "hostile",
@@ -55,6 +69,7 @@ pub(super) fn hostile(run: &RunData, r: &mut Report) {
             BadSignature => &["TOKEN_INVALID"],
             ExpiredToken => &["TOKEN_EXPIRED"],
             ForgedFrom => &["PERMISSION_DENIED"],
+            ForeignMedia | StealMedia => &["UNKNOWN_MEDIA"],
             _ => &[],
         };
         if !expected.is_empty() && !h.errors.iter().any(|e| expected.contains(&e.as_str())) {

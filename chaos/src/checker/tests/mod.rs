@@ -406,6 +406,14 @@ fn hostile_successes_and_node_crashes_are_violations() {
     ];
     assert_eq!(check(&run).count("hostile"), 3);
 
+    // A file that is not the user's: any ✓ or URL granted is a violation.
+    run.hostile = vec![
+        rec(HostileCase::ForeignMedia, Some("h-1"), 1),
+        rec(HostileCase::StealMedia, Some("h-1"), 1),
+        rec(HostileCase::StealMedia, Some("h-1"), 0),
+    ];
+    assert_eq!(check(&run).count("hostile"), 2);
+
     let mut run = clean();
     run.nemesis.crashes.push(NodeCrash {
         node: "n2".into(),

@@ -213,14 +213,17 @@ async fn api(
         let body = serde_json::json!({ "code": code, "message": message });
         (status, Json(body)).into_response()
     };
-    let user = headers
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| chat_auth::token_subject(t.trim()));
-    let Some(user) = user else {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
         let m = "send the user's token as Authorization: Bearer <token>".to_string();
         return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", m);
+    };
+    let Some(user) = chat_auth::token_subject(token.trim()) else {
+        let m = "the token names no user".to_string();
+        return refuse(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", m);
     };
     let r = route(&state, &user).and_then(|a| {
         let v = state.view.borrow();
@@ -240,7 +243,10 @@ async fn api(
             let to = format!("{base}{path}");
             (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
         }
-        Err((status, m)) if status == StatusCode::BAD_REQUEST => refuse(status, "TOKEN_INVALID", m),
+        // The token's user is not a valid id: the token is bad (as the node would say).
+        Err((status, m)) if status == StatusCode::BAD_REQUEST => {
+            refuse(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", m)
+        }
         Err((status, m)) => refuse(status, "UNAVAILABLE", m),
     }
 }

@@ -179,7 +179,8 @@ async fn every_route_answers_as_its_description_says() {
             .await;
         assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, want));
     }
-    // The router reads the token's user only to redirect: no token, no redirect.
+    // The router reads the token's user only to redirect: no token (or none it can read), no
+    // redirect.
     let (s, v, _) = api
         .call(
             &router.url,
@@ -191,6 +192,17 @@ async fn every_route_answers_as_its_description_says() {
         )
         .await;
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"));
+    let (s, v, _) = api
+        .call(
+            &router.url,
+            Method::GET,
+            "/v1/history",
+            "/v1/history",
+            Some("nonsense"),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "TOKEN_INVALID"));
 
     // Presence.
     let path = format!("/v1/presence?users={alice},{carol}");

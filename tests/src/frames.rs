@@ -1,7 +1,10 @@
 //! Frame helpers for tests that drive a [`Client`] by hand: wait for a frame, take a backlog,
 //! pick deliveries apart.
 
-use chat_client::v1::{deliver, server_frame, Deliver, Message, Receipt, ServerFrame};
+use chat_client::v1::{
+    deliver, group_reply, group_request, server_frame, Deliver, GroupCreate, Message, Receipt,
+    ServerFrame,
+};
 use chat_client::Client;
 use tokio::time::Instant;
 
@@ -104,4 +107,27 @@ pub async fn receive_messages(c: &mut Client, n: usize) -> Vec<(u64, Message)> {
         }
     }
     got
+}
+
+/// Creates a group of `c`'s user and `members`; its id.
+pub async fn create_group(c: &mut Client, name: &str, members: &[String]) -> String {
+    let op = group_request::Op::Create(GroupCreate {
+        name: name.into(),
+        members: members.to_vec(),
+        group: String::new(),
+    });
+    c.group_request("create-group", op)
+        .await
+        .expect("group request");
+    let (f, _) = recv_until(c, "the new group", |f| {
+        matches!(&f.frame, Some(server_frame::Frame::Group(r)) if r.request_id == "create-group")
+    })
+    .await;
+    match f.frame {
+        Some(server_frame::Frame::Group(r)) => match r.reply {
+            Some(group_reply::Reply::Info(i)) => i.group,
+            other => panic!("not the group's info: {other:?}"),
+        },
+        _ => unreachable!("matched a group reply"),
+    }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod frames;
 pub mod http;
+pub mod media;
 pub mod node;
 pub mod openapi;
 pub mod process;

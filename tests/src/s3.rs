@@ -69,6 +69,23 @@ impl TestS3 {
         self.dir.path().join("root").join(BUCKET)
     }
 
+    /// A node's `CHAT_NODE_MEDIA__*` settings for this store, keys under `prefix`.
+    pub fn node_env(&self, prefix: &str) -> Vec<(String, String)> {
+        let o = self.options(prefix);
+        [
+            ("BACKEND", "s3".to_string()),
+            ("S3__ENDPOINT", o.endpoint),
+            ("S3__REGION", o.region),
+            ("S3__BUCKET", o.bucket),
+            ("S3__ACCESS_KEY_ID", o.access_key_id),
+            ("S3__SECRET_ACCESS_KEY", o.secret_access_key),
+            ("S3__PREFIX", o.prefix),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("CHAT_NODE_MEDIA__{k}"), v))
+        .collect()
+    }
+
     pub fn options(&self, prefix: &str) -> chat_media::S3Options {
         chat_media::S3Options {
             endpoint: self.endpoint.clone(),

@@ -2,18 +2,9 @@
 //! device-only history its entries vanish once both its devices have them and it read them;
 //! with 7 days, history pages over everything within them.
 
-use std::time::Duration;
-
+use chat_tests::media::http;
 use chat_tests::*;
 use serde_json::{json, Value};
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 async fn put_settings(base: &str, token: &str, v: Value) -> (reqwest::StatusCode, Value) {
     let resp = http()

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use chat_proto::v1::{group_request, server_frame, GroupCreate};
+use chat_proto::v1::server_frame;
 use chat_tests::openapi::{http, Api};
 use chat_tests::*;
 use reqwest::{Method, StatusCode};
@@ -45,29 +45,7 @@ async fn every_route_answers_as_its_description_says() {
         })
         .await;
     }
-    a.group_request(
-        "g",
-        group_request::Op::Create(GroupCreate {
-            name: "lunch".into(),
-            members: vec![bob.clone()],
-            group: String::new(),
-        }),
-    )
-    .await
-    .unwrap();
-    let (f, _) = recv_until(
-        &mut a,
-        "the group",
-        |f| matches!(&f.frame, Some(server_frame::Frame::Group(r)) if r.request_id == "g"),
-    )
-    .await;
-    let group = match f.frame {
-        Some(server_frame::Frame::Group(r)) => match r.reply {
-            Some(chat_proto::v1::group_reply::Reply::Info(i)) => i.group,
-            other => panic!("{other:?}"),
-        },
-        _ => unreachable!(),
-    };
+    let group = create_group(&mut a, "lunch", std::slice::from_ref(&bob)).await;
 
     // History, through the router: a redirect to bob's home, then pages there.
     let (s, _, to) = api

@@ -8,33 +8,13 @@ use std::time::Duration;
 
 use chat_client::Client;
 use chat_proto::v1::{
-    client_frame, deliver, group_request, media_request, server_frame, Attachment, ErrorCode,
-    GroupCreate, MediaDownload, MediaReply, MediaUpload, Message, Send,
+    client_frame, deliver, media_request, server_frame, Attachment, ErrorCode, MediaDownload,
+    MediaReply, MediaUpload, Message, Send,
 };
+use chat_tests::media::{http, payload};
 use chat_tests::*;
 
 const MAX_MEDIA: u64 = 4 * 1024 * 1024;
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-/// An image-like payload of `n` bytes, different for each `seed`.
-fn payload(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = 0x2545_f491_u32 ^ seed.wrapping_mul(0x9e37_79b9);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn sha_hex(bytes: &[u8]) -> String {
     chat_media::Digest::of(bytes).to_hex()
@@ -220,29 +200,7 @@ async fn the_flow(env: &[(&str, &str)], local: bool) {
     assert!(status.is_client_error(), "tampered: {status}");
 
     // To a group spread over the three nodes: every member fetches it, dave cannot.
-    a.group_request(
-        "g",
-        group_request::Op::Create(GroupCreate {
-            name: "beach".into(),
-            members: vec![bob.clone(), carol.clone()],
-            group: String::new(),
-        }),
-    )
-    .await
-    .unwrap();
-    let (f, _) = recv_until(
-        &mut a,
-        "the group",
-        |f| matches!(&f.frame, Some(server_frame::Frame::Group(r)) if r.request_id == "g"),
-    )
-    .await;
-    let group = match f.frame {
-        Some(server_frame::Frame::Group(r)) => match r.reply {
-            Some(chat_proto::v1::group_reply::Reply::Info(i)) => i.group,
-            other => panic!("{other:?}"),
-        },
-        _ => unreachable!(),
-    };
+    let group = create_group(&mut a, "beach", &[bob.clone(), carol.clone()]).await;
     let photo = payload(600 * 1024, 2);
     let up2 = slot(&mut a, "s2", "image/png", &photo).await.unwrap();
     assert!(put(&up2, photo.clone()).await.is_success());
@@ -421,22 +379,9 @@ async fn the_sweep_deletes_expired_blobs_from_the_embedded_store() {
 #[tokio::test]
 async fn the_sweep_deletes_expired_blobs_from_s3() {
     let s3 = TestS3::start();
-    let o = s3.options("sweep");
-    let env = [
-        ("CHAT_NODE_MEDIA__BACKEND", "s3"),
-        ("CHAT_NODE_MEDIA__S3__ENDPOINT", o.endpoint.as_str()),
-        ("CHAT_NODE_MEDIA__S3__BUCKET", o.bucket.as_str()),
-        (
-            "CHAT_NODE_MEDIA__S3__ACCESS_KEY_ID",
-            o.access_key_id.as_str(),
-        ),
-        (
-            "CHAT_NODE_MEDIA__S3__SECRET_ACCESS_KEY",
-            o.secret_access_key.as_str(),
-        ),
-        ("CHAT_NODE_MEDIA__S3__PREFIX", o.prefix.as_str()),
-    ];
-    let store = chat_media::BlobStore::s3(&o).unwrap();
+    let env = s3.node_env("sweep");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let store = chat_media::BlobStore::s3(&s3.options("sweep")).unwrap();
     the_sweep(&env, store).await;
 }
 
@@ -448,22 +393,8 @@ async fn files_through_the_embedded_store() {
 #[tokio::test]
 async fn files_through_an_s3_compatible_store() {
     let s3 = TestS3::start();
-    let o = s3.options("cluster-a");
-    let env = [
-        ("CHAT_NODE_MEDIA__BACKEND", "s3"),
-        ("CHAT_NODE_MEDIA__S3__ENDPOINT", o.endpoint.as_str()),
-        ("CHAT_NODE_MEDIA__S3__REGION", o.region.as_str()),
-        ("CHAT_NODE_MEDIA__S3__BUCKET", o.bucket.as_str()),
-        (
-            "CHAT_NODE_MEDIA__S3__ACCESS_KEY_ID",
-            o.access_key_id.as_str(),
-        ),
-        (
-            "CHAT_NODE_MEDIA__S3__SECRET_ACCESS_KEY",
-            o.secret_access_key.as_str(),
-        ),
-        ("CHAT_NODE_MEDIA__S3__PREFIX", o.prefix.as_str()),
-    ];
+    let env = s3.node_env("cluster-a");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     the_flow(&env, false).await;
     // The blobs are in the bucket, under the prefix.
     let stored = walk(&s3.bucket_dir().join("cluster-a"));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_media::{BlobStore, Check, Digest, LocalBlobs, MediaId, UploadUrl, UrlSigner};
+use chat_tests::media::{http, payload};
 use chat_tests::{wait_until_async, TestS3, WAIT};
 
 fn now_ms() -> u64 {
@@ -17,33 +18,12 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 async fn put(c: &reqwest::Client, u: &UploadUrl, body: Vec<u8>) -> reqwest::StatusCode {
     let mut req = c.put(&u.url).body(body);
     for (k, v) in &u.headers {
         req = req.header(k, v);
     }
     req.send().await.unwrap().status()
-}
-
-/// An image-like payload of `n` bytes.
-fn payload(n: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_u32;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// Where the servers differ, and the flow with them.
@@ -59,7 +39,7 @@ struct Server {
 /// The flow every backend must pass.
 async fn the_flow(store: &BlobStore, server: Server) {
     let c = http();
-    let data = payload(2_000_000);
+    let data = payload(2_000_000, 0);
     let (size, sha) = (data.len() as u64, Digest::of(&data));
     let id = MediaId::generate();
     let ttl = Duration::from_secs(300);
@@ -231,7 +211,7 @@ async fn an_s3_compatible_store_takes_and_serves_exactly_the_promised_bytes() {
     the_flow(&store, server).await;
     // Blobs live under the configured prefix.
     let id = MediaId::generate();
-    let data = payload(10);
+    let data = payload(10, 0);
     let up = store
         .upload_url(
             &id,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chat_client::v1::{client_frame, media_request, server_frame, Attachment, MediaDownload, Send};
+use chat_client::v1::{media_request, server_frame, Attachment, MediaDownload, Send};
 
 use super::{error_codes, token, Ctx};
 use crate::history::{HostileRecord, HOSTILE_MARKER};
@@ -24,9 +24,8 @@ impl Ctx {
             .await
             .map_err(|e| e.to_string())?;
         r.welcomed_as = Some(c.welcome.user.clone());
-        let cmid = format!("foreign-media-{n}");
         let send = Send {
-            client_msg_id: cmid.clone(),
+            client_msg_id: format!("foreign-media-{n}"),
             to: to.clone(),
             body: format!("{HOSTILE_MARKER} a file that is not mine"),
             attachment: Some(Attachment {
@@ -35,22 +34,7 @@ impl Ctx {
             }),
             ..Default::default()
         };
-        c.send(client_frame::Frame::Send(send))
-            .await
-            .map_err(|e| e.to_string())?;
-        r.sent = 1;
-        let (frames, closed) = Self::collect(&mut c, Duration::from_secs(10), |f| match &f.frame {
-            Some(server_frame::Frame::Sent(s)) => s.client_msg_id == cmid,
-            Some(server_frame::Frame::Error(e)) => e.r#ref == cmid,
-            _ => false,
-        })
-        .await;
-        r.acked = frames
-            .iter()
-            .filter(|f| matches!(f.frame, Some(server_frame::Frame::Sent(_))))
-            .count() as u32;
-        r.errors = error_codes(&frames);
-        r.closed = closed;
+        Self::send_one(&mut c, send, r).await?;
         r.detail = format!("to {to}");
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::v1::{client_frame, deliver, server_frame, Send, ServerFrame};
+use chat_client::Client;
 
 use super::{error_codes, token, Ctx};
 use crate::history::{HostileRecord, HOSTILE_MARKER};
@@ -19,20 +20,32 @@ impl Ctx {
             .await
             .map_err(|e| e.to_string())?;
         r.welcomed_as = Some(c.welcome.user.clone());
-        let cmid = format!("forged-{n}");
         let send = Send {
-            client_msg_id: cmid.clone(),
+            client_msg_id: format!("forged-{n}"),
             to: to.clone(),
             body: format!("{HOSTILE_MARKER} as {from}"),
             from: from.clone(),
             group: String::new(),
             attachment: None,
         };
+        Self::send_one(&mut c, send, r).await?;
+        r.detail = format!("to {to} as {from}");
+        Ok(())
+    }
+
+    /// Writes one send that must be refused, and records its ✓ (if any), errors and how the
+    /// connection ended.
+    pub(super) async fn send_one(
+        c: &mut Client,
+        send: Send,
+        r: &mut HostileRecord,
+    ) -> Result<(), String> {
+        let cmid = send.client_msg_id.clone();
         c.send(client_frame::Frame::Send(send))
             .await
             .map_err(|e| e.to_string())?;
         r.sent = 1;
-        let (frames, closed) = Self::collect(&mut c, Duration::from_secs(10), |f| match &f.frame {
+        let (frames, closed) = Self::collect(c, Duration::from_secs(10), |f| match &f.frame {
             Some(server_frame::Frame::Sent(s)) => s.client_msg_id == cmid,
             Some(server_frame::Frame::Error(e)) => e.r#ref == cmid,
             _ => false,
@@ -44,7 +57,6 @@ impl Ctx {
             .count() as u32;
         r.errors = error_codes(&frames);
         r.closed = closed;
-        r.detail = format!("to {to} as {from}");
         Ok(())
     }
 

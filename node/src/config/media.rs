@@ -107,17 +107,10 @@ impl Default for S3Section {
     }
 }
 
+/// As the store's options: the secret redacted in one place.
 impl std::fmt::Debug for S3Section {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Section")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("path_style", &self.path_style)
-            .field("prefix", &self.prefix)
-            .finish()
+        self.options().fmt(f)
     }
 }
 

@@ -25,6 +25,7 @@ use chat_proto::store::InboxEntry;
 use crate::error::ChatError;
 pub use cf::Cf;
 use engine::{Engine, EngineBatch, StorageError};
+pub use reads::history_floor;
 
 /// Where an older version kept the move marker: a file beside the database (read once, for an
 /// upgrade in the middle of a move).

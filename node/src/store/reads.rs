@@ -200,10 +200,7 @@ impl Store {
             return Ok(None);
         };
         let read = self.user_state(user)?.read_upto;
-        Ok(Some((
-            min_cursor.min(read),
-            now_ms - i64::from(days) * 86_400_000,
-        )))
+        Ok(Some((min_cursor.min(read), history_floor(now_ms, days))))
     }
 
     /// The upload slot `media_id` given to `user` and when, unless past the retention.
@@ -325,6 +322,11 @@ fn parse_entry(
         ts_ms,
         entry: decode(rec)?,
     }))
+}
+
+/// The oldest time a history setting of `days` keeps a received and read entry, at `now_ms`.
+pub fn history_floor(now_ms: i64, days: u32) -> i64 {
+    now_ms - i64::from(days) * chat_media::id::DAY_MS as i64
 }
 
 pub(super) fn corrupt() -> StorageError {

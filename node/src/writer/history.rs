@@ -22,7 +22,6 @@ use crate::store::Cf;
 
 /// Most entries one trim deletes (the rest go with the next ack).
 const TRIM_MAX: u64 = 4_096;
-pub(crate) const DAY_MS: i64 = 86_400_000;
 
 impl Writer {
     /// `user`'s settings as this batch leaves them.
@@ -108,7 +107,7 @@ impl Writer {
         } else {
             // Walk forward while entries are older than the window: only what is deleted (and
             // the first entry kept) is read.
-            let floor = b.now_ms - i64::from(days) * DAY_MS;
+            let floor = crate::store::history_floor(b.now_ms, days);
             let mut end = from - 1;
             for e in self
                 .store

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chat_client::v1::{
-    client_frame, media_request, server_frame, Attachment, MediaDownload, MediaReply, MediaUpload,
-    Send,
+    client_frame, media_request, server_frame, Attachment, MediaDownload, MediaUpload, Send,
 };
 use chat_client::Client;
 use hdrhistogram::Histogram;
@@ -35,17 +34,8 @@ fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-async fn ask(c: &mut Client, id: &str, op: media_request::Op) -> anyhow::Result<MediaReply> {
-    c.media_request(id, op).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match c.recv_until(deadline).await?.frame {
-            Some(server_frame::Frame::Media(r)) if r.request_id == id => return Ok(r),
-            Some(server_frame::Frame::Error(e)) if e.r#ref == id => bail!("{}", e.message),
-            _ => {}
-        }
-    }
-}
+/// How long a media request may wait for its answer.
+const MEDIA_WAIT: Duration = Duration::from_secs(60);
 
 /// Distinct bytes per file (a server must not be able to skip work on repeats).
 fn payload(n: usize, seed: u64) -> Vec<u8> {
@@ -78,16 +68,17 @@ async fn upload_all(
         let bytes = payload(size, seed * 1_000 + k as u64);
         let sha = hex(&sha2::Sha256::digest(&bytes));
         let started = Instant::now();
-        let slot = ask(
-            &mut c,
-            &format!("u{k}"),
-            media_request::Op::Upload(MediaUpload {
-                mime: "application/zip".into(),
-                size: size as u64,
-                sha256: sha.clone(),
-            }),
-        )
-        .await?;
+        let slot = c
+            .media(
+                media_request::Op::Upload(MediaUpload {
+                    mime: "application/zip".into(),
+                    size: size as u64,
+                    sha256: sha.clone(),
+                }),
+                MEDIA_WAIT,
+                &mut Vec::new(),
+            )
+            .await?;
         let mut req = http.put(&slot.url).body(bytes);
         for h in &slot.headers {
             req = req.header(&h.name, &h.value);
@@ -137,15 +128,16 @@ async fn download_all(mut c: Client, files: usize) -> anyhow::Result<Vec<u64>> {
     let mut took = Vec::new();
     for (seq, att) in got {
         let started = Instant::now();
-        let url = ask(
-            &mut c,
-            &format!("d{seq}"),
-            media_request::Op::Download(MediaDownload {
-                media_id: att.media_id.clone(),
-                seq,
-            }),
-        )
-        .await?;
+        let url = c
+            .media(
+                media_request::Op::Download(MediaDownload {
+                    media_id: att.media_id.clone(),
+                    seq,
+                }),
+                MEDIA_WAIT,
+                &mut Vec::new(),
+            )
+            .await?;
         let mut resp = http.get(&url.url).send().await.context("GET")?;
         anyhow::ensure!(resp.status().is_success(), "GET: {}", resp.status());
         let mut h = sha2::Sha256::new();

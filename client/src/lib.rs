@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chat_proto::v1::{
     client_frame, group_request, media_request, presence_request, server_frame, Ack, ClientFrame,
-    ErrorCode, GroupRequest, Hello, HistoryPage, HistoryRequest, MediaRequest, Ping,
+    ErrorCode, GroupRequest, Hello, HistoryPage, HistoryRequest, MediaReply, MediaRequest, Ping,
     PresenceRequest, ReadMarker, Send, ServerFrame, Typing, TypingState, Welcome,
 };
 use chat_proto::Encoding;
@@ -346,6 +346,29 @@ impl Client {
                 Some(server_frame::Frame::History(p)) if p.request_id == request_id => {
                     return Ok(p)
                 }
+                Some(server_frame::Frame::Error(e)) if e.r#ref == request_id => {
+                    return Err(refused(e))
+                }
+                _ => skipped.push(f),
+            }
+        }
+    }
+
+    /// A media request (an upload slot, a download URL) and its answer; other frames that
+    /// arrive first go to `skipped`.
+    pub async fn media(
+        &mut self,
+        op: media_request::Op,
+        timeout: Duration,
+        skipped: &mut Vec<ServerFrame>,
+    ) -> Result<MediaReply> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        self.media_request(&request_id, op).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = self.recv_until(deadline).await?;
+            match f.frame {
+                Some(server_frame::Frame::Media(r)) if r.request_id == request_id => return Ok(r),
                 Some(server_frame::Frame::Error(e)) if e.r#ref == request_id => {
                     return Err(refused(e))
                 }

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chat_client::v1::{
-    deliver, media_request, server_frame, Attachment, MediaDownload, MediaReply, MediaUpload,
-};
+use chat_client::v1::{deliver, media_request, Attachment, MediaDownload, MediaReply, MediaUpload};
 use chat_client::Client;
 use sha2::Digest as _;
 
@@ -21,19 +19,8 @@ fn http() -> anyhow::Result<reqwest::Client> {
 
 /// The answer to a media request, or the node's refusal as an error.
 async fn ask(c: &mut Client, op: media_request::Op) -> anyhow::Result<MediaReply> {
-    let id = uuid::Uuid::now_v7().to_string();
-    c.media_request(&id, op).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let f = c.recv_until(deadline).await?;
-        match f.frame {
-            Some(server_frame::Frame::Media(r)) if r.request_id == id => return Ok(r),
-            Some(server_frame::Frame::Error(e)) if e.r#ref == id => {
-                bail!("refused: {}", e.message)
-            }
-            _ => {}
-        }
-    }
+    Ok(c.media(op, Duration::from_secs(30), &mut Vec::new())
+        .await?)
 }
 
 fn rate(bytes: usize, took: Duration) -> String {

@@ -10,7 +10,12 @@
 #      CHAT_BENCH_BIG_GROUP (1024 members, at the first group rate), CHAT_BENCH_MEDIA (pairs x
 #      files x bytes of the media scenario, default 4x10x2000000 then 16x4x200000: the
 #      embedded store), CHAT_BENCH_BASE_PORT (17000), CHAT_BENCH_SCENARIOS
-#      (one-to-one,idle,presence,group,offline-drain,media: the ones to run).
+#      (one-to-one,idle,presence,group,offline-drain,media,scaling: the ones to run),
+#      CHAT_BENCH_RECEIPTS (none | delivered | read: what one-to-one's recipients do, default
+#      delivered), CHAT_BENCH_NO_FSYNC=1 (the nodes acknowledge without a WAL fsync, to measure
+#      what durability costs), CHAT_BENCH_SCALING_RATES (the one-node steps of `scaling`, run
+#      with the node pinned to one core, then to two: default 4000,8000,12000,16000,20000,24000,
+#      50 pairs, 10 s a step).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,7 +32,12 @@ export CHAT_NODE_RATE__MESSAGES_PER_MIN=0 CHAT_NODE_RATE__GROUP_SENDS_PER_MIN=0 
 # The big-group run needs a cap above the default 256.
 BIG_GROUP="${CHAT_BENCH_BIG_GROUP:-1024}"
 export CHAT_NODE_GROUPS__MAX_MEMBERS="$(( BIG_GROUP > 256 ? BIG_GROUP : 256 ))"
-SCENARIOS=",${CHAT_BENCH_SCENARIOS:-one-to-one,idle,presence,group,offline-drain,media},"
+SCENARIOS=",${CHAT_BENCH_SCENARIOS:-one-to-one,idle,presence,group,offline-drain,media,scaling},"
+PROFILE="fsync on"
+if [ "${CHAT_BENCH_NO_FSYNC:-0}" = 1 ]; then
+  export CHAT_NODE_STORAGE__SYNC=false
+  PROFILE="fsync off"
+fi
 want() { [[ "$SCENARIOS" == *",$1,"* ]]; }
 cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }
 trap cleanup EXIT
@@ -35,13 +45,32 @@ trap cleanup EXIT
 "$ROOT/ops/dev-cluster.sh" up >/dev/null
 export CHAT_NODE_AUTH__JWT_SECRET="$(cat "$DIR/secret")"
 export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20))"
+# one-to-one splits the CPU by process: the cluster's pid files.
+export CHAT_BENCH_PIDS="$DIR/pids"
+
+# One standalone node pinned to the cores $1 (taskset), the one-to-one steps against it until it
+# saturates, the node stopped again (by pid).
+scaling() {
+  local cores=$1 port=$((BASE + 60)) data="$DIR/scaling-${1//,/-}"
+  taskset -c "$cores" "$BIN/chat-node" --standalone --node-id scaling --data-dir "$data" \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" \
+    --http-listen "127.0.0.1:$((port + 2))" >"$DIR/logs/scaling.log" 2>&1 &
+  local pid=$! end=$((SECONDS + 30))
+  until grep -qs "chat-node ready" "$DIR/logs/scaling.log" || [ $SECONDS -ge $end ]; do sleep 0.2; done
+  echo "## one node pinned to core(s) $cores (taskset)"
+  env -u CHAT_BENCH_PIDS "$BIN/chat-bench" --url "ws://127.0.0.1:$port" --admin "http://127.0.0.1:$((port + 1))" \
+    one-to-one --pairs 50 --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" \
+    --rates "${CHAT_BENCH_SCALING_RATES:-4000,8000,12000,16000,20000,24000}" --duration 10 || true
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 
 {
-  echo "# chat-bench $(date -u +%FT%TZ) on $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD)"
+  echo "# chat-bench $(date -u +%FT%TZ) on $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD), $PROFILE"
   echo
   if want one-to-one; then
     "$BIN/chat-bench" one-to-one --pairs "${CHAT_BENCH_PAIRS:-50}" \
-      --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
+      --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
     echo
   fi
   if want idle; then
@@ -74,6 +103,12 @@ export CHAT_URL="ws://127.0.0.1:$BASE" CHAT_ETCD="http://127.0.0.1:$((BASE + 20)
       "$BIN/chat-bench" media --pairs "$pairs" --files "$files" --size "$size"
       echo
     done
+  fi
+  if want scaling; then
+    scaling 0
+    echo
+    scaling 0,1
+    echo
   fi
 } 2>&1 | tee "$OUT"
 echo "results written to $OUT"

@@ -14,15 +14,7 @@ pub struct Cost {
 
 /// This process's CPU time (all threads) and peak resident memory.
 pub fn own_cost() -> Cost {
-    // utime + stime of all threads, in USER_HZ (100) ticks, after the command name.
-    let cpu_s = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.get(s.rfind(')')? + 1..)?.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .map_or(0.0, |ticks| ticks as f64 / 100.0);
+    let cpu_s = stat_cpu_s("self").unwrap_or(0.0);
     let max_rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -94,4 +86,62 @@ pub fn cpu_between(before: &[Cost], after: &[Cost]) -> f64 {
         .zip(before)
         .map(|(a, b)| a.cpu_s - b.cpu_s)
         .sum()
+}
+
+/// CPU seconds (user + system, all threads) of a local process (a pid, or `self`): utime and
+/// stime from `/proc/<pid>/stat`, in USER_HZ (100) ticks, after the command name.
+fn stat_cpu_s(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The local processes named by a folder of pid files (`ops/dev-cluster.sh` keeps one per
+/// process: `etcd`, `router`, `n1`, ...), so a step can split the cluster's CPU by process.
+#[derive(Debug, Clone, Default)]
+pub struct Processes {
+    procs: Vec<(String, u32)>,
+}
+
+impl Processes {
+    /// Every readable pid file in `dir`, sorted by name; none without a folder.
+    pub fn from_dir(dir: Option<&std::path::Path>) -> Processes {
+        let Some(dir) = dir else {
+            return Processes::default();
+        };
+        let mut procs: Vec<(String, u32)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((e.file_name().to_string_lossy().into_owned(), pid))
+            })
+            .collect();
+        procs.sort();
+        Processes { procs }
+    }
+
+    /// Each process's CPU seconds so far (0 for one that is gone).
+    pub fn cpu(&self) -> Vec<(String, f64)> {
+        self.procs
+            .iter()
+            .map(|(name, pid)| (name.clone(), stat_cpu_s(&pid.to_string()).unwrap_or(0.0)))
+            .collect()
+    }
+}
+
+/// Per process, the CPU seconds between two readings of [`Processes::cpu`].
+pub fn procs_between(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .zip(before)
+        .map(|((name, a), (_, b))| (name.clone(), a - b))
+        .collect()
 }

@@ -33,6 +33,10 @@ struct Args {
     /// Admin URLs of the nodes to account for (instead of, or besides, --etcd).
     #[arg(long, value_delimiter = ',')]
     admin: Vec<String>,
+    /// A folder of pid files of local processes (`ops/dev-cluster.sh`'s `pids/`): `one-to-one`
+    /// then splits the CPU by process (nodes, router, etcd) and per delivered message.
+    #[arg(long, env = "CHAT_BENCH_PIDS")]
+    pids: Option<std::path::PathBuf>,
     /// Token secret of the node (to mint tokens for bench users).
     #[arg(long, env = "CHAT_NODE_AUTH__JWT_SECRET", hide_env_values = true)]
     secret: String,
@@ -59,6 +63,9 @@ enum Scenario {
         /// Message body size in bytes (at least 24).
         #[arg(long, default_value_t = 64)]
         body_bytes: usize,
+        /// What recipients do with each message: nothing, acknowledge it, or also mark it read.
+        #[arg(long, value_enum, default_value = "delivered")]
+        receipts: one_to_one::Receipts,
     },
     /// Authenticated idle connections: each node's resident memory before and after.
     Idle {
@@ -179,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
             rates,
             duration,
             body_bytes,
+            receipts,
         } => {
             let rates = if rates.is_empty() { vec![rate] } else { rates };
             one_to_one::run(
@@ -189,6 +197,8 @@ async fn main() -> anyhow::Result<()> {
                     rates,
                     duration,
                     body_bytes: body_bytes.max(24),
+                    receipts,
+                    procs: cost::Processes::from_dir(args.pids.as_deref()),
                 },
                 &admins,
             )

@@ -3,17 +3,19 @@
 //! senders' schedules interleave, so the node sees one message every 1 / rate, not bursts of
 //! `pairs`), sent at that time (or as soon as the sender can, if it is behind), and every latency
 //! is counted from the scheduled time, so a stalled node shows up as latency instead of silently
-//! lowering the offered load. Recipients acknowledge every message. Several rates run as steps
-//! in one go, each with fresh users.
+//! lowering the offered load. Recipients acknowledge every message (`--receipts delivered`, the
+//! default: each ack is a cursor write and a DELIVERED receipt for the sender), also mark each
+//! one read (`read`: a READ receipt too), or neither (`none`: the node only stores and pushes).
+//! Several rates run as steps in one go, each with fresh users.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_client::v1::{client_frame, deliver, server_frame, Ack, Send};
+use chat_client::v1::{client_frame, deliver, server_frame, Ack, ReadMarker, Send};
 use chat_client::{Client, ClientReceiver};
 use hdrhistogram::Histogram;
 
-use crate::cost::{cpu_between, node_costs, own_cost, Cost};
+use crate::cost::{cpu_between, node_costs, own_cost, procs_between, Cost, Processes};
 
 pub struct Options {
     pub url: String,
@@ -23,6 +25,20 @@ pub struct Options {
     pub duration: u64,
     /// At least 24.
     pub body_bytes: usize,
+    pub receipts: Receipts,
+    /// Local processes to split the CPU by (the cluster's pid files).
+    pub procs: Processes,
+}
+
+/// What recipients do with each message they are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Receipts {
+    /// Nothing: no ack, no receipt.
+    None,
+    /// Acknowledge it (a DELIVERED receipt for the sender).
+    Delivered,
+    /// Acknowledge it and mark it read (DELIVERED and READ receipts).
+    Read,
 }
 
 /// Every step in turn, a line each, and a table at the end when there is more than one.
@@ -30,16 +46,8 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
     let mut results = Vec::new();
     for (i, rate) in o.rates.iter().enumerate() {
         let (nodes_before, own_before) = (node_costs(admins).await, own_cost());
-        let (stats, elapsed) = step(
-            &o.url,
-            &o.secret,
-            o.pairs,
-            *rate,
-            o.duration,
-            o.body_bytes,
-            i,
-        )
-        .await?;
+        let procs_before = o.procs.cpu();
+        let (stats, elapsed) = step(&o, *rate, i).await?;
         let (nodes_after, own_after) = (node_costs(admins).await, own_cost());
         let nodes_cpu_s = cpu_between(&nodes_before, &nodes_after);
         let r = StepResult {
@@ -48,12 +56,23 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
             elapsed,
             nodes_cpu_s,
             bench_cpu_s: own_after.cpu_s - own_before.cpu_s,
+            procs_cpu_s: procs_between(&procs_before, &o.procs.cpu()),
         };
         print_step(&r, admins, &nodes_after);
         results.push(r);
     }
     if results.len() > 1 {
         print_summary(&results, !admins.is_empty());
+    }
+    if let Some(best) = results
+        .iter()
+        .map(|r| r.stats.delivered as f64 / r.elapsed)
+        .reduce(f64::max)
+    {
+        println!(
+            "one-to-one best delivered/s: {best:.0} ({} pairs, receipts {:?})",
+            o.pairs, o.receipts
+        );
     }
     Ok(())
 }
@@ -99,6 +118,20 @@ struct StepResult {
     elapsed: f64,
     nodes_cpu_s: f64,
     bench_cpu_s: f64,
+    /// Per local process (with `--pids`), CPU seconds in the step.
+    procs_cpu_s: Vec<(String, f64)>,
+}
+
+impl StepResult {
+    /// Microseconds of CPU per delivered message.
+    fn per_msg(&self, cpu_s: f64) -> f64 {
+        1e6 * cpu_s / (self.stats.delivered.max(1) as f64)
+    }
+
+    /// CPU of every local process but this one (nodes, router, etcd), if any were named.
+    fn cluster_cpu_s(&self) -> Option<f64> {
+        (!self.procs_cpu_s.is_empty()).then(|| self.procs_cpu_s.iter().map(|(_, c)| c).sum())
+    }
 }
 
 /// p50, p99, p99.9 and max of a microsecond histogram, in milliseconds.
@@ -135,35 +168,47 @@ fn print_step(r: &StepResult, admins: &[(String, String)], nodes: &[Cost]) {
         cost += &format!(
             " | nodes cpu {:.2} s ({:.0} us per delivered msg), peak rss",
             r.nodes_cpu_s,
-            1e6 * r.nodes_cpu_s / (s.delivered.max(1) as f64)
+            r.per_msg(r.nodes_cpu_s)
         );
         for ((id, _), c) in admins.iter().zip(nodes) {
             cost += &format!(" {id}={} MiB", c.max_rss >> 20);
         }
     }
     println!("{cost}");
+    if let Some(cluster) = r.cluster_cpu_s() {
+        let mut line = format!(
+            "  cpu by process: cluster {:.0} us per delivered msg ({:.0}% of a core);",
+            r.per_msg(cluster),
+            100.0 * cluster / r.elapsed
+        );
+        for (name, c) in &r.procs_cpu_s {
+            line += &format!(" {name} {:.0} us", r.per_msg(*c));
+        }
+        line += &format!("; bench {:.0} us", r.per_msg(r.bench_cpu_s));
+        println!("{line}");
+    }
 }
 
 fn print_summary(results: &[StepResult], nodes: bool) {
     println!();
-    println!("| offered/s | delivered/s | lost | dup | errors | ✓ p50 / p99 / p99.9 / max (ms) | e2e p50 / p99 / p99.9 / max (ms) | bench CPU | nodes CPU per msg |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| offered/s | delivered/s | lost | dup | errors | ✓ p50 / p99 / p99.9 / max (ms) | e2e p50 / p99 / p99.9 / max (ms) | bench CPU | nodes CPU per msg | cluster CPU per msg |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in results {
         let s = &r.stats;
         let per_msg = if nodes {
-            format!(
-                "{:.0} µs",
-                1e6 * r.nodes_cpu_s / (s.delivered.max(1) as f64)
-            )
+            format!("{:.0} µs", r.per_msg(r.nodes_cpu_s))
         } else {
             "-".into()
         };
+        let cluster = r
+            .cluster_cpu_s()
+            .map_or("-".into(), |c| format!("{:.0} µs", r.per_msg(c)));
         let fmt = |h: &Histogram<u64>| {
             let [a, b, c, d] = quantiles(h);
             format!("{a:.1} / {b:.1} / {c:.1} / {d:.1}")
         };
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {per_msg} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {per_msg} | {cluster} |",
             r.rate,
             s.delivered as f64 / r.elapsed,
             s.acked.saturating_sub(s.delivered),
@@ -178,15 +223,8 @@ fn print_summary(results: &[StepResult], nodes: bool) {
 
 /// One step: fresh users, `rate` msg/s for `duration` s. Returns the merged stats and the
 /// seconds from the first scheduled send to the last delivery.
-async fn step(
-    url: &str,
-    secret: &str,
-    pairs: usize,
-    rate: u64,
-    duration: u64,
-    body_bytes: usize,
-    step: usize,
-) -> anyhow::Result<(Stats, f64)> {
+async fn step(o: &Options, rate: u64, step: usize) -> anyhow::Result<(Stats, f64)> {
+    let (url, pairs, duration) = (o.url.as_str(), o.pairs, o.duration);
     // Fresh user names per run and step, so earlier inboxes do not count.
     let run = format!(
         "{:x}{step}",
@@ -194,7 +232,7 @@ async fn step(
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    let token = |user: &str| chat_auth::issue_token(secret.as_bytes(), user, "bench", 3600);
+    let token = |user: &str| chat_auth::issue_token(o.secret.as_bytes(), user, "bench", 3600);
     let per_sender = rate as f64 / pairs as f64;
     let per_sender_total = (per_sender * duration as f64).round() as u64;
     anyhow::ensure!(
@@ -223,11 +261,17 @@ async fn step(
     let mut tasks = Vec::new();
     for rc in receivers {
         let (tx, rx) = rc.into_split();
-        tasks.push(tokio::spawn(receive(tx, rx, start, per_sender_total)));
+        tasks.push(tokio::spawn(receive(
+            tx,
+            rx,
+            start,
+            per_sender_total,
+            o.receipts,
+        )));
     }
     for (i, (sc, to)) in senders.into_iter().enumerate() {
         let (tx, rx) = sc.into_split();
-        let body_pad = "x".repeat(body_bytes - 24);
+        let body_pad = "x".repeat(o.body_bytes - 24);
         let sched = Schedule {
             start,
             offset: Duration::from_secs_f64(i as f64 / rate as f64),
@@ -321,6 +365,7 @@ async fn receive(
     mut rx: ClientReceiver,
     start: Instant,
     expected: u64,
+    receipts: Receipts,
 ) -> Stats {
     let mut st = Stats::new();
     let mut last_seq = 0;
@@ -346,12 +391,19 @@ async fn receive(
             let _ = st.e2e_us.record(lat.max(1));
         }
         last_seq = last_seq.max(d.seq);
-        if tx
-            .send(client_frame::Frame::Ack(Ack { up_to_seq: d.seq }))
-            .await
-            .is_err()
-        {
-            break;
+        let up_to_seq = d.seq;
+        let answers = match receipts {
+            Receipts::None => vec![],
+            Receipts::Delivered => vec![client_frame::Frame::Ack(Ack { up_to_seq })],
+            Receipts::Read => vec![
+                client_frame::Frame::Ack(Ack { up_to_seq }),
+                client_frame::Frame::Read(ReadMarker { up_to_seq }),
+            ],
+        };
+        for a in answers {
+            if tx.send(a).await.is_err() {
+                return st;
+            }
         }
     }
     st

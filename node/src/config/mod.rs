@@ -251,6 +251,9 @@ impl NodeConfig {
                 return bad(format!("{name}: the minimum wait is over the maximum"));
             }
         }
+        if !(1..=64).contains(&f.max_inflight) {
+            return bad("forward.max_inflight must be 1 to 64".into());
+        }
         if f.batch as usize > crate::peer::MAX_FORWARD_ENTRIES {
             return bad(format!(
                 "forward.batch must be at most {} (what a peer accepts)",

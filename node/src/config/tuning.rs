@@ -16,6 +16,10 @@ fn ms(v: u64) -> Duration {
 pub struct ForwardSection {
     /// Most entries in one forward request.
     pub batch: u32,
+    /// Most forward requests in flight to one node. A recipient's entries are never in two
+    /// requests at once (so each recipient's order holds); more than 1 lets a message to one
+    /// user go out while another user's request waits for the peer's fsync. 1 to 64.
+    pub max_inflight: usize,
     /// How long one forward request may take before it counts as failed.
     pub timeout_ms: u64,
     /// A message that could not be handed to the recipient's node for this long after it was
@@ -32,6 +36,7 @@ impl Default for ForwardSection {
     fn default() -> Self {
         ForwardSection {
             batch: 512,
+            max_inflight: 4,
             timeout_ms: 10_000,
             give_up_ms: 24 * 3600 * 1000,
             max_queued: 100_000,

@@ -1,7 +1,8 @@
-//! What the outbox forwarder and a move's streams share: per destination, at most one request
-//! in flight (so a destination applies requests in the order they were made), and after a
-//! failed request a wait (one [`Backoff`] per destination) before the next. No I/O: the time is
-//! passed in.
+//! What the outbox forwarder and a move's streams share: per destination, at most `depth`
+//! requests in flight (a move's streams use 1, so a destination applies requests in the order
+//! they were made; the forwarder more, keeping each recipient's entries in one request at a
+//! time itself), and after a failed request a wait (one [`Backoff`] per destination) before the
+//! next. No I/O: the time is passed in.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 struct Lane {
-    busy: bool,
+    /// Requests in flight.
+    inflight: usize,
     retry_at: Option<Instant>,
     backoff: Backoff,
 }
@@ -20,14 +22,17 @@ struct Lane {
 pub(crate) struct Lanes {
     min: Duration,
     max: Duration,
+    /// Most requests in flight per destination.
+    depth: usize,
     lanes: BTreeMap<String, Lane>,
 }
 
 impl Lanes {
-    pub(crate) fn new(min: Duration, max: Duration) -> Lanes {
+    pub(crate) fn new(min: Duration, max: Duration, depth: usize) -> Lanes {
         Lanes {
             min,
             max,
+            depth: depth.max(1),
             lanes: BTreeMap::new(),
         }
     }
@@ -35,36 +40,38 @@ impl Lanes {
     fn lane(&mut self, dest: &str) -> &mut Lane {
         let (min, max) = (self.min, self.max);
         self.lanes.entry(dest.to_string()).or_insert_with(|| Lane {
-            busy: false,
+            inflight: 0,
             retry_at: None,
             backoff: Backoff::new(min, max),
         })
     }
 
-    /// Whether a request to `dest` may start at `now`: none in flight, and no wait pending.
+    /// Whether a request to `dest` may start at `now`: fewer than `depth` in flight, and no
+    /// wait pending.
     pub(crate) fn ready(&self, dest: &str, now: Instant) -> bool {
         self.lanes
             .get(dest)
-            .is_none_or(|l| !l.busy && l.retry_at.is_none_or(|t| t <= now))
+            .is_none_or(|l| l.inflight < self.depth && l.retry_at.is_none_or(|t| t <= now))
     }
 
     #[cfg(test)]
-    fn busy(&self, dest: &str) -> bool {
-        self.lanes.get(dest).is_some_and(|l| l.busy)
+    fn inflight(&self, dest: &str) -> usize {
+        self.lanes.get(dest).map_or(0, |l| l.inflight)
     }
 
     /// A request to `dest` starts.
     pub(crate) fn start(&mut self, dest: &str) {
+        let depth = self.depth;
         let l = self.lane(dest);
-        debug_assert!(!l.busy, "one request in flight per destination");
-        l.busy = true;
+        debug_assert!(l.inflight < depth, "at most `depth` requests in flight");
+        l.inflight += 1;
     }
 
     /// The request to `dest` is over: on success the next may start at once; on failure it
     /// waits, and the wait is returned.
     pub(crate) fn done(&mut self, dest: &str, ok: bool, now: Instant) -> Option<Duration> {
         let l = self.lane(dest);
-        l.busy = false;
+        l.inflight = l.inflight.saturating_sub(1);
         if ok {
             l.backoff.reset();
             l.retry_at = None;
@@ -76,12 +83,12 @@ impl Lanes {
         }
     }
 
-    /// The earliest end of a wait among the idle destinations `with_work` says have something
-    /// to send.
+    /// The earliest end of a wait among the destinations with room for a request that
+    /// `with_work` says have something to send.
     pub(crate) fn wake_at(&self, with_work: impl Fn(&str) -> bool) -> Option<Instant> {
         self.lanes
             .iter()
-            .filter(|(d, l)| !l.busy && with_work(d))
+            .filter(|(d, l)| l.inflight < self.depth && with_work(d))
             .filter_map(|(_, l)| l.retry_at)
             .min()
     }
@@ -104,7 +111,7 @@ mod tests {
     #[test]
     fn a_failure_makes_only_its_destination_wait_and_a_success_clears_it() {
         let t0 = Instant::now();
-        let mut l = Lanes::new(100 * MS, 400 * MS);
+        let mut l = Lanes::new(100 * MS, 400 * MS, 1);
         assert!(l.ready("n2", t0));
         l.start("n2");
         l.start("n3");
@@ -130,29 +137,29 @@ mod tests {
             Some(100 * MS),
             "the backoff started over"
         );
-        assert!(l.busy("n3") && !l.ready("n3", t0 + 1000 * MS));
+        assert!(l.inflight("n3") == 1 && !l.ready("n3", t0 + 1000 * MS));
     }
 
     proptest! {
-        /// Whatever happens, a destination never has two requests in flight, waits are within
-        /// the bounds, and they grow only while requests keep failing.
+        /// Whatever happens, a destination never has more than `depth` requests in flight, waits
+        /// are within the bounds, and they grow only while requests keep failing.
         #[test]
-        fn one_in_flight_and_bounded_waits(ops in prop::collection::vec((0usize..3, 0u8..3, 0u32..500), 0..80)) {
+        fn at_most_depth_in_flight_and_bounded_waits(depth in 1usize..4, ops in prop::collection::vec((0usize..3, 0u8..3, 0u32..500), 0..80)) {
             let t0 = Instant::now();
-            let mut l = Lanes::new(50 * MS, 800 * MS);
-            let mut in_flight = [false; 3];
+            let mut l = Lanes::new(50 * MS, 800 * MS, depth);
+            let mut in_flight = [0usize; 3];
             let mut last_wait = [None::<Duration>; 3];
             for (d, op, at) in ops {
                 let dest = format!("n{d}");
                 let now = t0 + at * MS;
                 match op {
                     0 if l.ready(&dest, now) => {
-                        prop_assert!(!in_flight[d]);
+                        prop_assert!(in_flight[d] < depth);
                         l.start(&dest);
-                        in_flight[d] = true;
+                        in_flight[d] += 1;
                     }
-                    1 | 2 if in_flight[d] => {
-                        in_flight[d] = false;
+                    1 | 2 if in_flight[d] > 0 => {
+                        in_flight[d] -= 1;
                         match l.done(&dest, op == 1, now) {
                             None => last_wait[d] = None,
                             Some(w) => {
@@ -166,7 +173,7 @@ mod tests {
                     }
                     _ => {}
                 }
-                prop_assert_eq!(l.busy(&dest), in_flight[d]);
+                prop_assert_eq!(l.inflight(&dest), in_flight[d]);
             }
         }
     }

@@ -24,7 +24,8 @@ pub(crate) async fn run_streams(
     let mut queues: BTreeMap<String, VecDeque<StreamItem>> = BTreeMap::new();
     let mut inflight = tokio::task::JoinSet::new();
     let (min, max) = tuning.backoff();
-    let mut lanes = Lanes::new(min, max);
+    // One request in flight per new owner: it applies a move's writes in the order made.
+    let mut lanes = Lanes::new(min, max, 1);
     let limits = (tuning.request_writes, tuning.request_bytes);
     let timeout = tuning.request_timeout();
     loop {

@@ -1,7 +1,8 @@
 //! The outbox forwarder: hands outbox entries to the node that owns their recipient.
 //!
-//! Per destination node, in outbox order, one request in flight at a time, so the entries of one
-//! sender to one recipient arrive in the order they were accepted. The outbox on disk is the
+//! Per destination node, in outbox order, up to `forward.max_inflight` requests in flight, a
+//! recipient's entries in one of them at a time (`queues::take_request`), so the entries to one
+//! recipient arrive in the order they were accepted while other recipients' requests overlap. The outbox on disk is the
 //! truth; memory holds a bounded queue per destination (entries past the bound stay on disk and
 //! are read back as the queue drains). A failed request is retried with backoff. An entry that
 //! could not be handed over for `give_up` is dropped and its sender told (`Failed`), but only if
@@ -13,12 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_proto::cluster::{peer_request, Forward, ForwardEntry, ForwardStatus, PeerRequest};
-use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use self::queues::Dest;
+use self::queues::{take_request, Dest};
 use self::send::{apply_here, forward, registered, ForwardReply};
 use super::pipeline::Lanes;
 use super::transport::{Peers, RequestError};
@@ -53,9 +53,11 @@ pub struct Forwarder {
     routing: Routing,
     opts: ForwardSection,
     dests: HashMap<String, Dest>,
-    /// One request in flight per destination, and the waits after failures.
+    /// Requests in flight per destination, and the waits after failures.
     lanes: Lanes,
     inflight: HashSet<u64>,
+    /// Recipients with entries in a request in flight: their later entries wait for it.
+    busy_to: HashSet<String>,
     /// What each running request carries, to retry it if its task fails.
     running: HashMap<tokio::task::Id, (String, Carried)>,
     /// Entries a request may have carried to a peer without an answer: never given up.
@@ -83,6 +85,7 @@ impl Forwarder {
         opts: ForwardSection,
     ) -> Forwarder {
         let (min, max) = opts.backoff();
+        let depth = opts.max_inflight;
         Forwarder {
             store,
             writer,
@@ -90,8 +93,9 @@ impl Forwarder {
             routing,
             opts,
             dests: HashMap::new(),
-            lanes: Lanes::new(min, max),
+            lanes: Lanes::new(min, max, depth),
             inflight: HashSet::new(),
+            busy_to: HashSet::new(),
             running: HashMap::new(),
             uncertain: HashSet::new(),
             removing: HashSet::new(),
@@ -219,7 +223,8 @@ impl Forwarder {
         tasks.abort_all();
     }
 
-    /// Starts a request for every destination that has entries and is not busy or backing off.
+    /// Starts requests for every destination that has entries, room for another request and
+    /// no wait pending, while they have entries of recipients not in flight.
     fn dispatch(&mut self, tasks: &mut JoinSet<Finished>) {
         let now = Instant::now();
         let ready: Vec<String> = self
@@ -229,55 +234,59 @@ impl Forwarder {
             .map(|(n, _)| n.clone())
             .collect();
         for dest in ready {
-            let d = &self.dests[&dest];
-            if d.spill_from.is_some() && d.queue.len() < self.opts.max_queued / 2 {
-                self.reload(Some(&dest));
-            }
-            let d = self.dests.get_mut(&dest).expect("listed");
-            let mut items = Vec::new();
-            let mut bytes = 0;
-            while items.len() < self.opts.batch as usize && bytes < MAX_BATCH_BYTES {
-                let Some((seq, entry)) = d.queue.pop_first() else {
-                    break;
-                };
-                bytes += entry.encoded_len();
-                items.push((seq, entry));
-            }
-            if items.is_empty() {
-                continue;
-            }
-            self.lanes.start(&dest);
-            tracing::trace!(%dest, first = items[0].0, last = items[items.len() - 1].0, n = items.len(), "forward request");
-            for (seq, _) in &items {
-                self.inflight.insert(*seq);
-            }
-            let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
-            let (peers, writer, timeout) =
-                (self.peers.clone(), self.writer.clone(), self.opts.timeout());
-            let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
-            let view = self.routing.view.clone();
-            let (task_dest, task_items) = (dest.clone(), items.clone());
-            let handle = tasks.spawn(async move {
-                let started = Instant::now();
-                let result = if dest == self_id {
-                    apply_here(&writer, entries, &view).await
-                } else {
-                    let req = PeerRequest {
-                        from_node: self_id,
-                        epoch,
-                        request: Some(peer_request::Request::Forward(Forward { entries })),
-                    };
-                    forward(&peers, &dest, &req, timeout).await
-                };
-                Finished {
-                    dest,
-                    items,
-                    started,
-                    result,
-                }
-            });
-            self.running.insert(handle.id(), (task_dest, task_items));
+            while self.lanes.ready(&dest, now) && self.start_request(&dest, tasks) {}
         }
+    }
+
+    /// Starts the next request to `dest`, if it has entries of recipients not in flight.
+    fn start_request(&mut self, dest: &str, tasks: &mut JoinSet<Finished>) -> bool {
+        let d = &self.dests[dest];
+        if d.spill_from.is_some() && d.queue.len() < self.opts.max_queued / 2 {
+            self.reload(Some(dest));
+        }
+        let d = self.dests.get_mut(dest).expect("listed");
+        let items = take_request(
+            &mut d.queue,
+            &mut self.busy_to,
+            self.opts.batch as usize,
+            MAX_BATCH_BYTES,
+        );
+        if items.is_empty() {
+            return false;
+        }
+        let dest = dest.to_string();
+        self.lanes.start(&dest);
+        tracing::trace!(%dest, first = items[0].0, last = items[items.len() - 1].0, n = items.len(), "forward request");
+        for (seq, _) in &items {
+            self.inflight.insert(*seq);
+        }
+        let entries: Vec<ForwardEntry> = items.iter().map(|(_, e)| (**e).clone()).collect();
+        let (peers, writer, timeout) =
+            (self.peers.clone(), self.writer.clone(), self.opts.timeout());
+        let (self_id, epoch) = (self.routing.self_id.clone(), self.epoch);
+        let view = self.routing.view.clone();
+        let (task_dest, task_items) = (dest.clone(), items.clone());
+        let handle = tasks.spawn(async move {
+            let started = Instant::now();
+            let result = if dest == self_id {
+                apply_here(&writer, entries, &view).await
+            } else {
+                let req = PeerRequest {
+                    from_node: self_id,
+                    epoch,
+                    request: Some(peer_request::Request::Forward(Forward { entries })),
+                };
+                forward(&peers, &dest, &req, timeout).await
+            };
+            Finished {
+                dest,
+                items,
+                started,
+                result,
+            }
+        });
+        self.running.insert(handle.id(), (task_dest, task_items));
+        true
     }
 
     /// Handles a request's outcome; the wait for the removal of the entries it delivered goes
@@ -289,8 +298,9 @@ impl Forwarder {
             started,
             result,
         } = done;
-        for (seq, _) in &items {
+        for (seq, e) in &items {
             self.inflight.remove(seq);
+            self.busy_to.remove(&e.to);
         }
         tracing::trace!(%dest, first = items.first().map(|i| i.0), n = items.len(), ok = result.is_ok(), "forward answered");
         match result {

@@ -447,7 +447,9 @@ async fn connection(
         .read_buffer_size(shared.cfg.client.read_buffer_bytes);
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
     let timeout = Duration::from_millis(shared.cfg.client.hello_timeout_ms);
-    let mut ws = match tokio::time::timeout(timeout, handshake).await {
+    // Boxed, like everything a connection awaits only once: the task keeps only what its idle
+    // state needs (see `gateway::session`).
+    let mut ws = match tokio::time::timeout(timeout, Box::pin(handshake)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "websocket handshake failed");
@@ -466,8 +468,8 @@ async fn connection(
                 .await?;
             ws.close(None).await
         };
-        let _ = tokio::time::timeout(timeout, refuse).await;
+        let _ = tokio::time::timeout(timeout, Box::pin(refuse)).await;
         return;
     }
-    gateway::serve(ws, peer, shared, shutdown).await;
+    gateway::serve(Box::new(ws), peer, shared, shutdown).await;
 }

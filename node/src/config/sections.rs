@@ -99,8 +99,8 @@ pub struct ClientSection {
     /// A client that does not take what the node writes for this long is disconnected.
     pub write_timeout_ms: u64,
     /// Bytes each connection reads from its socket at a time. The buffer is allocated per
-    /// connection for its whole life, so it dominates an idle connection's memory; larger frames
-    /// are still read whole (in several reads).
+    /// connection for its whole life, so it is a large part of an idle connection's memory;
+    /// larger frames are still read whole.
     pub read_buffer_bytes: usize,
 }
 
@@ -112,7 +112,7 @@ impl Default for ClientSection {
             hello_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
             write_timeout_ms: 10_000,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
         }
     }
 }

@@ -39,7 +39,9 @@ impl From<Gone> for End {
 }
 
 pub(super) struct Conn {
-    ws: WebSocketStream<TcpStream>,
+    /// Boxed: it is passed down several async calls, and each would otherwise hold a copy of
+    /// its few hundred bytes in every idle connection's task.
+    ws: Box<WebSocketStream<TcpStream>>,
     enc: Encoding,
     /// Frames fed to the socket since the last flush.
     unflushed: bool,
@@ -49,7 +51,7 @@ pub(super) struct Conn {
 
 impl Conn {
     pub(super) fn new(
-        ws: WebSocketStream<TcpStream>,
+        ws: Box<WebSocketStream<TcpStream>>,
         write_timeout: Duration,
         max_frame: usize,
     ) -> Conn {
@@ -136,10 +138,13 @@ impl Conn {
         match end {
             End::Close(code, reason) => {
                 let _ = self.flush().await;
-                let close = self.ws.close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }));
+                let close = WebSocketStream::close(
+                    &mut self.ws,
+                    Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    }),
+                );
                 let _ = tokio::time::timeout(timeout, close).await;
             }
             End::PeerClosed => {

@@ -44,21 +44,27 @@ impl Session {
         let Some(frame) = frame.frame else {
             return Ok(());
         };
+        // The requests whose handling awaits storage or another node are boxed: a future is as
+        // large as its largest await, and this one is part of every connection's idle state, so
+        // inline they would cost each idle connection kilobytes. Sends, acks, typing and pings
+        // (the per-message path) stay inline.
         let done = match frame {
             client_frame::Frame::Hello(_) => {
                 self.conn.refuse(&ChatError::AlreadyAuthenticated, "").await
             }
-            client_frame::Frame::Send(s) if !s.group.is_empty() => self.group_send(live, s).await,
+            client_frame::Frame::Send(s) if !s.group.is_empty() => {
+                Box::pin(self.group_send(live, s)).await
+            }
             client_frame::Frame::Send(s) => self.send(live, s).await,
-            client_frame::Frame::Group(r) => self.group(live, r).await,
+            client_frame::Frame::Group(r) => Box::pin(self.group(live, r)).await,
             client_frame::Frame::Ack(a) => self.ack(live, a.up_to_seq, false).await,
             client_frame::Frame::Read(r) => self.ack(live, r.up_to_seq, true).await,
-            client_frame::Frame::History(h) => self.history(live, h).await,
+            client_frame::Frame::History(h) => Box::pin(self.history(live, h)).await,
             client_frame::Frame::Ping(p) => self.ping(p).await,
             client_frame::Frame::Typing(t) => self.typing(live, t).await,
-            client_frame::Frame::Block(r) => self.block(live, r).await,
-            client_frame::Frame::Presence(r) => self.presence(live, r).await,
-            client_frame::Frame::Media(r) => self.media(live, r).await,
+            client_frame::Frame::Block(r) => Box::pin(self.block(live, r)).await,
+            client_frame::Frame::Presence(r) => Box::pin(self.presence(live, r)).await,
+            client_frame::Frame::Media(r) => Box::pin(self.media(live, r)).await,
         };
         Ok(done?)
     }
@@ -132,7 +138,9 @@ impl Session {
     ) -> Result<(), ChatError> {
         if let Some(a) = s.attachment.take() {
             let now = chat_proto::now_ms();
-            let checked = self.ctx.media.attachment(user, a, now).await;
+            // Boxed: checking a file (reading it back from S3) is a large future, and this one
+            // is part of every idle connection's state (see `on_message`).
+            let checked = Box::pin(self.ctx.media.attachment(user, a, now)).await;
             crate::media::count("attachment", &checked);
             s.attachment = Some(checked?);
         }

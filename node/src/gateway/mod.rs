@@ -47,7 +47,7 @@ pub(crate) enum End {
 
 /// Serves one connection until it ends or the node shuts down.
 pub async fn serve(
-    ws: WebSocketStream<TcpStream>,
+    ws: Box<WebSocketStream<TcpStream>>,
     peer: SocketAddr,
     ctx: Arc<NodeContext>,
     shutdown: broadcast::Receiver<()>,
@@ -62,7 +62,7 @@ pub async fn serve(
         metrics::gauge!(admin::CONNECTIONS).increment(1.0);
         let (conn, end) = session::run(ws, ctx, shutdown).await;
         metrics::gauge!(admin::CONNECTIONS).decrement(1.0);
-        conn.finish(end).await;
+        Box::pin(conn.finish(end)).await;
         tracing::debug!("connection closed");
     }
     .instrument(span)

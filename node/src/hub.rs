@@ -7,14 +7,17 @@
 //!
 //! Ephemeral events (typing) take a second, smaller queue per device ([`Hub::notify`]). They are
 //! not stored anywhere, so a full queue simply sheds them: they expire on the client anyway.
+//!
+//! Both queues are plain deques behind the device's [`Signals`], woken through its `Notify`: an
+//! empty deque holds no memory, where a channel per queue cost every idle connection about 2 KB.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chat_proto::store::InboxEntry;
 use chat_proto::v1::ServerFrame;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 const SHARDS: usize = 64;
 
@@ -28,12 +31,11 @@ pub struct Push {
 struct Subscriber {
     id: u64,
     device: String,
-    tx: mpsc::Sender<Push>,
-    notices: mpsc::Sender<Arc<ServerFrame>>,
     signals: Arc<Signals>,
 }
 
-/// Out-of-band signals from the hub to one session.
+/// What the hub hands one session: its two queues, out-of-band signals, and the `Notify` that
+/// wakes the session for any of them.
 #[derive(Default)]
 pub struct Signals {
     /// Entries were dropped because the queue was full: read from storage.
@@ -45,6 +47,75 @@ pub struct Signals {
     /// The ring changed and this user's home may be another node: check the route.
     pub moved: AtomicBool,
     pub notify: Notify,
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    entries: VecDeque<Push>,
+    /// At most this many entries (then the device lags).
+    max_entries: usize,
+    /// Ephemeral events (typing, presence), already in their final form.
+    notices: VecDeque<Arc<ServerFrame>>,
+    max_notices: usize,
+}
+
+/// Above this capacity an emptied queue gives its memory back (after a burst).
+const KEEP_CAPACITY: usize = 16;
+
+fn pop<T>(q: &mut VecDeque<T>) -> Option<T> {
+    let item = q.pop_front();
+    if q.is_empty() && q.capacity() > KEEP_CAPACITY {
+        *q = VecDeque::new();
+    }
+    item
+}
+
+impl Signals {
+    fn new(max_entries: usize, max_notices: usize) -> Signals {
+        Signals {
+            queues: Mutex::new(Queues {
+                max_entries,
+                max_notices,
+                ..Queues::default()
+            }),
+            ..Signals::default()
+        }
+    }
+
+    /// Queues a live entry and wakes the session; false (nothing queued) when the queue is full.
+    fn push_entry(&self, push: Push) -> bool {
+        let mut q = self.queues.lock().expect("queues lock");
+        if q.entries.len() >= q.max_entries {
+            return false;
+        }
+        q.entries.push_back(push);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Queues an ephemeral event and wakes the session; false (shed) when the queue is full.
+    pub fn push_notice(&self, frame: Arc<ServerFrame>) -> bool {
+        let mut q = self.queues.lock().expect("queues lock");
+        if q.notices.len() >= q.max_notices {
+            return false;
+        }
+        q.notices.push_back(frame);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// The oldest queued live entry.
+    pub fn pop_entry(&self) -> Option<Push> {
+        pop(&mut self.queues.lock().expect("queues lock").entries)
+    }
+
+    /// The oldest queued ephemeral event.
+    pub fn pop_notice(&self) -> Option<Arc<ServerFrame>> {
+        pop(&mut self.queues.lock().expect("queues lock").notices)
+    }
 }
 
 pub struct Hub {
@@ -59,12 +130,8 @@ pub struct Subscription {
     hub: Arc<Hub>,
     user: String,
     id: u64,
-    pub rx: mpsc::Receiver<Push>,
-    /// Ephemeral events (typing, presence), already in their final form.
-    pub notices: mpsc::Receiver<Arc<ServerFrame>>,
-    /// The sending side of `notices`, for what addresses this connection rather than the user
-    /// (the presence changes of the users it watches).
-    pub notices_tx: mpsc::Sender<Arc<ServerFrame>>,
+    /// Its queues and signals; also where what addresses this connection rather than the user
+    /// goes (the presence changes of the users it watches).
     pub signals: Arc<Signals>,
 }
 
@@ -85,9 +152,7 @@ impl Hub {
 
     /// Registers a device. Any older connection of the same device is told it was replaced.
     pub fn subscribe(self: &Arc<Self>, user: &str, device: &str) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let (notices_tx, notices) = mpsc::channel(self.notice_queue);
-        let signals = Arc::new(Signals::default());
+        let signals = Arc::new(Signals::new(self.queue, self.notice_queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(user).lock().expect("hub lock");
         let subs = shard.entry(user.to_string()).or_default();
@@ -98,17 +163,12 @@ impl Hub {
         subs.push(Subscriber {
             id,
             device: device.to_string(),
-            tx,
-            notices: notices_tx.clone(),
             signals: signals.clone(),
         });
         Subscription {
             hub: self.clone(),
             user: user.to_string(),
             id,
-            rx,
-            notices,
-            notices_tx,
             signals,
         }
     }
@@ -124,7 +184,7 @@ impl Hub {
                 seq,
                 entry: entry.clone(),
             };
-            if s.tx.try_send(push).is_err() {
+            if !s.signals.push_entry(push) {
                 s.signals.max_dropped.fetch_max(seq, Ordering::AcqRel);
                 s.signals.lagged.store(true, Ordering::Release);
                 s.signals.notify.notify_one();
@@ -149,7 +209,7 @@ impl Hub {
         };
         let mut reached = 0;
         for s in subs {
-            if s.notices.try_send(frame.clone()).is_ok() {
+            if s.signals.push_notice(frame.clone()) {
                 reached += 1;
             } else {
                 metrics::counter!(crate::admin::SHED, "kind" => kind, "reason" => "device_queue_full")
@@ -219,15 +279,17 @@ mod tests {
     #[tokio::test]
     async fn full_queue_marks_lagged_instead_of_blocking() {
         let hub = Hub::new(2, 2);
-        let mut sub = hub.subscribe("bob", "phone");
+        let sub = hub.subscribe("bob", "phone");
         for seq in 1..=5 {
             hub.publish("bob", seq, entry());
         }
         assert!(sub.signals.lagged.load(Ordering::Acquire));
         assert_eq!(sub.signals.max_dropped.load(Ordering::Acquire), 5);
-        assert_eq!(sub.rx.recv().await.unwrap().seq, 1);
-        assert_eq!(sub.rx.recv().await.unwrap().seq, 2);
-        assert!(sub.rx.try_recv().is_err());
+        // The session was woken for them.
+        sub.signals.notify.notified().await;
+        assert_eq!(sub.signals.pop_entry().unwrap().seq, 1);
+        assert_eq!(sub.signals.pop_entry().unwrap().seq, 2);
+        assert!(sub.signals.pop_entry().is_none());
     }
 
     #[tokio::test]
@@ -248,19 +310,19 @@ mod tests {
     #[tokio::test]
     async fn events_reach_every_device_and_a_full_queue_sheds_instead_of_blocking() {
         let hub = Hub::new(8, 2);
-        let mut phone = hub.subscribe("bob", "phone");
-        let mut laptop = hub.subscribe("bob", "laptop");
+        let phone = hub.subscribe("bob", "phone");
+        let laptop = hub.subscribe("bob", "laptop");
         let frame = Arc::new(ServerFrame::default());
         assert_eq!(hub.notify("bob", &frame, "typing"), 2);
         assert_eq!(hub.notify("carol", &frame, "typing"), 0, "not connected");
-        assert!(laptop.notices.recv().await.is_some());
+        assert!(laptop.signals.pop_notice().is_some());
         // The phone does not read: its queue of 2 fills and the third event is shed.
         assert_eq!(hub.notify("bob", &frame, "typing"), 2);
         assert_eq!(hub.notify("bob", &frame, "typing"), 1);
         for _ in 0..2 {
-            assert!(phone.notices.recv().await.is_some());
+            assert!(phone.signals.pop_notice().is_some());
         }
-        assert!(phone.notices.try_recv().is_err());
+        assert!(phone.signals.pop_notice().is_none());
         assert!(
             !phone.signals.lagged.load(Ordering::Acquire),
             "events never send a device back to storage"
@@ -279,5 +341,26 @@ mod tests {
         assert!(!alice.signals.moved.load(Ordering::Acquire));
         assert!(bob.iter().all(|s| s.signals.moved.load(Ordering::Acquire)));
         assert_eq!(hub.signal_moved(|u| u == "carol"), 0, "not connected");
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_queue_gives_its_memory_back_after_a_burst() {
+        let s = Signals::new(1000, 10);
+        for seq in 0..100 {
+            assert!(s.push_entry(Push {
+                seq,
+                entry: Arc::new(InboxEntry::default()),
+            }));
+        }
+        let got: Vec<u64> = std::iter::from_fn(|| s.pop_entry())
+            .map(|p| p.seq)
+            .collect();
+        assert_eq!(got, (0..100).collect::<Vec<_>>(), "in order");
+        assert_eq!(s.queues.lock().unwrap().entries.capacity(), 0);
     }
 }

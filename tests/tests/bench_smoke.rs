@@ -7,6 +7,11 @@ use chat_tests::*;
 async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
     let cluster = TestCluster::start(&[]);
     let router = cluster.start_router();
+    // The nodes' pid files, as ops/dev-cluster.sh keeps them: the CPU is split by process.
+    let pids = tempfile::tempdir().expect("temp dir");
+    for n in &cluster.nodes {
+        std::fs::write(pids.path().join(&n.id), n.pid().to_string()).expect("pid file");
+    }
     let out = std::process::Command::new(bin("chat-bench"))
         .args([
             "--url",
@@ -15,7 +20,9 @@ async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
             &cluster.etcd.url,
             "--prefix",
             &cluster.prefix,
+            "--pids",
         ])
+        .arg(pids.path())
         .args([
             "one-to-one",
             "--pairs",
@@ -24,6 +31,9 @@ async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
             "30,60",
             "--duration",
             "1",
+            // Recipients acknowledge and mark read: every receipt path runs.
+            "--receipts",
+            "read",
         ])
         .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
         .output()
@@ -36,7 +46,7 @@ async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
     );
     let steps: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.starts_with("one-to-one "))
+        .filter(|l| l.starts_with("one-to-one offered="))
         .collect();
     assert_eq!(steps.len(), 2, "{stdout}");
     for s in &steps {
@@ -48,6 +58,18 @@ async fn one_to_one_through_the_router_reports_every_step_and_its_cost() {
         assert!(costs[0].contains(n), "{}", costs[0]);
     }
     assert!(stdout.contains("| offered/s |"), "summary table: {stdout}");
+    let split: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("cpu by process: cluster"))
+        .collect();
+    assert_eq!(split.len(), 2, "{stdout}");
+    for n in ["n1 ", "n2 ", "n3 "] {
+        assert!(split[0].contains(n), "{}", split[0]);
+    }
+    assert!(
+        stdout.contains("one-to-one best delivered/s:") && stdout.contains("receipts Read"),
+        "{stdout}"
+    );
 }
 
 fn bench(args: &[&str]) -> String {

@@ -59,7 +59,7 @@ impl Session {
             }
             Some(presence_request::Op::Watch(w)) => {
                 let users = checked_users(&self.ctx, &user, w.users, presence.max_watch())?;
-                let sink = live.sub.notices_tx.clone();
+                let sink = live.sub.signals.clone();
                 Ok(presence
                     .watch(live.presence.conn, &user, sink, &users)
                     .await)

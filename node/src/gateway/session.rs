@@ -270,10 +270,6 @@ impl Session {
                 Some((cmid, res)) = live.inflight.next(), if !live.inflight.is_empty() => {
                     self.on_sent(&cmid, res).await.map_err(End::from)
                 }
-                Some(push) = live.sub.rx.recv() => self.on_push(live, push).await,
-                Some(notice) = live.sub.notices.recv() => {
-                    self.conn.send(&notice).await.map_err(End::from)
-                }
                 page = async { live.page.as_mut().expect("guarded").await }, if live.page.is_some() => {
                     live.page = None;
                     match page {
@@ -321,23 +317,27 @@ impl Session {
         }
     }
 
-    /// Writes what is already waiting (✓s whose commit is done, live entries, notices) without
-    /// flushing in between: one socket write for a burst instead of one per frame. Order is kept
-    /// as in the loop: each queue is taken in order, and the cursor still decides what is sent.
+    /// Writes what is waiting (✓s whose commit is done, live entries, notices) without flushing
+    /// in between: one socket write for a burst instead of one per frame. This is also where the
+    /// hub's queues are drained, after every event of the loop (the hub's `Notify` wakes the
+    /// loop when they fill). Each queue is taken in order, and the cursor still decides what is
+    /// sent.
     async fn write_queued(&mut self, live: &mut Live) -> Result<(), End> {
         for _ in 0..WRITE_BATCH {
             // `now_or_never` polls with a no-op waker; the loop's next `select!` registers the
             // task's waker again before it waits, and a completion in between is still queued.
             if let Some(Some((cmid, res))) = live.inflight.next().now_or_never() {
                 self.on_sent(&cmid, res).await?;
-            } else if let Ok(push) = live.sub.rx.try_recv() {
+            } else if let Some(push) = live.sub.signals.pop_entry() {
                 self.on_push(live, push).await?;
-            } else if let Ok(notice) = live.sub.notices.try_recv() {
+            } else if let Some(notice) = live.sub.signals.pop_notice() {
                 self.conn.send(&notice).await?;
             } else {
-                break;
+                return Ok(());
             }
         }
+        // More is waiting: come back to it after the other branches had their turn.
+        live.sub.signals.notify.notify_one();
         Ok(())
     }
 

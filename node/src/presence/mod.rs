@@ -24,7 +24,7 @@ use chat_proto::cluster::{
     PresenceQuery, PresenceWatch, Signal,
 };
 use chat_proto::v1::{server_frame, PresenceStatus, PresenceUpdate, ServerFrame};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, Notify};
 
 use crate::admin;
 use crate::config::PresenceSection;
@@ -38,7 +38,7 @@ use table::{Change, Status, Table};
 use watchers::{Local, Remote};
 
 /// Where a watching connection's updates go: its device's event queue.
-pub type Sink = mpsc::Sender<Arc<ServerFrame>>;
+pub type Sink = Arc<crate::hub::Signals>;
 
 pub struct Presence {
     routing: Routing,
@@ -450,7 +450,7 @@ fn update(status: PresenceStatus) -> Arc<ServerFrame> {
 }
 
 fn push(sink: &Sink, frame: &Arc<ServerFrame>) {
-    if sink.try_send(frame.clone()).is_err() {
+    if !sink.push_notice(frame.clone()) {
         metrics::counter!(admin::SHED, "kind" => "presence", "reason" => "device_queue_full")
             .increment(1);
     }

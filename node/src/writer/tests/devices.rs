@@ -72,11 +72,11 @@ async fn a_read_on_one_device_is_told_to_every_device() {
         let (a, _) = attach(d, 8);
         c.run_batch(vec![a].into_iter());
     }
-    let mut sub = hub.subscribe("bob", "laptop");
+    let sub = hub.subscribe("bob", "laptop");
     let (s, _) = send(&id("alice", "a"), "1", "bob");
     c.run_batch(vec![s].into_iter());
     c.run_batch(vec![ack(&phone, 1, true)].into_iter());
-    let n = sub.notices.recv().await.unwrap();
+    let n = sub.signals.pop_notice().unwrap();
     match &n.frame {
         Some(chat_proto::v1::server_frame::Frame::ReadState(r)) => {
             assert_eq!((r.up_to_seq, r.device.as_str()), (1, "phone"))
@@ -91,5 +91,5 @@ async fn a_read_on_one_device_is_told_to_every_device() {
     let (s, _) = send(&id("alice", "a"), "2", "bob");
     c.run_batch(vec![s].into_iter());
     c.run_batch(vec![ack(&phone, 2, false)].into_iter());
-    assert!(sub.notices.try_recv().is_err());
+    assert!(sub.signals.pop_notice().is_none());
 }

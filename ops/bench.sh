@@ -4,7 +4,7 @@
 # Results go to stdout and to bench-results/<UTC time>.txt (or $CHAT_BENCH_OUT).
 #
 # Env: CHAT_BENCH_RATES (default 1000,4000,8000,12000,16000), CHAT_BENCH_DURATION (10 s a step),
-#      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (5000 connections), CHAT_BENCH_DRAIN (100000
+#      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (10000 connections, then held 20 s for the idle CPU), CHAT_BENCH_DRAIN (100000
 #      messages), CHAT_BENCH_WATCHERS (1000 presence watchers), CHAT_BENCH_PRESENCE_RATE (200
 #      changes/s), CHAT_BENCH_GROUP_RATES (10,40 group sends/s to a 256-member group),
 #      CHAT_BENCH_BIG_GROUP (1024 members, at the first group rate), CHAT_BENCH_MEDIA (pairs x
@@ -74,7 +74,7 @@ scaling() {
     echo
   fi
   if want idle; then
-    "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-5000}" --sources 8
+    "$BIN/chat-bench" idle --connections "${CHAT_BENCH_IDLE:-10000}" --sources 8 --hold 20
     echo
   fi
   if want presence; then

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chat_client::Client;
 
-use crate::cost::{own_cost, scrape};
+use crate::cost::{node_costs, own_cost, scrape};
 use crate::run_id;
 
 /// (resident bytes, client connections) of each node.
@@ -35,6 +35,7 @@ pub async fn idle(
     connections: usize,
     sources: u8,
     concurrency: usize,
+    hold: u64,
 ) -> anyhow::Result<()> {
     let run = run_id();
     let before = node_memory(admins).await;
@@ -103,6 +104,18 @@ pub async fn idle(
             "  all nodes: {:.2} KiB per idle connection",
             total_bytes / total_conns / 1024.0
         );
+    }
+    if hold > 0 && !admins.is_empty() {
+        // Idle means idle: the keepalive pings and timers of every connection, nothing else.
+        let cpu_before = node_costs(admins).await;
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+        let cpu_after = node_costs(admins).await;
+        let mut line = format!("  idle for {hold} s: nodes cpu");
+        for ((id, _), (b, a)) in admins.iter().zip(cpu_before.iter().zip(&cpu_after)) {
+            line += &format!(" {id}={:.2}%", 100.0 * (a.cpu_s - b.cpu_s) / hold as f64);
+        }
+        line += &format!(" of a core, {} connections held", clients.len());
+        println!("{line}");
     }
     drop(clients);
     Ok(())

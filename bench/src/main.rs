@@ -78,6 +78,9 @@ enum Scenario {
         /// Connections being set up at once.
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
+        /// Then hold them this many seconds and report the nodes' CPU while they sit idle.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
     /// Steady 1:1 traffic while the ring moves: a node added (it must be running) or removed;
     /// latency, errors and throughput before, during and after, and what the move copied.
@@ -208,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             sources,
             concurrency,
+            hold,
         } => {
             idle::idle(
                 &args.url,
@@ -216,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 sources.max(1),
                 concurrency.max(1),
+                hold,
             )
             .await
         }

@@ -14,8 +14,8 @@
 #      CHAT_BENCH_RECEIPTS (none | delivered | read: what one-to-one's recipients do, default
 #      delivered), CHAT_BENCH_NO_FSYNC=1 (the nodes acknowledge without a WAL fsync, to measure
 #      what durability costs), CHAT_BENCH_SCALING_RATES (the one-node steps of `scaling`, run
-#      with the node pinned to one core, then to two: default 4000,8000,12000,16000,20000,24000,
-#      50 pairs, 10 s a step).
+#      with the node pinned to one core, then to two: default 4000,8000,12000,16000,20000,24000;
+#      CHAT_BENCH_SCALING_PAIRS, 50, and CHAT_BENCH_SCALING_DURATION, 10 s a step).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,9 +58,10 @@ scaling() {
   local pid=$! end=$((SECONDS + 30))
   until grep -qs "chat-node ready" "$DIR/logs/scaling.log" || [ $SECONDS -ge $end ]; do sleep 0.2; done
   echo "## one node pinned to core(s) $cores (taskset)"
-  env -u CHAT_BENCH_PIDS "$BIN/chat-bench" --url "ws://127.0.0.1:$port" --admin "http://127.0.0.1:$((port + 1))" \
-    one-to-one --pairs 50 --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" \
-    --rates "${CHAT_BENCH_SCALING_RATES:-4000,8000,12000,16000,20000,24000}" --duration 10 || true
+  env -u CHAT_BENCH_PIDS -u CHAT_ETCD "$BIN/chat-bench" --url "ws://127.0.0.1:$port" --admin "http://127.0.0.1:$((port + 1))" \
+    one-to-one --pairs "${CHAT_BENCH_SCALING_PAIRS:-50}" --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" \
+    --rates "${CHAT_BENCH_SCALING_RATES:-4000,8000,12000,16000,20000,24000}" \
+    --duration "${CHAT_BENCH_SCALING_DURATION:-10}" || true
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }

@@ -2,12 +2,13 @@
 //!
 //! Per destination node, in outbox order, up to `forward.max_inflight` requests in flight, a
 //! recipient's entries in one of them at a time (`queues::take_request`), so the entries to one
-//! recipient arrive in the order they were accepted while other recipients' requests overlap. The outbox on disk is the
-//! truth; memory holds a bounded queue per destination (entries past the bound stay on disk and
-//! are read back as the queue drains). A failed request is retried with backoff. An entry that
-//! could not be handed over for `give_up` is dropped and its sender told (`Failed`), but only if
-//! no request carrying it may have reached the peer: an entry whose fate is unknown is retried
-//! until the peer answers, because the receiver may already have stored it.
+//! recipient arrive in the order they were accepted while other recipients' requests overlap.
+//! The outbox on disk is the truth; memory holds a bounded queue per destination (entries past
+//! the bound stay on disk and are read back as the queue drains). A failed request is retried
+//! with backoff. An entry that could not be handed over for `give_up` is dropped and its sender
+//! told (`Failed`), but only if no request carrying it may have reached the peer: an entry whose
+//! fate is unknown is retried until the peer answers, because the receiver may already have
+//! stored it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chat_cluster::rebalance::{self, Progress};
 use chat_cluster::{ClusterView, EtcdConfig};
+use chat_retry::Backoff;
 use chat_ring::transition::Transition;
 use tokio::sync::{mpsc, watch};
 
@@ -55,13 +56,13 @@ pub async fn run_driver(
                 ));
             }
             MoveEvent::Sealing(t, acks) => {
-                let (writer, me) = (writer.clone(), self_id.clone());
+                let (writer, me, backoff) = (writer.clone(), self_id.clone(), tuning.backoff());
                 tokio::spawn(async move {
                     for a in acks {
                         let _ = a.await;
                     }
                     let ranges = t.copies_of(&me).map(|s| (s.start, s.end)).collect();
-                    drop_ranges(&writer, ranges, "given away").await;
+                    drop_ranges(&writer, ranges, "given away", backoff).await;
                 });
             }
             MoveEvent::Settled(epoch) => {
@@ -71,7 +72,10 @@ pub async fn run_driver(
                 let ranges: Vec<(u64, u64)> =
                     t.receives(&self_id).map(|s| (s.start, s.end)).collect();
                 if !ranges.is_empty() {
-                    drop_ranges(&writer, ranges, "received in an aborted move").await;
+                    let (writer, backoff) = (writer.clone(), tuning.backoff());
+                    tokio::spawn(async move {
+                        drop_ranges(&writer, ranges, "received in an aborted move", backoff).await;
+                    });
                 }
             }
         }
@@ -112,11 +116,31 @@ async fn report_settled(mut settled: watch::Receiver<u64>, etcd: EtcdConfig, me:
     }
 }
 
-async fn drop_ranges(writer: &WriterHandle, ranges: Vec<(u64, u64)>, why: &str) {
+/// Drops ranges this node no longer owns, retrying until the writer has: a drop that failed
+/// (the disk full, say) would leave the move's marker on disk, and a removed node would then
+/// never drain. A late drop is safe: the writer keeps what a later move brought back here.
+async fn drop_ranges(
+    writer: &WriterHandle,
+    ranges: Vec<(u64, u64)>,
+    why: &str,
+    (min, max): (Duration, Duration),
+) {
     let n = ranges.len();
-    match writer.drop_ranges(ranges).await {
-        Ok(()) => tracing::info!(segments = n, why, "dropped moved ranges"),
-        Err(e) => tracing::error!(error = %e, why, "dropping moved ranges failed"),
+    let mut backoff = Backoff::new(min, max);
+    loop {
+        match writer.drop_ranges(ranges.clone()).await {
+            Ok(()) => {
+                tracing::info!(segments = n, why, "dropped moved ranges");
+                return;
+            }
+            // The writer is gone; the marker stays on disk and the next start takes the move up.
+            Err(ChatError::ShuttingDown) => return,
+            Err(e) => {
+                let wait = backoff.fail();
+                tracing::warn!(error = %e, why, retry_in = ?wait, "dropping moved ranges failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

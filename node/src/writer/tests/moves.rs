@@ -379,7 +379,7 @@ fn a_new_owner_restarted_after_the_commit_waits_for_the_seals_again() {
 /// An old owner restarted after the commit, before its seal: it copies again from scratch
 /// (resets first), seals once the driver asks, and drops the given ranges; then it settles.
 #[test]
-fn an_old_owner_restarted_after_the_commit_copies_again_and_seals() {
+fn an_old_owner_restarted_after_the_commit_copies_again_seals_and_drops_once_the_disk_allows() {
     let (r, view) = Removal::new();
     let (c, _hub) = writer();
     let mut w = wire(c, "n3", view.clone());
@@ -425,7 +425,25 @@ fn an_old_owner_restarted_after_the_commit_copies_again_and_seals() {
         settled(&events(&mut w)).is_empty(),
         "not settled before the drop"
     );
-    let ranges = r.t.copies_of("n3").map(|s| (s.start, s.end)).collect();
+    let ranges: Vec<(u64, u64)> = r.t.copies_of("n3").map(|s| (s.start, s.end)).collect();
+    // A drop refused (the disk full) leaves everything as it was, so the driver's retry can
+    // finish the move.
+    w.c.store.pretend_free_bytes(1 << 20);
+    w.c.store.set_min_free_bytes(8 << 20);
+    let (reply, mut refused) = oneshot::channel();
+    w.c.run_batch(std::iter::once(Command::Move(MoveCmd::DropRanges {
+        ranges: ranges.clone(),
+        reply,
+    })));
+    let answer = refused.try_recv().unwrap();
+    assert!(
+        matches!(answer, Err(ChatError::StorageFull(_))),
+        "{answer:?}"
+    );
+    assert!(!w.c.store.inbox_from(&r.mover, 1, 10).unwrap().is_empty());
+    assert!(w.c.store.move_marker().unwrap().is_some());
+    assert!(settled(&events(&mut w)).is_empty());
+    w.c.store.set_min_free_bytes(0);
     let (reply, mut dropped) = oneshot::channel();
     w.c.run_batch(std::iter::once(Command::Move(MoveCmd::DropRanges {
         ranges,

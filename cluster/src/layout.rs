@@ -231,13 +231,7 @@ mod tests {
             current: RingVersion {
                 epoch,
                 vnodes_per_weight: 16,
-                members: ids
-                    .iter()
-                    .map(|id| Member {
-                        id: id.to_string(),
-                        weight: 1,
-                    })
-                    .collect(),
+                members: ids.iter().map(|id| Member::new(*id, 1)).collect(),
             },
             next: None,
             previous: None,

@@ -40,13 +40,7 @@ pub async fn init(
         current: RingVersion {
             epoch: 1,
             vnodes_per_weight,
-            members: nodes
-                .iter()
-                .map(|n| Member {
-                    id: n.id.clone(),
-                    weight: n.weight,
-                })
-                .collect(),
+            members: nodes.iter().map(|n| Member::new(&n.id, n.weight)).collect(),
         },
         next: None,
         previous: None,

@@ -9,10 +9,17 @@
 //! - [`Ring::owner`] uses the `hashring` crate with the same hasher, so the node a key maps to is the
 //!   first virtual node at or after `key_hash(key)` on the circle.
 //!
+//! - [`Ring::replicas`] names the owner and the followers that hold copies of a key: the first
+//!   `replication_factor` distinct members clockwise from the key, the owner being the first
+//!   active one among them (`replicas.rs`).
+//!
 //! We never feed `std::hash::Hash` impls of std types to the hasher: their byte layout is not
 //! promised across Rust versions. [`RingKey`] and [`VNode`] write explicit bytes instead.
 
+pub mod failover;
+pub mod plan;
 pub mod range;
+pub mod replicas;
 pub mod transition;
 
 use std::collections::BTreeMap;
@@ -55,16 +62,57 @@ impl Hash for VNode {
     }
 }
 
-/// A member of the ring and its weight (relative share of keys).
+/// A member of the ring, its weight (relative share of keys) and its state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Absent in the stored document for an active member, so rings written before states
+    /// existed read the same.
+    #[serde(default, skip_serializing_if = "MemberState::is_active")]
+    pub state: MemberState,
+}
+
+impl Member {
+    /// An active member.
+    pub fn new(id: impl Into<String>, weight: u32) -> Member {
+        Member {
+            id: id.into(),
+            weight,
+            state: MemberState::Active,
+        }
+    }
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+/// What a member does with the keys at its points on the circle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Owns keys (serves their sessions) and follows others.
+    #[default]
+    Active,
+    /// Only follows: holds copies of the keys it would own and of its neighbours', serves no
+    /// sessions. A node back after a failover rejoins so (`plan::plan_standby`), and takes its
+    /// keys back only by an ordinary move (`plan::plan_promote`), never by itself.
+    Standby,
+}
+
+impl MemberState {
+    pub fn is_active(&self) -> bool {
+        *self == MemberState::Active
+    }
+}
+
+/// A member's place in a ring: its weight and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seat {
+    weight: u32,
+    state: MemberState,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,16 +125,27 @@ pub enum RingError {
     ZeroWeight(String),
     #[error("vnodes per weight must be at least 1")]
     NoVnodes,
+    #[error("a ring needs at least one active member")]
+    NoActiveMember,
+    #[error("the replication factor must be at least 1")]
+    NoReplicas,
 }
 
-/// One version of the ring: members with weights, each member placed at
-/// `weight * vnodes_per_weight` points on the circle.
+/// One version of the ring: members with weights and states, each member placed at
+/// `weight * vnodes_per_weight` points on the circle, and how many copies a key has.
 #[derive(Clone)]
 pub struct Ring {
     epoch: u64,
-    members: BTreeMap<String, u32>,
+    members: BTreeMap<String, Seat>,
     vnodes_per_weight: u32,
+    replication_factor: u32,
+    /// The active members' points: `owner` searches these.
     circle: HashRing<VNode, StableHasher>,
+    /// Every member's points (active or not) sorted, each with the member's index in `names`:
+    /// `replicas` walks these.
+    all_points: Vec<(u64, u32)>,
+    /// Member ids in `members`' order.
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -95,6 +154,7 @@ impl std::fmt::Debug for Ring {
             .field("epoch", &self.epoch)
             .field("members", &self.members)
             .field("vnodes_per_weight", &self.vnodes_per_weight)
+            .field("replication_factor", &self.replication_factor)
             .finish()
     }
 }
@@ -116,98 +176,128 @@ impl Ring {
             if m.weight == 0 {
                 return Err(RingError::ZeroWeight(m.id.clone()));
             }
-            if map.insert(m.id.clone(), m.weight).is_some() {
+            let seat = Seat {
+                weight: m.weight,
+                state: m.state,
+            };
+            if map.insert(m.id.clone(), seat).is_some() {
                 return Err(RingError::DuplicateMember(m.id.clone()));
             }
+        }
+        if !map.values().any(|s| s.state.is_active()) {
+            return Err(RingError::NoActiveMember);
         }
         let mut circle = HashRing::with_hasher(StableHasher::default());
         let vnodes = map
             .iter()
-            .flat_map(|(id, w)| {
-                (0..w * vnodes_per_weight).map(move |index| VNode {
+            .filter(|(_, s)| s.state.is_active())
+            .flat_map(|(id, s)| {
+                (0..s.weight * vnodes_per_weight).map(move |index| VNode {
                     node: id.clone(),
                     index,
                 })
             })
             .collect();
         circle.batch_add(vnodes);
+        let hasher = StableHasher::default();
+        let mut all_points: Vec<(u64, u32)> = map
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (id, s))| {
+                let hasher = &hasher;
+                (0..s.weight * vnodes_per_weight).map(move |index| {
+                    let v = VNode {
+                        node: id.clone(),
+                        index,
+                    };
+                    (hasher.hash_one(&v), i as u32)
+                })
+            })
+            .collect();
+        all_points.sort_unstable();
         Ok(Ring {
             epoch,
+            names: map.keys().cloned().collect(),
             members: map,
             vnodes_per_weight,
+            replication_factor: 1,
             circle,
+            all_points,
         })
+    }
+
+    /// This ring with `factor` copies of every key (the owner's and `factor - 1` followers'),
+    /// or as many as it has members if fewer. A ring has 1 unless given another.
+    pub fn with_replication(mut self, factor: u32) -> Result<Ring, RingError> {
+        if factor == 0 {
+            return Err(RingError::NoReplicas);
+        }
+        self.replication_factor = factor;
+        Ok(self)
     }
 
     /// A ring of these members, each with weight 1.
     pub fn equal(epoch: u64, ids: &[&str], vnodes_per_weight: u32) -> Result<Ring, RingError> {
-        let members: Vec<Member> = ids
-            .iter()
-            .map(|id| Member {
-                id: id.to_string(),
-                weight: 1,
-            })
-            .collect();
+        let members: Vec<Member> = ids.iter().map(|id| Member::new(*id, 1)).collect();
         Ring::new(epoch, &members, vnodes_per_weight)
     }
 
     /// The ring of one node that a standalone node serves: it owns every key.
     pub fn single(node: &str) -> Ring {
-        Ring::new(
-            0,
-            &[Member {
-                id: node.to_string(),
-                weight: 1,
-            }],
-            1,
-        )
-        .expect("a one-member ring is valid")
+        Ring::new(0, &[Member::new(node, 1)], 1).expect("a one-member ring is valid")
     }
 
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
+    /// Every member (active or not) and its weight, sorted by id.
     pub fn members(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.members.iter().map(|(id, w)| (id.as_str(), *w))
+        self.members.iter().map(|(id, s)| (id.as_str(), s.weight))
+    }
+
+    /// A member's state; `None` if it is not a member.
+    pub fn state(&self, id: &str) -> Option<MemberState> {
+        self.members.get(id).map(|s| s.state)
     }
 
     pub fn vnodes_per_weight(&self) -> u32 {
         self.vnodes_per_weight
     }
 
+    /// The replication factor the ring was given.
+    pub fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    /// How many copies each key has: the replication factor, or the member count if smaller.
+    pub fn copies(&self) -> usize {
+        (self.replication_factor as usize).min(self.members.len())
+    }
+
     /// The members as a list (sorted by id).
     pub fn member_list(&self) -> Vec<Member> {
-        self.members()
-            .map(|(id, weight)| Member {
-                id: id.to_string(),
-                weight,
+        self.members
+            .iter()
+            .map(|(id, s)| Member {
+                id: id.clone(),
+                weight: s.weight,
+                state: s.state,
             })
             .collect()
     }
 
-    /// Every virtual node's point on the circle with its node, sorted by point: the same points
-    /// `owner` searches (a key belongs to the first point at or after its hash, wrapping).
+    /// Every active member's point on the circle with its node, sorted by point: the same
+    /// points `owner` searches (a key belongs to the first point at or after its hash, wrapping).
     pub fn points(&self) -> Vec<(u64, &str)> {
-        let hasher = StableHasher::default();
-        let mut points: Vec<(u64, &str)> = self
-            .members
+        self.all_points
             .iter()
-            .flat_map(|(id, w)| {
-                (0..w * self.vnodes_per_weight).map(|index| {
-                    let v = VNode {
-                        node: id.clone(),
-                        index,
-                    };
-                    (hasher.hash_one(&v), id.as_str())
-                })
-            })
-            .collect();
-        points.sort_unstable();
-        points
+            .map(|&(h, i)| (h, self.names[i as usize].as_str()))
+            .filter(|(_, id)| self.members[*id].state.is_active())
+            .collect()
     }
 
-    /// The node that owns `id` (a user or group id).
+    /// The node that owns `id` (a user or group id): the first active member clockwise.
     pub fn owner(&self, id: &str) -> &str {
         &self
             .circle
@@ -223,7 +313,7 @@ impl Ring {
 /// whatever the `hashring` crate does today. Shared with the integration tests, which check that
 /// node, router and chatctl give the same answers.
 pub mod golden {
-    use super::{Member, Ring};
+    use super::{Member, MemberState, Ring};
 
     /// Members (id, weight) of the golden ring.
     pub const MEMBERS: [(&str, u32); 3] = [("node-a", 1), ("node-b", 1), ("node-c", 2)];
@@ -252,12 +342,96 @@ pub mod golden {
         ("ünïcödé", "node-c"),
     ];
 
+    /// Owner and followers of each key in the golden ring with replication factor 2.
+    pub const RF2: &[(&str, &str, &[&str])] = &[
+        ("alice", "node-c", &["node-b"]),
+        ("bob", "node-b", &["node-c"]),
+        ("carol", "node-b", &["node-c"]),
+        ("dave", "node-c", &["node-a"]),
+        ("erin", "node-c", &["node-b"]),
+        ("frank", "node-c", &["node-b"]),
+        ("grace", "node-c", &["node-b"]),
+        ("heidi", "node-b", &["node-a"]),
+        ("ivan", "node-c", &["node-b"]),
+        ("judy", "node-c", &["node-a"]),
+        ("mallory", "node-c", &["node-b"]),
+        ("oscar", "node-b", &["node-c"]),
+        ("peggy", "node-c", &["node-a"]),
+        ("trent", "node-c", &["node-a"]),
+        ("victor", "node-a", &["node-b"]),
+        ("walter", "node-c", &["node-a"]),
+        ("group:family", "node-b", &["node-a"]),
+        ("group:work", "node-b", &["node-c"]),
+        ("", "node-c", &["node-a"]),
+        ("ünïcödé", "node-c", &["node-b"]),
+    ];
+
+    /// The same with replication factor 3 (every member holds every key).
+    pub const RF3: &[(&str, &str, &[&str])] = &[
+        ("alice", "node-c", &["node-b", "node-a"]),
+        ("bob", "node-b", &["node-c", "node-a"]),
+        ("carol", "node-b", &["node-c", "node-a"]),
+        ("dave", "node-c", &["node-a", "node-b"]),
+        ("erin", "node-c", &["node-b", "node-a"]),
+        ("frank", "node-c", &["node-b", "node-a"]),
+        ("grace", "node-c", &["node-b", "node-a"]),
+        ("heidi", "node-b", &["node-a", "node-c"]),
+        ("ivan", "node-c", &["node-b", "node-a"]),
+        ("judy", "node-c", &["node-a", "node-b"]),
+        ("mallory", "node-c", &["node-b", "node-a"]),
+        ("oscar", "node-b", &["node-c", "node-a"]),
+        ("peggy", "node-c", &["node-a", "node-b"]),
+        ("trent", "node-c", &["node-a", "node-b"]),
+        ("victor", "node-a", &["node-b", "node-c"]),
+        ("walter", "node-c", &["node-a", "node-b"]),
+        ("group:family", "node-b", &["node-a", "node-c"]),
+        ("group:work", "node-b", &["node-c", "node-a"]),
+        ("", "node-c", &["node-a", "node-b"]),
+        ("ünïcödé", "node-c", &["node-b", "node-a"]),
+    ];
+
+    /// Factor 2 with node-b a standby (as after its failover and return): it owns nothing and
+    /// follows every key it owned.
+    pub const STANDBY_B_RF2: &[(&str, &str, &[&str])] = &[
+        ("alice", "node-c", &["node-b"]),
+        ("bob", "node-c", &["node-b"]),
+        ("carol", "node-c", &["node-b"]),
+        ("dave", "node-c", &["node-a"]),
+        ("erin", "node-c", &["node-b"]),
+        ("frank", "node-c", &["node-b"]),
+        ("grace", "node-c", &["node-b"]),
+        ("heidi", "node-a", &["node-b"]),
+        ("ivan", "node-c", &["node-b"]),
+        ("judy", "node-c", &["node-a"]),
+        ("mallory", "node-c", &["node-b"]),
+        ("oscar", "node-c", &["node-b"]),
+        ("peggy", "node-c", &["node-a"]),
+        ("trent", "node-c", &["node-a"]),
+        ("victor", "node-a", &["node-b"]),
+        ("walter", "node-c", &["node-a"]),
+        ("group:family", "node-a", &["node-b"]),
+        ("group:work", "node-c", &["node-b"]),
+        ("", "node-c", &["node-a"]),
+        ("ünïcödé", "node-c", &["node-b"]),
+    ];
+
     pub fn ring() -> Ring {
-        let members = MEMBERS.map(|(id, weight)| Member {
-            id: id.into(),
-            weight,
-        });
+        let members = MEMBERS.map(|(id, weight)| Member::new(id, weight));
         Ring::new(1, &members, VNODES_PER_WEIGHT).expect("valid golden ring")
+    }
+
+    /// The golden ring with `replication_factor` copies and `standby` members.
+    pub fn replicated(replication_factor: u32, standby: &[&str]) -> Ring {
+        let members = MEMBERS.map(|(id, weight)| Member {
+            state: match standby.contains(&id) {
+                true => MemberState::Standby,
+                false => MemberState::Active,
+            },
+            ..Member::new(id, weight)
+        });
+        Ring::new(1, &members, VNODES_PER_WEIGHT)
+            .and_then(|r| r.with_replication(replication_factor))
+            .expect("valid golden ring")
     }
 }
 
@@ -293,6 +467,26 @@ mod tests {
         assert_eq!(got, golden::PLACEMENT.to_vec());
     }
 
+    /// Replica golden vectors (see [`golden`]), computed with the same independent code.
+    #[test]
+    fn replica_golden_vectors() {
+        for (ring, table) in [
+            (golden::replicated(2, &[]), golden::RF2),
+            (golden::replicated(3, &[]), golden::RF3),
+            (golden::replicated(2, &["node-b"]), golden::STANDBY_B_RF2),
+        ] {
+            for (key, owner, followers) in table {
+                let r = ring.replicas(key);
+                assert_eq!(
+                    (r.owner, r.followers.as_slice()),
+                    (*owner, *followers),
+                    "{key:?}"
+                );
+                assert_eq!(r.owner, ring.owner(key));
+            }
+        }
+    }
+
     #[test]
     fn single_ring_owns_everything() {
         let r = Ring::single("n1");
@@ -304,10 +498,7 @@ mod tests {
     #[test]
     fn invalid_rings_are_refused() {
         assert_eq!(Ring::new(1, &[], 4).unwrap_err(), RingError::Empty);
-        let m = |id: &str, weight| Member {
-            id: id.into(),
-            weight,
-        };
+        let m = |id: &str, weight| Member::new(id, weight);
         assert_eq!(
             Ring::new(1, &[m("a", 1), m("a", 2)], 4).unwrap_err(),
             RingError::DuplicateMember("a".into())
@@ -316,16 +507,23 @@ mod tests {
             Ring::new(1, &[m("a", 0)], 4).unwrap_err(),
             RingError::ZeroWeight("a".into())
         );
+        let standby = Member {
+            state: MemberState::Standby,
+            ..m("a", 1)
+        };
+        assert_eq!(
+            Ring::new(1, &[standby], 4).unwrap_err(),
+            RingError::NoActiveMember
+        );
+        let r = Ring::new(1, &[m("a", 1)], 4).unwrap();
+        assert_eq!(r.with_replication(0).unwrap_err(), RingError::NoReplicas);
     }
 
     #[test]
     fn owner_is_first_vnode_at_or_after_key_hash() {
         let members: Vec<Member> = ["n1", "n2", "n3"]
             .iter()
-            .map(|id| Member {
-                id: id.to_string(),
-                weight: 1,
-            })
+            .map(|id| Member::new(*id, 1))
             .collect();
         let ring = Ring::new(7, &members, 16).unwrap();
         let mut points: Vec<(u64, String)> = members
@@ -357,18 +555,9 @@ mod tests {
     #[test]
     fn shares_follow_weights() {
         let members = vec![
-            Member {
-                id: "a".into(),
-                weight: 1,
-            },
-            Member {
-                id: "b".into(),
-                weight: 1,
-            },
-            Member {
-                id: "c".into(),
-                weight: 2,
-            },
+            Member::new("a", 1),
+            Member::new("b", 1),
+            Member::new("c", 2),
         ];
         let ring = Ring::new(1, &members, DEFAULT_VNODES_PER_WEIGHT).unwrap();
         let mut counts = BTreeMap::new();

@@ -24,9 +24,34 @@ pub fn subtract(range: (u64, u64), keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The circle of key hashes cut after each of `cuts` (sorted, no repeats): the ranges
+/// `(previous cut, cut]`, starting from 0, and the range after the last cut. A key belongs to
+/// the first point at or after its hash, so every hash in one range has the same first point
+/// (the range after the last cut wraps to the first, like the range up to it).
+pub fn intervals(cuts: &[u64]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0u64;
+    for &c in cuts {
+        ranges.push((start, c));
+        if c == u64::MAX {
+            return ranges;
+        }
+        start = c + 1;
+    }
+    ranges.push((start, u64::MAX));
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_cover_the_circle_once() {
+        assert_eq!(intervals(&[]), vec![(0, u64::MAX)]);
+        assert_eq!(intervals(&[5, 9]), vec![(0, 5), (6, 9), (10, u64::MAX)]);
+        assert_eq!(intervals(&[0, u64::MAX]), vec![(0, 0), (1, u64::MAX)]);
+    }
 
     #[test]
     fn subtracting_ranges_keeps_what_is_outside() {

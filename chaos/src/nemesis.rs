@@ -45,6 +45,9 @@ pub struct Nemesis {
     probe_users: Mutex<HashMap<String, String>>,
     /// Nodes under a disk fault now: a storage fail-stop of theirs is expected (see `disk.rs`).
     disk_faulted: Mutex<HashSet<String>>,
+    /// When each node's last disk fault ended: RocksDB may have run out of space during it and
+    /// say so only at the node's next write, after the space is back (see `supervise.rs`).
+    disk_fault_ended: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl Nemesis {
@@ -64,6 +67,7 @@ impl Nemesis {
             next_probe: AtomicU32::new(0),
             probe_users: Mutex::new(HashMap::new()),
             disk_faulted: Mutex::new(HashSet::new()),
+            disk_fault_ended: Mutex::new(HashMap::new()),
         })
     }
 

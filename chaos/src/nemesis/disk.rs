@@ -160,6 +160,10 @@ impl Nemesis {
         if self.stopped_itself(id) {
             self.bring_back(id, "its fail-stop on the full disk").await;
         }
+        self.disk_fault_ended
+            .lock()
+            .expect("disk fault ended lock")
+            .insert(id.to_string(), tokio::time::Instant::now());
         self.disk_faulted
             .lock()
             .expect("disk faulted lock")

@@ -6,6 +6,9 @@
 #   etcd-server       tests and the dev cluster run a real etcd
 #   build-essential   RocksDB is compiled from source (C++)
 #   nftables          the chaos suite drops packets between nodes, and to etcd, with nft rules
+#   prometheus        its promtool checks and unit-tests ops/monitoring's alert rules and the
+#                     dashboard's queries
+#   systemd           systemd-analyze verifies ops/systemd's units (not run as init)
 #   s3s-fs            (cargo install) a real S3-compatible server for the media tests; pinned to
 #                     0.14.1 (needs Rust 1.92; 0.15 and later need 1.96, newer than this machine's)
 set -euo pipefail
@@ -21,6 +24,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # bindgen needs libclang.so (not libclang-cpp), whatever version Debian ships.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 
@@ -35,13 +40,16 @@ fi
 
 # The Debian etcd-server package starts a system etcd on 2379; the project never uses it, and
 # tests pick free ports, but stop it so it does not hold the default port on a developer's laptop.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl stop etcd 2>/dev/null || true
-fi
+# The same for the prometheus package's server on 9090: only its promtool is used.
+for svc in etcd prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" 2>/dev/null || true
+  fi
+done
 S3S_FS_VERSION=0.14.1
 if ! s3s-fs --version 2>/dev/null | grep -qwF "$S3S_FS_VERSION"; then
   echo "install-deps: installing s3s-fs $S3S_FS_VERSION (cargo install, a few minutes)"
   cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
 fi
 
-echo "install-deps: ok (protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'))"
+echo "install-deps: ok (protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'), promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}'))"

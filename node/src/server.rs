@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::context::NodeContext;
 use crate::ephemeral::Ephemeral;
 use crate::error::ChatError;
 use crate::gateway;
+use crate::gateway::tls::ClientStream;
 use crate::hub::Hub;
 use crate::media::Media;
 use crate::overload::Load;
@@ -51,6 +53,8 @@ struct ClusterParts {
 /// A node with its storage open and its listeners bound, ready to serve.
 pub struct Node {
     listener: TcpListener,
+    /// TLS on the client listener, when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     admin: TcpListener,
     http: TcpListener,
     shared: Arc<NodeContext>,
@@ -121,6 +125,16 @@ impl Node {
                 events_tx,
             },
         )?;
+        let tls = if cfg.client_tls() {
+            let acceptor = crate::gateway::tls::acceptor(
+                Path::new(&cfg.client.tls_cert_file),
+                Path::new(&cfg.client.tls_key_file),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            Some(acceptor)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(cfg.client.listen).await?;
         let client_url = cfg.client_url(listener.local_addr()?);
         let admin = TcpListener::bind(cfg.admin.listen).await?;
@@ -227,6 +241,7 @@ impl Node {
         });
         Ok(Node {
             listener,
+            tls,
             admin,
             http,
             shared,
@@ -253,6 +268,7 @@ impl Node {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Node {
             listener,
+            tls,
             admin,
             http,
             shared,
@@ -331,7 +347,7 @@ impl Node {
         tracing::info!(url = %shared.client_url, http = %shared.http_url, admin = %shared.admin_url, node = %shared.cfg.node.id, "serving clients");
 
         tokio::select! {
-            res = accept_loop(&listener, &shared, &notify_shutdown, &done_tx, &slots) => {
+            res = accept_loop(&listener, tls.as_ref(), &shared, &notify_shutdown, &done_tx, &slots) => {
                 res?;
             }
             _ = shutdown => tracing::info!("shutdown requested: draining"),
@@ -391,6 +407,7 @@ impl Node {
 
 async fn accept_loop(
     listener: &TcpListener,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
     shared: &Arc<NodeContext>,
     notify_shutdown: &broadcast::Sender<()>,
     done_tx: &mpsc::Sender<()>,
@@ -422,8 +439,9 @@ async fn accept_loop(
                     .map(|_| ())
                     .ok_or_else(|| ChatError::Overloaded("too many connections".into()))
             });
+        let tls = tls.cloned();
         tokio::spawn(async move {
-            connection(stream, peer, shared, shutdown, admitted).await;
+            connection(stream, tls, peer, shared, shutdown, admitted).await;
             drop(slot);
             drop(done);
         });
@@ -432,6 +450,7 @@ async fn accept_loop(
 
 async fn connection(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     peer: SocketAddr,
     shared: Arc<NodeContext>,
     shutdown: broadcast::Receiver<()>,
@@ -445,8 +464,20 @@ async fn connection(
         .max_message_size(Some(hard_cap))
         .max_frame_size(Some(hard_cap))
         .read_buffer_size(shared.cfg.client.read_buffer_bytes);
-    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
     let timeout = Duration::from_millis(shared.cfg.client.hello_timeout_ms);
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        // Boxed like the WebSocket handshake below: awaited once.
+        Some(tls) => match tokio::time::timeout(timeout, Box::pin(tls.accept(stream))).await {
+            Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+    };
+    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
     // Boxed, like everything a connection awaits only once: the task keeps only what its idle
     // state needs (see `gateway::session`).
     let mut ws = match tokio::time::timeout(timeout, Box::pin(handshake)).await {

@@ -5,7 +5,8 @@
 //! - every metric the dashboard and the rules name, with every label value they select on,
 //!   exists on a live cluster node and router;
 //! - the systemd units pass `systemd-analyze verify` and keep their hardening
-//!   (`systemd-analyze security`).
+//!   (`systemd-analyze security`);
+//! - the production config example passes `chat-node --check-config`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -236,4 +237,48 @@ fn metric_references_are_found_with_their_labels() {
         &want.first().unwrap().1
     ));
     assert!(exported(body, "chat_commit_failures_total", &[]));
+}
+
+/// `ops/systemd/node.toml`, the production example (TLS on the client listener), passes
+/// `chat-node --check-config` with its secrets supplied as an operator would, and the check
+/// refuses a `ws://` public URL on a TLS listener.
+#[test]
+fn the_production_config_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let check = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin("chat-node"));
+        cmd.arg("--config")
+            .arg(ops("systemd/node.toml"))
+            .arg("--check-config")
+            .env("CHAT_NODE_AUTH__JWT_SECRET_FILE", &secret)
+            .env(
+                "CHAT_NODE_MEDIA__S3__SECRET_ACCESS_KEY",
+                "from-the-environment",
+            )
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check(&[]);
+    let shown = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        shown.contains("tls_cert_file = \"/etc/chat/tls/fullchain.pem\""),
+        "{shown}"
+    );
+    let bad = check(&[(
+        "CHAT_NODE_CLIENT__PUBLIC_URL",
+        "ws://chat-1.example.com:8443",
+    )]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wss://"));
 }

@@ -161,6 +161,15 @@ impl NodeConfig {
                 "storage.retention_secs must be 1 to {MAX_RETENTION_SECS} (a year)"
             ));
         }
+        if self.client.tls_cert_file.is_empty() != self.client.tls_key_file.is_empty() {
+            return bad("client.tls_cert_file and client.tls_key_file go together".into());
+        }
+        if self.client_tls() && self.client.public_url.starts_with("ws://") {
+            return bad(format!(
+                "client.public_url {} is ws:// but the listener speaks TLS: use wss://",
+                self.client.public_url
+            ));
+        }
         if self.storage.max_batch == 0 || self.storage.queue_depth == 0 {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
         }
@@ -281,6 +290,11 @@ impl NodeConfig {
         (self.storage.retention_secs / 86_400) as u32
     }
 
+    /// Whether the client listener speaks TLS.
+    pub fn client_tls(&self) -> bool {
+        !self.client.tls_cert_file.is_empty()
+    }
+
     /// The base URL of this node's client HTTP listener, once its real address is known.
     pub fn http_url(&self, bound: SocketAddr) -> String {
         if self.http.public_url.is_empty() {
@@ -293,7 +307,8 @@ impl NodeConfig {
     /// The URL given to clients for this node, once the listener's real address is known.
     pub fn client_url(&self, bound: SocketAddr) -> String {
         if self.client.public_url.is_empty() {
-            format!("ws://{bound}")
+            let scheme = if self.client_tls() { "wss" } else { "ws" };
+            format!("{scheme}://{bound}")
         } else {
             self.client.public_url.clone()
         }

@@ -89,7 +89,8 @@ impl Default for AdminSection {
 pub struct ClientSection {
     /// Address the client WebSocket listener binds (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// URL clients use to reach this node (given in redirects); empty: `ws://<listen address>`.
+    /// URL clients use to reach this node (given in redirects); empty: `ws://<listen address>`,
+    /// or `wss://` with TLS.
     pub public_url: String,
     /// A connection that has not authenticated within this many milliseconds is closed.
     pub hello_timeout_ms: u64,
@@ -102,6 +103,12 @@ pub struct ClientSection {
     /// connection for its whole life, so it is a large part of an idle connection's memory;
     /// larger frames are still read whole.
     pub read_buffer_bytes: usize,
+    /// PEM certificate chain for TLS on this listener, so that browsers can use `wss://`;
+    /// set with `tls_key_file`. Empty: plain WebSocket (no TLS, or TLS ended in front of the
+    /// node).
+    pub tls_cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: String,
 }
 
 impl Default for ClientSection {
@@ -113,6 +120,8 @@ impl Default for ClientSection {
             idle_timeout_ms: 120_000,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }

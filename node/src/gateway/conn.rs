@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use super::tls::ClientStream;
 use chat_proto::v1::{ClientFrame, ServerFrame};
 use chat_proto::Encoding;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -41,7 +41,7 @@ impl From<Gone> for End {
 pub(super) struct Conn {
     /// Boxed: it is passed down several async calls, and each would otherwise hold a copy of
     /// its few hundred bytes in every idle connection's task.
-    ws: Box<WebSocketStream<TcpStream>>,
+    ws: Box<WebSocketStream<ClientStream>>,
     enc: Encoding,
     /// Frames fed to the socket since the last flush.
     unflushed: bool,
@@ -51,7 +51,7 @@ pub(super) struct Conn {
 
 impl Conn {
     pub(super) fn new(
-        ws: Box<WebSocketStream<TcpStream>>,
+        ws: Box<WebSocketStream<ClientStream>>,
         write_timeout: Duration,
         max_frame: usize,
     ) -> Conn {

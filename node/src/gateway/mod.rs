@@ -12,6 +12,7 @@ mod media;
 mod moved;
 mod presence;
 mod session;
+pub(crate) mod tls;
 
 pub use moved::signal_moved;
 // What the HTTP API asks the same way as a connection does.
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use chat_proto::store::{inbox_entry, InboxEntry};
 use chat_proto::v1::{deliver, Deliver};
-use tokio::net::TcpStream;
+use tls::ClientStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::WebSocketStream;
@@ -47,7 +48,7 @@ pub(crate) enum End {
 
 /// Serves one connection until it ends or the node shuts down.
 pub async fn serve(
-    ws: Box<WebSocketStream<TcpStream>>,
+    ws: Box<WebSocketStream<ClientStream>>,
     peer: SocketAddr,
     ctx: Arc<NodeContext>,
     shutdown: broadcast::Receiver<()>,

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tls::ClientStream;
 use chat_auth::Identity;
 use chat_proto::store::InboxEntry;
 use chat_proto::v1::{server_frame, Redirect, ServerFrame, Welcome};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -102,7 +102,7 @@ impl Live {
 
 /// Runs a connection from its Hello to its end; hands back the socket to close as `End` says.
 pub(super) async fn run(
-    ws: Box<WebSocketStream<TcpStream>>,
+    ws: Box<WebSocketStream<ClientStream>>,
     ctx: Arc<NodeContext>,
     mut shutdown: broadcast::Receiver<()>,
 ) -> (Conn, End) {

@@ -1,0 +1,198 @@
+//! TLS on the client listener (`client.tls_cert_file`, `client.tls_key_file`): a browser-like
+//! client speaks JSON frames over `wss://` and is served; the node says `wss://` in its URL; a
+//! plain `ws://` client, a client that does not trust the certificate and a client that sends
+//! garbage instead of a TLS handshake are turned away and leave the node serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_client::v1::{client_frame, deliver, server_frame, ClientFrame, Hello, Send, ServerFrame};
+use chat_tests::*;
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A TLS client for `localhost` trusting `ca` (PEM).
+fn connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+fn addr(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn json(frame: client_frame::Frame) -> Message {
+    let f = ClientFrame {
+        frame: Some(frame),
+        ..Default::default()
+    };
+    let bytes = chat_proto::encode(chat_proto::Encoding::Json, &f);
+    Message::text(String::from_utf8(bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_browser_like_client_is_served_over_wss_and_plain_clients_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &certs]);
+    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
+    let (cert, key) = (
+        dir.path().join("localhost.pem"),
+        dir.path().join("localhost.key"),
+    );
+    let node = TestNode::start(&[
+        ("CHAT_NODE_CLIENT__TLS_CERT_FILE", cert.to_str().unwrap()),
+        ("CHAT_NODE_CLIENT__TLS_KEY_FILE", key.to_str().unwrap()),
+    ]);
+    assert!(node.url.starts_with("wss://127.0.0.1:"), "{}", node.url);
+    let addr = addr(&node.url);
+    let tls = connector(&dir.path().join("ca.pem"));
+
+    // Someone sending garbage instead of a handshake, and a plain WebSocket client.
+    let mut junk = TcpStream::connect(&addr).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let plain = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await;
+    assert!(plain.is_err(), "a plain client was served");
+
+    // A client that does not trust the certificate: the cluster CA of another cluster.
+    let other = tempfile::tempdir().unwrap();
+    let other_s = other.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &other_s]);
+    let stranger = connector(&other.path().join("ca.pem"));
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    assert!(
+        stranger.connect(name.clone(), tcp).await.is_err(),
+        "a certificate from another CA was accepted"
+    );
+
+    // The browser: JSON frames over wss, Hello, then a message to itself on another device.
+    let open = |device: &'static str| {
+        let (tls, name, addr) = (tls.clone(), name.clone(), addr.clone());
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let stream = tokio::time::timeout(T, tls.connect(name, tcp))
+                .await
+                .expect("TLS handshake in time")
+                .expect("TLS handshake");
+            let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/"), stream)
+                .await
+                .expect("WebSocket over TLS");
+            ws.send(json(client_frame::Frame::Hello(Hello {
+                token: token("alice", device),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+            ws
+        }
+    };
+    let mut phone = open("phone").await;
+    let mut laptop = open("laptop").await;
+    for ws in [&mut phone, &mut laptop] {
+        let f = recv_json(ws).await;
+        assert!(
+            matches!(f.frame, Some(server_frame::Frame::Welcome(_))),
+            "{f:?}"
+        );
+    }
+    phone
+        .send(json(client_frame::Frame::Send(Send {
+            client_msg_id: "m1".into(),
+            to: "bob".into(),
+            body: "over TLS".into(),
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    let sent = loop {
+        let f = recv_json(&mut phone).await;
+        if let Some(server_frame::Frame::Sent(s)) = f.frame {
+            break s;
+        }
+    };
+    assert_eq!(sent.client_msg_id, "m1");
+    // The other device of the sender gets its own copy, live, over its TLS connection.
+    let copy = loop {
+        let f = recv_json(&mut laptop).await;
+        if let Some(server_frame::Frame::Deliver(d)) = f.frame {
+            break d;
+        }
+    };
+    let Some(deliver::Entry::Message(m)) = copy.entry else {
+        panic!("not a message: {copy:?}");
+    };
+    assert_eq!(
+        (m.msg_id.as_str(), m.body.as_str()),
+        (sent.msg_id.as_str(), "over TLS")
+    );
+
+    // After all that, a plain-speaking client still fails and the node still serves.
+    drop(junk);
+    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .is_err());
+    let mut again = open("tablet").await;
+    let f = recv_json(&mut again).await;
+    assert!(matches!(f.frame, Some(server_frame::Frame::Welcome(_))));
+}
+
+async fn recv_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> ServerFrame
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open")
+            .expect("a WebSocket message");
+        if let Message::Text(t) = msg {
+            return chat_proto::decode(chat_proto::Encoding::Json, t.as_bytes()).expect("JSON");
+        }
+    }
+}
+
+#[test]
+fn a_certificate_without_its_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &certs]);
+    let out = std::process::Command::new(bin("chat-node"))
+        .args(["--standalone", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("CHAT_NODE_AUTH__JWT_SECRET", SECRET)
+        .env(
+            "CHAT_NODE_CLIENT__TLS_CERT_FILE",
+            dir.path().join("ca.pem").to_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client.tls_cert_file and client.tls_key_file go together"),
+        "{err}"
+    );
+}

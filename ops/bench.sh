@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The standard benchmark profile: a fresh local cluster (etcd, three nodes, router; release build)
 # in a temp dir on its own ports, the chat-bench scenarios against it, everything stopped again.
-# Results go to stdout and to bench-results/<UTC time>.txt (or $CHAT_BENCH_OUT).
+# Results go to stdout and to bench-results/<UTC time>.txt (or $CHAT_BENCH_OUT), one-to-one's
+# picture beside it (<same name>-one-to-one.svg).
 #
 # Env: CHAT_BENCH_RATES (default 1000,4000,8000,12000,16000), CHAT_BENCH_DURATION (10 s a step),
 #      CHAT_BENCH_PAIRS (50), CHAT_BENCH_IDLE (10000 connections, then held 20 s for the idle CPU), CHAT_BENCH_DRAIN (100000
@@ -71,7 +72,8 @@ scaling() {
   echo
   if want one-to-one; then
     "$BIN/chat-bench" one-to-one --pairs "${CHAT_BENCH_PAIRS:-50}" \
-      --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}"
+      --receipts "${CHAT_BENCH_RECEIPTS:-delivered}" --rates "${CHAT_BENCH_RATES:-1000,4000,8000,12000,16000}" --duration "${CHAT_BENCH_DURATION:-10}" \
+      --svg "${OUT%.txt}-one-to-one.svg"
     echo
   fi
   if want idle; then

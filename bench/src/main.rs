@@ -12,6 +12,7 @@ mod group;
 mod idle;
 mod media;
 mod one_to_one;
+mod plot;
 mod presence;
 mod rebalance;
 
@@ -66,6 +67,10 @@ enum Scenario {
         /// What recipients do with each message: nothing, acknowledge it, or also mark it read.
         #[arg(long, value_enum, default_value = "delivered")]
         receipts: one_to_one::Receipts,
+        /// Also write the run as a picture (SVG): ✓ and e2e latency over time, each step shaded,
+        /// and each step's delivered rate against the offered one.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// Authenticated idle connections: each node's resident memory before and after.
     Idle {
@@ -100,6 +105,10 @@ enum Scenario {
         /// Seconds of traffic before the move and after it.
         #[arg(long, default_value_t = 5)]
         settle: u64,
+        /// Also write the run as a picture (SVG): ✓ and e2e latency over the whole run, the
+        /// move shaded.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// Watchers watching users that come online and go offline: updates/s, latency, CPU.
     Presence {
@@ -190,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             duration,
             body_bytes,
             receipts,
+            svg,
         } => {
             let rates = if rates.is_empty() { vec![rate] } else { rates };
             one_to_one::run(
@@ -202,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
                     body_bytes: body_bytes.max(24),
                     receipts,
                     procs: cost::Processes::from_dir(args.pids.as_deref()),
+                    svg,
                 },
                 &admins,
             )
@@ -230,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             pairs,
             rate,
             settle,
+            svg,
         } => {
             let Some(etcd) = &args.etcd else {
                 anyhow::bail!("rebalance needs --etcd (or CHAT_ETCD)");
@@ -250,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 pairs: pairs.max(1),
                 rate: rate.max(1),
                 settle,
+                svg,
             })
             .await
         }

@@ -16,6 +16,7 @@ use chat_client::{Client, ClientReceiver};
 use hdrhistogram::Histogram;
 
 use crate::cost::{cpu_between, node_costs, own_cost, procs_between, Cost, Processes};
+use crate::plot;
 
 pub struct Options {
     pub url: String,
@@ -28,6 +29,8 @@ pub struct Options {
     pub receipts: Receipts,
     /// Local processes to split the CPU by (the cluster's pid files).
     pub procs: Processes,
+    /// Where to write the run's picture (SVG): latency over time, delivered against offered.
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// What recipients do with each message they are delivered.
@@ -64,6 +67,10 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
     if results.len() > 1 {
         print_summary(&results, !admins.is_empty());
     }
+    if let Some(path) = &o.svg {
+        picture(path, &o, &results)?;
+        println!("one-to-one picture: {}", path.display());
+    }
     if let Some(best) = results
         .iter()
         .map(|r| r.stats.delivered as f64 / r.elapsed)
@@ -77,11 +84,54 @@ pub async fn run(o: Options, admins: &[(String, String)]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The steps one after the other: ✓ and e2e latency over time, each step shaded, and the
+/// delivered rate of each step against the offered one.
+fn picture(path: &std::path::Path, o: &Options, results: &[StepResult]) -> anyhow::Result<()> {
+    let (mut sent, mut e2e, mut spans, mut rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut offset = 0.0;
+    for r in results {
+        sent.extend(r.stats.sent_ms.iter().map(|&(t, v)| (offset + t, v)));
+        e2e.extend(r.stats.e2e_ms.iter().map(|&(t, v)| (offset + t, v)));
+        spans.push(plot::Span {
+            label: format!("{}/s", r.rate),
+            from: offset,
+            to: offset + r.elapsed,
+        });
+        rates.push((r.rate as f64, r.stats.delivered as f64 / r.elapsed));
+        offset += r.elapsed;
+    }
+    plot::write(
+        path,
+        &format!(
+            "one-to-one: {} pairs, receipts {:?}, {} s per step",
+            o.pairs, o.receipts, o.duration
+        ),
+        &[
+            plot::Measure {
+                name: "✓",
+                samples: &sent,
+                color: plotters::style::BLUE,
+            },
+            plot::Measure {
+                name: "e2e",
+                samples: &e2e,
+                color: plotters::style::RED,
+            },
+        ],
+        &spans,
+        Some(plot::Steps { rates: &rates }),
+    )
+}
+
 /// Counts and latency histograms (microseconds). Each task keeps its own, merged at the end, so
 /// the load generator takes no shared lock per message.
 struct Stats {
     sent_us: Histogram<u64>,
     e2e_us: Histogram<u64>,
+    /// (seconds since the step's start, ms) of each ✓ and each delivery, for the picture.
+    sent_ms: plot::Samples,
+    e2e_ms: plot::Samples,
     acked: u64,
     delivered: u64,
     duplicates: u64,
@@ -94,6 +144,8 @@ impl Stats {
         Stats {
             sent_us: h(),
             e2e_us: h(),
+            sent_ms: Vec::new(),
+            e2e_ms: Vec::new(),
             acked: 0,
             delivered: 0,
             duplicates: 0,
@@ -104,6 +156,8 @@ impl Stats {
     fn merge(&mut self, other: &Stats) {
         self.sent_us.add(&other.sent_us).expect("same bounds");
         self.e2e_us.add(&other.e2e_us).expect("same bounds");
+        self.sent_ms.extend_from_slice(&other.sent_ms);
+        self.e2e_ms.extend_from_slice(&other.e2e_ms);
         self.acked += other.acked;
         self.delivered += other.delivered;
         self.duplicates += other.duplicates;
@@ -349,6 +403,8 @@ async fn sender_acks(mut rx: ClientReceiver, sched: Schedule, total: u64) -> Sta
                 let lat = sched.at(k).elapsed().as_micros() as u64;
                 st.acked += 1;
                 let _ = st.sent_us.record(lat.max(1));
+                let t = sched.start.elapsed().as_secs_f64();
+                st.sent_ms.push((t, lat as f64 / 1000.0));
             }
             Some(server_frame::Frame::Error(_)) => {
                 answered += 1;
@@ -389,6 +445,8 @@ async fn receive(
             st.delivered += 1;
             got += 1;
             let _ = st.e2e_us.record(lat.max(1));
+            st.e2e_ms
+                .push((start.elapsed().as_secs_f64(), lat as f64 / 1000.0));
         }
         last_seq = last_seq.max(d.seq);
         let up_to_seq = d.seq;

@@ -55,6 +55,8 @@ pub struct Options {
     pub rate: u64,
     /// Seconds of traffic before the move starts and after it ends.
     pub settle: u64,
+    /// Where to write the run's picture (SVG).
+    pub svg: Option<std::path::PathBuf>,
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
@@ -193,6 +195,67 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             ms(&e2e_h, 0.99),
             e2e_h.max() as f64 / 1000.0,
         );
+    }
+    if let Some(path) = &o.svg {
+        // ✓ at the time it came, e2e at the time of the delivery (scheduled + latency).
+        let secs = |at: Duration, us: u64| (at.as_secs_f64() + us as f64 / 1e6, us as f64 / 1e3);
+        let sent_ms: crate::plot::Samples = sent
+            .iter()
+            .flat_map(|l| &l.samples)
+            .map(|s| secs(s.at, s.sent_us))
+            .collect();
+        let e2e_ms: crate::plot::Samples = got
+            .iter()
+            .flat_map(|l| &l.delivered)
+            .map(|&(at, us)| secs(at, us))
+            .collect();
+        let f = |d: Duration| d.as_secs_f64();
+        crate::plot::write(
+            path,
+            &format!(
+                "rebalance: {} at {} msg/s over {} pairs; the move to epoch {epoch} shaded",
+                o.change, o.rate, o.pairs
+            ),
+            &[
+                crate::plot::Measure {
+                    name: "✓",
+                    samples: &sent_ms,
+                    color: plotters::style::BLUE,
+                },
+                crate::plot::Measure {
+                    name: "e2e",
+                    samples: &e2e_ms,
+                    color: plotters::style::RED,
+                },
+            ],
+            &[
+                crate::plot::Span {
+                    label: "before".into(),
+                    from: 0.0,
+                    to: f(move_start),
+                },
+                crate::plot::Span {
+                    label: format!(
+                        "{} ({:.1} s)",
+                        if committed {
+                            "move, committed"
+                        } else {
+                            "move, aborted"
+                        },
+                        f(move_end - move_start)
+                    ),
+                    from: f(move_start),
+                    to: f(move_end),
+                },
+                crate::plot::Span {
+                    label: "after".into(),
+                    from: f(move_end),
+                    to: f(traffic_end),
+                },
+            ],
+            None,
+        )?;
+        println!("rebalance picture: {}", path.display());
     }
     let acked: usize = sent.iter().map(|l| l.samples.len()).sum();
     let delivered: usize = got.iter().map(|l| l.delivered.len()).sum();

@@ -3,12 +3,11 @@
 //! Everything here is pure computation (no I/O), shared by node, router and `chatctl`, so that every
 //! process on every machine gives the same answer for the same ring.
 //!
-//! Two promises matter for the rest of the system:
+//! Three promises matter for the rest of the system:
 //! - [`key_hash`] is stable forever (XXH3-64 over the id's UTF-8 bytes, seed 0). Storage keys begin
 //!   with it, so a ring segment is a contiguous key range on disk.
 //! - [`Ring::owner`] uses the `hashring` crate with the same hasher, so the node a key maps to is the
-//!   first virtual node at or after `key_hash(key)` on the circle.
-//!
+//!   first virtual node at or after `key_hash(key)` on the circle (active members only).
 //! - [`Ring::replicas`] names the owner and the followers that hold copies of a key: the first
 //!   `replication_factor` distinct members clockwise from the key, the owner being the first
 //!   active one among them (`replicas.rs`).

@@ -19,6 +19,13 @@ use crate::history::NodeCrash;
 /// harness keeps 32 MiB free, so running out later is a finding.
 const AFTERMATH: Duration = Duration::from_secs(15);
 
+/// Whether a node's log tail ends in the fail-stop on running out of space (not merely in
+/// writes refused under the free-space floor, which say "No space left on device" too).
+fn stopped_out_of_space(tail: &str) -> bool {
+    tail.lines()
+        .any(|l| l.contains("storage failed") && l.contains("No space left on device"))
+}
+
 impl Nemesis {
     /// Watches for processes that exit unasked until [`Nemesis::stop`]: logs each exit with the
     /// node's log tail, restarts the node. Also keeps every node's free space at
@@ -41,7 +48,7 @@ impl Nemesis {
                     .expect("disk faulted lock")
                     .contains(&id);
                 let aftermath = !full
-                    && tail.contains("No space left on device")
+                    && stopped_out_of_space(&tail)
                     && self
                         .disk_fault_ended
                         .lock()
@@ -197,5 +204,21 @@ impl Nemesis {
             self.finding(format!("heal: {p}"));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stopped_out_of_space;
+
+    #[test]
+    fn only_the_fail_stop_on_running_out_of_space_counts() {
+        let refused = "ERROR chat_node::writer: commit failed error=No space left on device: less than 8 MiB free";
+        let stopped = "chat-node: storage failed (IO error: No space left on device: While appending to file: /d/000097.sst: No space left on device); exiting with code 74";
+        let other =
+            "chat-node: storage failed (IO error: Input/output error); exiting with code 74";
+        assert!(stopped_out_of_space(&format!("{refused}\n{stopped}\n")));
+        assert!(!stopped_out_of_space(refused));
+        assert!(!stopped_out_of_space(&format!("{refused}\n{other}")));
     }
 }

@@ -107,18 +107,8 @@ fn picture(path: &std::path::Path, o: &Options, results: &[StepResult]) -> anyho
             "one-to-one: {} pairs, receipts {:?}, {} s per step",
             o.pairs, o.receipts, o.duration
         ),
-        &[
-            plot::Measure {
-                name: "✓",
-                samples: &sent,
-                color: plotters::style::BLUE,
-            },
-            plot::Measure {
-                name: "e2e",
-                samples: &e2e,
-                color: plotters::style::RED,
-            },
-        ],
+        &sent,
+        &e2e,
         &spans,
         Some(plot::Steps { rates: &rates }),
     )
@@ -129,9 +119,11 @@ fn picture(path: &std::path::Path, o: &Options, results: &[StepResult]) -> anyho
 struct Stats {
     sent_us: Histogram<u64>,
     e2e_us: Histogram<u64>,
-    /// (seconds since the step's start, ms) of each ✓ and each delivery, for the picture.
+    /// (seconds since the step's start, ms) of each ✓ and each delivery, kept only for the
+    /// picture (`--svg`).
     sent_ms: plot::Samples,
     e2e_ms: plot::Samples,
+    keep_samples: bool,
     acked: u64,
     delivered: u64,
     duplicates: u64,
@@ -139,13 +131,14 @@ struct Stats {
 }
 
 impl Stats {
-    fn new() -> Stats {
+    fn new(keep_samples: bool) -> Stats {
         let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         Stats {
             sent_us: h(),
             e2e_us: h(),
             sent_ms: Vec::new(),
             e2e_ms: Vec::new(),
+            keep_samples,
             acked: 0,
             delivered: 0,
             duplicates: 0,
@@ -312,6 +305,7 @@ async fn step(o: &Options, rate: u64, step: usize) -> anyhow::Result<(Stats, f64
     );
 
     let start = Instant::now() + Duration::from_millis(200);
+    let keep = o.svg.is_some();
     let mut tasks = Vec::new();
     for rc in receivers {
         let (tx, rx) = rc.into_split();
@@ -321,6 +315,7 @@ async fn step(o: &Options, rate: u64, step: usize) -> anyhow::Result<(Stats, f64
             start,
             per_sender_total,
             o.receipts,
+            Stats::new(keep),
         )));
     }
     for (i, (sc, to)) in senders.into_iter().enumerate() {
@@ -332,12 +327,12 @@ async fn step(o: &Options, rate: u64, step: usize) -> anyhow::Result<(Stats, f64
             per_sender,
         };
         tasks.push(tokio::spawn(async move {
-            let acks = tokio::spawn(sender_acks(rx, sched, per_sender_total));
+            let acks = tokio::spawn(sender_acks(rx, sched, per_sender_total, Stats::new(keep)));
             send_loop(tx, &to, sched, per_sender_total, &body_pad).await;
-            acks.await.unwrap_or_else(|_| Stats::new())
+            acks.await.unwrap_or_else(|_| Stats::new(keep))
         }));
     }
-    let mut s = Stats::new();
+    let mut s = Stats::new(keep);
     for t in tasks {
         if let Ok(part) = t.await {
             s.merge(&part);
@@ -389,8 +384,7 @@ async fn send_loop(
     }
 }
 
-async fn sender_acks(mut rx: ClientReceiver, sched: Schedule, total: u64) -> Stats {
-    let mut st = Stats::new();
+async fn sender_acks(mut rx: ClientReceiver, sched: Schedule, total: u64, mut st: Stats) -> Stats {
     let mut answered = 0;
     while answered < total {
         let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
@@ -403,8 +397,10 @@ async fn sender_acks(mut rx: ClientReceiver, sched: Schedule, total: u64) -> Sta
                 let lat = sched.at(k).elapsed().as_micros() as u64;
                 st.acked += 1;
                 let _ = st.sent_us.record(lat.max(1));
-                let t = sched.start.elapsed().as_secs_f64();
-                st.sent_ms.push((t, lat as f64 / 1000.0));
+                if st.keep_samples {
+                    let t = sched.start.elapsed().as_secs_f64();
+                    st.sent_ms.push((t, lat as f64 / 1000.0));
+                }
             }
             Some(server_frame::Frame::Error(_)) => {
                 answered += 1;
@@ -422,8 +418,8 @@ async fn receive(
     start: Instant,
     expected: u64,
     receipts: Receipts,
+    mut st: Stats,
 ) -> Stats {
-    let mut st = Stats::new();
     let mut last_seq = 0;
     let mut got = 0;
     while got < expected {
@@ -445,8 +441,10 @@ async fn receive(
             st.delivered += 1;
             got += 1;
             let _ = st.e2e_us.record(lat.max(1));
-            st.e2e_ms
-                .push((start.elapsed().as_secs_f64(), lat as f64 / 1000.0));
+            if st.keep_samples {
+                st.e2e_ms
+                    .push((start.elapsed().as_secs_f64(), lat as f64 / 1000.0));
+            }
         }
         last_seq = last_seq.max(d.seq);
         let up_to_seq = d.seq;

@@ -17,10 +17,10 @@ pub struct Span {
 }
 
 /// One latency measure to draw: its per-second p50 (thin) and p99 (thick).
-pub struct Measure<'a> {
-    pub name: &'a str,
-    pub samples: &'a Samples,
-    pub color: RGBColor,
+struct Measure<'a> {
+    name: &'a str,
+    samples: &'a Samples,
+    color: RGBColor,
 }
 
 /// (second, quantile `q` of the samples in that second) for every second with samples.
@@ -44,14 +44,28 @@ pub struct Steps<'a> {
     pub rates: &'a [(f64, f64)],
 }
 
-/// Writes the picture: latency over time, and below it the steps' rates if given.
+/// Writes the picture: ✓ (`sent`, blue) and e2e (red) latency over time, and below it the
+/// steps' rates if given.
 pub fn write(
     path: &Path,
     title: &str,
-    measures: &[Measure<'_>],
+    sent: &Samples,
+    e2e: &Samples,
     spans: &[Span],
     steps: Option<Steps<'_>>,
 ) -> anyhow::Result<()> {
+    let measures = [
+        Measure {
+            name: "✓",
+            samples: sent,
+            color: BLUE,
+        },
+        Measure {
+            name: "e2e",
+            samples: e2e,
+            color: RED,
+        },
+    ];
     let height = if steps.is_some() { 760 } else { 440 };
     let root = SVGBackend::new(path, (960, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -63,7 +77,7 @@ pub fn write(
         }
         None => (root.clone(), None),
     };
-    latency_chart(&top, measures, spans)?;
+    latency_chart(&top, &measures, spans)?;
     if let (Some(area), Some(steps)) = (bottom, steps) {
         steps_chart(&area, &steps)?;
     }
@@ -75,11 +89,31 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plot: {e:?}")
 }
 
-fn latency_chart<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    measures: &[Measure<'_>],
-    spans: &[Span],
+/// A part of the picture.
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Both charts' frame: margins and room for the axis labels.
+fn frame<'a, 'b, 'c>(area: &'a Area<'c>) -> ChartBuilder<'a, 'b, SVGBackend<'c>> {
+    let mut b = ChartBuilder::on(area);
+    b.margin(12).x_label_area_size(36).y_label_area_size(60);
+    b
+}
+
+/// The series' legend at `pos`, on a light box.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    pos: SeriesLabelPosition,
 ) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
+fn latency_chart(area: &Area<'_>, measures: &[Measure<'_>], spans: &[Span]) -> anyhow::Result<()> {
     let all = measures.iter().flat_map(|m| m.samples.iter());
     let t_end = all
         .clone()
@@ -89,10 +123,7 @@ fn latency_chart<DB: DrawingBackend>(
     let v_max = all.map(|s| s.1).fold(1.0, f64::max);
     // Decades from 0.1 ms to above the largest sample.
     let top = 10f64.powf(v_max.log10().ceil().max(1.0));
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
+    let mut chart = frame(area)
         .build_cartesian_2d(0f64..t_end, (0.1f64..top).log_scale())
         .map_err(err)?;
     chart
@@ -137,30 +168,17 @@ fn latency_chart<DB: DrawingBackend>(
         }
     }
     // Low latencies are the rarest part of a busy run: the legend goes there.
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
-fn steps_chart<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    steps: &Steps<'_>,
-) -> anyhow::Result<()> {
+fn steps_chart(area: &Area<'_>, steps: &Steps<'_>) -> anyhow::Result<()> {
     let max = steps
         .rates
         .iter()
         .flat_map(|&(o, d)| [o, d])
         .fold(1.0, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
+    let mut chart = frame(area)
         .build_cartesian_2d(0f64..max, 0f64..max)
         .map_err(err)?;
     chart
@@ -187,14 +205,7 @@ fn steps_chart<DB: DrawingBackend>(
     chart
         .draw_series(steps.rates.iter().map(|&p| Circle::new(p, 4, RED.filled())))
         .map_err(err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 #[cfg(test)]
@@ -225,11 +236,8 @@ mod tests {
         write(
             &path,
             "a run",
-            &[Measure {
-                name: "e2e",
-                samples: &e2e,
-                color: RED,
-            }],
+            &Vec::new(),
+            &e2e,
             &[Span {
                 label: "1000/s".into(),
                 from: 0.0,

@@ -197,64 +197,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &o.svg {
-        // ✓ at the time it came, e2e at the time of the delivery (scheduled + latency).
-        let secs = |at: Duration, us: u64| (at.as_secs_f64() + us as f64 / 1e6, us as f64 / 1e3);
-        let sent_ms: crate::plot::Samples = sent
-            .iter()
-            .flat_map(|l| &l.samples)
-            .map(|s| secs(s.at, s.sent_us))
-            .collect();
-        let e2e_ms: crate::plot::Samples = got
-            .iter()
-            .flat_map(|l| &l.delivered)
-            .map(|&(at, us)| secs(at, us))
-            .collect();
-        let f = |d: Duration| d.as_secs_f64();
-        crate::plot::write(
-            path,
-            &format!(
-                "rebalance: {} at {} msg/s over {} pairs; the move to epoch {epoch} shaded",
-                o.change, o.rate, o.pairs
-            ),
-            &[
-                crate::plot::Measure {
-                    name: "✓",
-                    samples: &sent_ms,
-                    color: plotters::style::BLUE,
-                },
-                crate::plot::Measure {
-                    name: "e2e",
-                    samples: &e2e_ms,
-                    color: plotters::style::RED,
-                },
-            ],
-            &[
-                crate::plot::Span {
-                    label: "before".into(),
-                    from: 0.0,
-                    to: f(move_start),
-                },
-                crate::plot::Span {
-                    label: format!(
-                        "{} ({:.1} s)",
-                        if committed {
-                            "move, committed"
-                        } else {
-                            "move, aborted"
-                        },
-                        f(move_end - move_start)
-                    ),
-                    from: f(move_start),
-                    to: f(move_end),
-                },
-                crate::plot::Span {
-                    label: "after".into(),
-                    from: f(move_end),
-                    to: f(traffic_end),
-                },
-            ],
-            None,
-        )?;
+        let moved = (move_start, move_end, traffic_end, committed);
+        picture(path, &o, epoch, &sent, &got, moved)?;
         println!("rebalance picture: {}", path.display());
     }
     let acked: usize = sent.iter().map(|l| l.samples.len()).sum();
@@ -269,6 +213,57 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         acked.saturating_sub(delivered)
     );
     Ok(())
+}
+
+/// ✓ and e2e latency over the whole run, the move shaded: ✓ at the time it came, e2e at the
+/// time of the delivery (scheduled + latency).
+fn picture(
+    path: &std::path::Path,
+    o: &Options,
+    epoch: u64,
+    sent: &[SenderLog],
+    got: &[ReceiverLog],
+    (move_start, move_end, traffic_end, committed): (Duration, Duration, Duration, bool),
+) -> anyhow::Result<()> {
+    let secs = |at: Duration, us: u64| (at.as_secs_f64() + us as f64 / 1e6, us as f64 / 1e3);
+    let sent_ms: crate::plot::Samples = sent
+        .iter()
+        .flat_map(|l| &l.samples)
+        .map(|s| secs(s.at, s.sent_us))
+        .collect();
+    let e2e_ms: crate::plot::Samples = got
+        .iter()
+        .flat_map(|l| &l.delivered)
+        .map(|&(at, us)| secs(at, us))
+        .collect();
+    let span = |label: String, from: Duration, to: Duration| crate::plot::Span {
+        label,
+        from: from.as_secs_f64(),
+        to: to.as_secs_f64(),
+    };
+    let outcome = if committed { "committed" } else { "aborted" };
+    crate::plot::write(
+        path,
+        &format!(
+            "rebalance: {} at {} msg/s over {} pairs; the move to epoch {epoch} shaded",
+            o.change, o.rate, o.pairs
+        ),
+        &sent_ms,
+        &e2e_ms,
+        &[
+            span("before".into(), Duration::ZERO, move_start),
+            span(
+                format!(
+                    "move, {outcome} ({:.1} s)",
+                    (move_end - move_start).as_secs_f64()
+                ),
+                move_start,
+                move_end,
+            ),
+            span("after".into(), move_end, traffic_end),
+        ],
+        None,
+    )
 }
 
 fn hist() -> Histogram<u64> {

@@ -182,8 +182,9 @@ pub fn changes(from: &Ring, to: &Ring) -> Vec<ReplicaChange> {
     out
 }
 
-/// Every point of every member of these rings, sorted, without repeats.
-fn cut_points(rings: &[&Ring]) -> Vec<u64> {
+/// Every point of every member of these rings, sorted, without repeats: where the circle is cut
+/// into ranges with the same holders (and so the same owner) in each ring.
+pub(crate) fn cut_points(rings: &[&Ring]) -> Vec<u64> {
     let mut cuts: Vec<u64> = rings
         .iter()
         .flat_map(|r| r.all_points.iter().map(|(h, _)| *h))

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::plan::{plan_add, plan_remove};
 use crate::range::intervals;
-use crate::replicas::{changes, ReplicaChange};
+use crate::replicas::{changes, cut_points, ReplicaChange};
 use crate::{Ring, RingError};
 
 /// A range of key hashes, both ends included, that moves from one node to another.
@@ -242,11 +242,8 @@ impl Transition {
 /// ring, and merges adjacent intervals with the same move.
 fn moving_segments(from: &Ring, to: &Ring) -> Vec<Segment> {
     let (pf, pt) = (from.points(), to.points());
-    let mut cuts: Vec<u64> = pf.iter().chain(pt.iter()).map(|(h, _)| *h).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
     let mut out: Vec<Segment> = Vec::new();
-    for (start, end) in intervals(&cuts) {
+    for (start, end) in intervals(&cut_points(&[from, to])) {
         let (a, b) = (owner_at(&pf, end), owner_at(&pt, end));
         if a == b {
             continue;

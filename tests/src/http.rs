@@ -47,6 +47,14 @@ pub fn is_ok(url: &str) -> bool {
     http_get(url).is_some_and(|(st, _)| st == 200)
 }
 
+/// The Prometheus text at `base_url/metrics` (a node's admin URL, or a router's URL), which must
+/// answer 200.
+pub fn metrics_text(base_url: &str) -> String {
+    let (st, body) = http_get(&format!("{base_url}/metrics")).expect("metrics");
+    assert_eq!(st, 200, "{base_url}/metrics");
+    body
+}
+
 /// Whether the Prometheus text at `admin_url/metrics` contains `line`.
 pub fn metrics_contain(admin_url: &str, line: &str) -> bool {
     http_get(&format!("{admin_url}/metrics")).is_some_and(|(_, b)| b.contains(line))

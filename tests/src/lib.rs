@@ -28,7 +28,7 @@ pub use chat_proto;
 pub use cluster::TestCluster;
 pub use etcd::TestEtcd;
 pub use frames::*;
-pub use http::{http_get, http_location, is_ok, metrics_contain};
+pub use http::{http_get, http_location, is_ok, metrics_contain, metrics_text};
 pub use node::TestNode;
 pub use process::{bin, chat_cli, chatctl, signal, try_chatctl};
 pub use proxy::TestProxy;

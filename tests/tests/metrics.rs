@@ -26,12 +26,6 @@ fn documented() -> Vec<(String, bool)> {
         .collect()
 }
 
-fn exported(admin_url: &str) -> String {
-    let (st, body) = http_get(&format!("{admin_url}/metrics")).expect("metrics");
-    assert_eq!(st, 200);
-    body
-}
-
 fn present(body: &str, name: &str) -> bool {
     body.lines().any(|l| {
         l.strip_prefix(name)
@@ -44,14 +38,14 @@ fn every_documented_node_metric_is_exported_from_the_start() {
     let names = documented();
     assert!(names.len() >= 12, "the table was not found: {names:?}");
     let standalone = TestNode::start(&[]);
-    let body = exported(&standalone.admin_url);
+    let body = metrics_text(&standalone.admin_url);
     for (name, cluster_only) in &names {
         if !cluster_only {
             assert!(present(&body, name), "standalone: {name} missing:\n{body}");
         }
     }
     let c = TestCluster::start_with(&[("n1", 1)], chat_ring::DEFAULT_VNODES_PER_WEIGHT, &[]);
-    let body = exported(&c.node("n1").admin_url);
+    let body = metrics_text(&c.node("n1").admin_url);
     for (name, _) in &names {
         assert!(present(&body, name), "cluster: {name} missing:\n{body}");
     }

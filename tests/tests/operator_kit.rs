@@ -153,13 +153,8 @@ fn every_metric_the_kit_uses_exists_on_a_live_node_and_router() {
     // A router's answers are counted from its first one.
     let (st, _) = http_get(&format!("{}/v1/route/someone", router.url)).expect("route");
     assert_eq!(st, 200);
-    let scrape = |url: String| {
-        let (st, body) = http_get(&format!("{url}/metrics")).expect("metrics");
-        assert_eq!(st, 200);
-        body
-    };
-    let node = scrape(cluster.node("n1").admin_url.clone());
-    let routers = scrape(router.url.clone());
+    let node = metrics_text(&cluster.node("n1").admin_url);
+    let routers = metrics_text(&router.url);
     for (name, labels) in &refs {
         let body = if name.starts_with("chat_router_") {
             &routers

@@ -6,18 +6,19 @@
 //! - `GET /v1/connect/{user}`: `307` to the home node's WebSocket URL (WebSocket clients follow);
 //! - any other `/v1/...` (the nodes' HTTP API): `307` to the same path on the home node of the
 //!   bearer token's user (the node checks the token; the router only reads its `sub`);
-//! - `GET /healthz`, `GET /readyz` (ring loaded), `GET /metrics` (Prometheus).
+//! - `GET /healthz`, `GET /readyz` (ring loaded), `GET /metrics` (Prometheus);
+//! - with `[web]`: the web client's files at `/`, and in development `POST /dev/token` ([`web`]).
+
+mod route;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::Router;
 use chat_cluster::{ClusterView, EtcdConfig};
 use chat_service::config::EtcdSection;
 use chat_service::log::{LogFormat, LogSection};
@@ -34,6 +35,8 @@ struct RouterConfig {
     /// Where the cluster's state lives (the nodes' `cluster.etcd_endpoints` and `cluster.prefix`).
     cluster: EtcdSection,
     log: LogSection,
+    /// The web client and development tokens (both off by default).
+    web: web::WebSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,12 @@ struct Args {
     /// Overrides log.format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Overrides web.dir: serve the web client's built files (`web/app/dist`) at `/`.
+    #[arg(long)]
+    web_dir: Option<PathBuf>,
+    /// Overrides web.dev_token_secret_file (development only: anyone may get a token).
+    #[arg(long)]
+    dev_token_secret_file: Option<PathBuf>,
     /// Check the configuration, print it and exit.
     #[arg(long)]
     check_config: bool,
@@ -96,15 +105,22 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
     if let Some(v) = args.log_format {
         cfg.log.format = v;
     }
+    if let Some(v) = &args.web_dir {
+        cfg.web.dir = Some(v.clone());
+    }
+    if let Some(v) = &args.dev_token_secret_file {
+        cfg.web.dev_token_secret_file = Some(v.clone());
+    }
     anyhow::ensure!(
         (1..=1024).contains(&cfg.router.max_id_bytes),
         "router.max_id_bytes must be 1 to 1024 (as the nodes' limits.max_id_bytes)"
     );
     cfg.cluster.check("cluster")?;
+    cfg.web.check().context("web")?;
     Ok(cfg)
 }
 
-struct AppState {
+pub(crate) struct AppState {
     view: watch::Receiver<ClusterView>,
     max_id_bytes: usize,
 }
@@ -126,128 +142,6 @@ impl chat_service::admin::Status for AppState {
         metrics::gauge!("chat_etcd_up").set(if up { 1.0 } else { 0.0 });
         metrics::gauge!("chat_ring_epoch").set(epoch as f64);
         metrics::gauge!("chat_router_nodes").set(nodes as f64);
-    }
-}
-
-#[derive(Serialize)]
-struct RouteAnswer {
-    user: String,
-    node: String,
-    url: String,
-    epoch: u64,
-}
-
-#[derive(Serialize)]
-struct ErrorAnswer {
-    error: String,
-}
-
-/// Why a user cannot be routed: an HTTP status and a message for the JSON body.
-type RouteError = (StatusCode, String);
-
-fn error(status: StatusCode, msg: impl Into<String>) -> RouteError {
-    (status, msg.into())
-}
-
-fn error_response((status, error): RouteError) -> Response {
-    (status, Json(ErrorAnswer { error })).into_response()
-}
-
-fn route(state: &AppState, user: &str) -> Result<RouteAnswer, RouteError> {
-    // The nodes' rule (`chat_proto::ids`), so both refuse the same ids.
-    if let Some(why) = chat_proto::ids::id_problem(user, state.max_id_bytes) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid user id {user:?}: {why}"),
-        ));
-    }
-    let v = state.view.borrow();
-    let Some(node) = v.owner(user) else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the cluster has no ring yet",
-        ));
-    };
-    let Some(info) = v.node(node) else {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("home node {node} is not registered"),
-        ));
-    };
-    Ok(RouteAnswer {
-        user: user.to_string(),
-        node: node.to_string(),
-        url: info.client_url.clone(),
-        epoch: v.epoch(),
-    })
-}
-
-async fn route_json(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Response {
-    let r = route(&state, &user);
-    metrics::counter!("chat_router_requests_total", "route" => "route", "ok" => r.is_ok().to_string())
-        .increment(1);
-    match r {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => error_response(e),
-    }
-}
-
-async fn connect(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Response {
-    let r = route(&state, &user);
-    metrics::counter!("chat_router_requests_total", "route" => "connect", "ok" => r.is_ok().to_string())
-        .increment(1);
-    match r {
-        Ok(a) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, a.url)]).into_response(),
-        Err(e) => error_response(e),
-    }
-}
-
-/// An HTTP API request: to the same path and query on the token user's home node. The API's
-/// error form (`{"code", "message"}`), as the nodes answer it.
-async fn api(
-    State(state): State<Arc<AppState>>,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    let refuse = |status: StatusCode, code: &str, message: String| {
-        let body = serde_json::json!({ "code": code, "message": message });
-        (status, Json(body)).into_response()
-    };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        let m = "send the user's token as Authorization: Bearer <token>".to_string();
-        return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", m);
-    };
-    let Some(user) = chat_auth::token_subject(token.trim()) else {
-        let m = "the token names no user".to_string();
-        return refuse(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", m);
-    };
-    let r = route(&state, &user).and_then(|a| {
-        let v = state.view.borrow();
-        match v.node(&a.node) {
-            Some(info) if !info.http_url.is_empty() => Ok(info.http_url.clone()),
-            _ => Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("home node {} has no HTTP listener registered", a.node),
-            )),
-        }
-    });
-    metrics::counter!("chat_router_requests_total", "route" => "api", "ok" => r.is_ok().to_string())
-        .increment(1);
-    match r {
-        Ok(base) => {
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let to = format!("{base}{path}");
-            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
-        }
-        // The token's user is not a valid id: the token is bad (as the node would say).
-        Err((status, m)) if status == StatusCode::BAD_REQUEST => {
-            refuse(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", m)
-        }
-        Err((status, m)) => refuse(status, "UNAVAILABLE", m),
     }
 }
 
@@ -276,12 +170,22 @@ async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         view,
         max_id_bytes: cfg.router.max_id_bytes,
     });
+    // Pages on other origins (an app's own site) may ask where a user lives; the answer is
+    // public (anyone can compute it from the ring) and no credentials are involved.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET]);
+    let dev_secret = cfg.web.check()?;
     let app = Router::new()
-        .route("/v1/route/{user}", get(route_json))
-        .route("/v1/connect/{user}", get(connect))
-        .route("/v1/{*rest}", any(api))
+        .route("/v1/route/{user}", get(route::route_json).layer(cors))
+        .route("/v1/connect/{user}", get(route::connect))
+        .route("/v1/{*rest}", any(route::api))
         .with_state(state.clone())
-        .merge(chat_service::admin::routes(state, metrics.clone()));
+        .merge(chat_service::admin::routes(state, metrics.clone()))
+        .merge(web::routes(&cfg.web, dev_secret, cfg.router.max_id_bytes));
+    if cfg.web.dev_token_secret_file.is_some() {
+        tracing::warn!("web.dev_token_secret_file is set: anyone can get a token for any user (development only)");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.router.listen).await?;
     let addr = listener.local_addr()?;
     // One line on stdout for scripts and tests that start the router with port 0.

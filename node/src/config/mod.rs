@@ -174,6 +174,7 @@ impl NodeConfig {
             return bad("storage.max_batch and storage.queue_depth must be at least 1".into());
         }
         self.check_tuning()?;
+        self.http.check().map_err(ConfigError::Invalid)?;
         self.rate.check().map_err(ConfigError::Invalid)?;
         self.ephemeral.check().map_err(ConfigError::Invalid)?;
         self.presence.check().map_err(ConfigError::Invalid)?;

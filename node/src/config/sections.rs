@@ -135,6 +135,34 @@ pub struct HttpSection {
     /// URL clients use to reach it (signed media URLs point here); empty:
     /// `http://<listen address>`.
     pub public_url: String,
+    /// Web origins (`scheme://host[:port]`) whose pages may call this listener from the browser
+    /// (CORS): the web client uploads files to the signed media URLs and may call the API. `*`
+    /// allows every origin, which is safe here: requests carry a bearer token or a signed URL,
+    /// never a cookie. Empty: no CORS headers (browsers then refuse cross-origin calls).
+    pub allow_origins: Vec<String>,
+}
+
+impl HttpSection {
+    pub fn check(&self) -> Result<(), String> {
+        let o = &self.allow_origins;
+        if o.iter().any(|x| x == "*") && o.len() > 1 {
+            return Err("http.allow_origins: \"*\" allows every origin; list no others".into());
+        }
+        for x in o.iter().filter(|x| *x != "*") {
+            let rest = x
+                .strip_prefix("https://")
+                .or_else(|| x.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty() && !r.contains('/') && r.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !ok {
+                return Err(format!(
+                    "http.allow_origins: {x:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for HttpSection {
@@ -142,6 +170,7 @@ impl Default for HttpSection {
         HttpSection {
             listen: "127.0.0.1:7700".parse().expect("valid address"),
             public_url: String::new(),
+            allow_origins: vec!["*".into()],
         }
     }
 }

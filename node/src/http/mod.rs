@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::context::NodeContext;
 
@@ -22,13 +23,41 @@ pub fn routes(ctx: Arc<NodeContext>) -> Router {
         Some(e) => chat_media::http::routes(e.clone()),
         None => Router::new(),
     };
-    api::routes(ctx)
+    let cors = cors(&ctx.cfg.http.allow_origins);
+    let app = api::routes(ctx)
         .layer(DefaultBodyLimit::max(limit))
         .merge(media)
         .fallback(|| async {
             let body = serde_json::json!({ "code": "NOT_FOUND", "message": "no such route" });
             (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-        })
+        });
+    match cors {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// Lets pages from `origins` (checked by the config: `*` or `scheme://host[:port]`) call the API
+/// and the media URLs. The preflight is answered here; credentials (cookies) are never allowed,
+/// as none are used.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::PUT, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Serves until `shutdown`; requests in progress finish first.

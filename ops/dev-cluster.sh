@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A local cluster on loopback: etcd, three nodes (n1, n2, n3) and a router, with everything
-# (data, certificates, secret, logs, pids) under one folder.
+# A local cluster on loopback: etcd, three nodes (n1, n2, n3) and a router serving the web client,
+# with everything (data, certificates, secret, logs, pids) under one folder.
 #
 #   ops/dev-cluster.sh up       install what is missing, build, start, print how to connect
 #   ops/dev-cluster.sh status   what runs, the registered nodes and the ring
@@ -109,6 +109,8 @@ up() {
   else
     (cd "$ROOT" && cargo build --workspace --bins --quiet)
   fi
+  echo "building the web client..."
+  "$ROOT/ops/build-web.sh"
   mkdir -p "$DIR/logs" "$DIR/pids" "$DIR/certs"
   if [ ! -s "$DIR/secret" ]; then
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/secret"
@@ -131,7 +133,9 @@ up() {
   if ! "$ctl" ring show --etcd "$ETCD" --prefix "$PREFIX" >/dev/null 2>&1; then
     "$ctl" cluster init --etcd "$ETCD" --prefix "$PREFIX" --wait-nodes "${#NODES[@]}"
   fi
-  start router "$BIN/chat-router" --listen "$ROUTER" --etcd "$ETCD" --prefix "$PREFIX"
+  # The web client, with development tokens: anyone who opens the page may sign in as anyone.
+  start router "$BIN/chat-router" --listen "$ROUTER" --etcd "$ETCD" --prefix "$PREFIX" \
+    --web-dir "$ROOT/web/app/dist" --dev-token-secret-file "$DIR/secret"
   for n in "${NODES[@]}"; do
     wait_for 60 ready "$(admin_port "$n")" || {
       echo "$n is not ready; see $DIR/logs/$n.log" >&2; exit 1; }
@@ -139,6 +143,9 @@ up() {
   wait_for 30 ready "$BASE" || { echo "router is not ready; see $DIR/logs/router.log" >&2; exit 1; }
 
   cat <<EOT
+
+Chat in a browser:  http://$ROUTER/   (sign in as any user id: development tokens are on;
+                    open a second window, or another browser, as someone else)
 
 cluster up: router ws://$ROUTER, nodes $(for n in "${NODES[@]}"; do printf '%s=ws://127.0.0.1:%s ' "$n" "$(ws_port "$n")"; done)
 
@@ -187,7 +194,11 @@ case "${1:-}" in
     node_arg "${2:-}"
     start_node "$2"
     wait_for 60 ready "$(admin_port "$2")" || { echo "$2 is not ready; see $DIR/logs/$2.log" >&2; exit 1; }
-    echo "$2 is registered; move its share to it with: ops/add-node.sh $2" ;;
+    if "$BIN/chatctl" ring show --etcd "$ETCD" --prefix "$PREFIX" 2>/dev/null | grep -qw "$2"; then
+      echo "$2 is back and serves its users again"
+    else
+      echo "$2 is registered; move its share to it with: ops/add-node.sh $2"
+    fi ;;
   stop-node) node_arg "${2:-}"; stop "$2" ;;
   *) echo "usage: $0 up|down|status|start-node N|stop-node N" >&2; exit 2 ;;
 esac

@@ -9,6 +9,9 @@
 #   prometheus        its promtool checks and unit-tests ops/monitoring's alert rules and the
 #                     dashboard's queries
 #   systemd           systemd-analyze verifies ops/systemd's units (not run as init)
+#   chromium, chromium-driver   the web client's browser tests drive headless Chromium
+#   nodejs, npm       build and unit-test the TypeScript client and the web client (web/);
+#                     only when the machine has no Node.js (Node 18 or later) of its own
 #   s3s-fs            (cargo install) a real S3-compatible server for the media tests; pinned to
 #                     0.14.1 (needs Rust 1.92; 0.15 and later need 1.96, newer than this machine's)
 set -euo pipefail
@@ -26,6 +29,10 @@ command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # bindgen needs libclang.so (not libclang-cpp), whatever version Debian ships.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 
@@ -52,4 +59,10 @@ if ! s3s-fs --version 2>/dev/null | grep -qwF "$S3S_FS_VERSION"; then
   cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
 fi
 
-echo "install-deps: ok (protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'), promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}'))"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 18 ]; then
+  echo "install-deps: Node.js $(node --version) is too old for web/ (18 or later)" >&2
+  exit 1
+fi
+
+echo "install-deps: ok (node $(node --version), chromium $(chromium --version 2>/dev/null | awk '{print $2}'), protoc $(protoc --version | awk '{print $2}'), etcd $(etcd --version 2>/dev/null | head -n1 | awk '{print $3}'), promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}'))"

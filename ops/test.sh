@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing, checks formatting and lints, builds the
+# Runs the whole test suite: installs what is missing, builds and unit-tests web/ (TypeScript),
+# checks formatting and lints, builds the
 # binaries the multi-process tests start, runs each fuzz target briefly, then runs every test
 # with nextest (including the chaos suite's short profile, which needs root for nftables and
 # tmpfs mounts).
@@ -7,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ops/install-deps.sh
+# The TypeScript client and the web client: build (the browser tests load web/app/dist) and
+# unit-test them.
+ops/build-web.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests start target/debug/chat-node as a child process.

@@ -159,6 +159,16 @@ impl TestCluster {
         )
     }
 
+    /// A router with more flags (the web client's directory, development tokens).
+    pub fn start_router_with(&self, extra: &[&str]) -> TestRouter {
+        TestRouter::start_with(
+            &self.etcd.url,
+            &self.prefix,
+            &self.dir.path().join("router.log"),
+            extra,
+        )
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()

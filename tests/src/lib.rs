@@ -4,11 +4,13 @@
 //!
 //! One module per job: [`process`] (binaries, child processes, `chatctl`), [`node`], [`etcd`],
 //! [`router`], [`cluster`], [`proxy`] (a TCP relay that can stall or cut connections),
-//! [`s3`] (a real S3-compatible server), [`frames`] (waiting for and picking apart server
+//! [`s3`] (a real S3-compatible server), [`browser`] (headless Chromium for the web client),
+//! [`frames`] (waiting for and picking apart server
 //! frames), [`http`] and [`wait`].
 
 use std::time::Duration;
 
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod frames;

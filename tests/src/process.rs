@@ -17,9 +17,19 @@ pub fn bin(name: &str) -> PathBuf {
     )) {
         return PathBuf::from(p);
     }
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// The profile's target directory (`target/debug`): next to the test executable's `deps/`.
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(|d| {
             if d.ends_with("deps") {
                 d.parent()
@@ -27,14 +37,8 @@ pub fn bin(name: &str) -> PathBuf {
                 Some(d)
             }
         })
-        .expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: build the binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The first line a child prints on stdout, read on a thread so that a process that never
@@ -79,6 +83,15 @@ pub fn signal(pid: u32, signal: &str) {
         .expect("run kill")
         .success();
     assert!(ok, "kill -{signal} {pid} failed");
+}
+
+/// Sends `signal` to every process of group `pgid` (a child started with `process_group(0)`);
+/// quiet if the group is already gone.
+pub(crate) fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), "--".to_string(), format!("-{pgid}")])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// stdout and then stderr, as text.

@@ -16,10 +16,16 @@ pub struct TestRouter {
 
 impl TestRouter {
     pub fn start(etcd_url: &str, prefix: &str, log: &Path) -> TestRouter {
+        Self::start_with(etcd_url, prefix, log, &[])
+    }
+
+    /// [`TestRouter::start`] with more flags (`--web-dir`, ...).
+    pub fn start_with(etcd_url: &str, prefix: &str, log: &Path, extra: &[&str]) -> TestRouter {
         let log = std::fs::File::create(log).expect("router log");
         let mut child = Command::new(bin("chat-router"))
             .args(["--listen", "127.0.0.1:0"])
             .args(["--etcd", etcd_url, "--prefix", prefix])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

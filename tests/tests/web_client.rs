@@ -393,3 +393,57 @@ async fn a_page_reconnects_after_its_node_is_stopped_and_loses_nothing() {
     b.screenshots("done").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn pages_follow_their_users_when_the_ring_moves() {
+    let (mut c, router) = cluster();
+    // Alice moves to n4 when it joins; bob stays on n2.
+    let after = chat_ring::plan::plan_add(&c.ring(), "n4", 1).unwrap();
+    let pick = |stem: &str, now: &str, then: &str| {
+        let ring = c.ring();
+        (0..100_000)
+            .map(|i| format!("{stem}-{i}"))
+            .find(|u| ring.owner(u) == now && after.owner(u) == then)
+            .expect("a user that moves so")
+    };
+    let alice = pick("alice", "n1", "n4");
+    let bob = pick("bob", "n2", "n2");
+    let mut b = Browsers::start("ring-moves");
+    let pa = sign_in(&mut b, &router, &alice).await;
+    let pb = sign_in(&mut b, &router, &bob).await;
+    chat_with(&pa, &bob).await;
+    chat_with(&pb, &alice).await;
+    send(&pa, "before the move").await;
+    shows_exactly(&b, &pb, "the first message", &["before the move"]).await;
+
+    c.start_extra_node("n4");
+    c.chatctl(&["rebalance", "start", "--add", "n4"]);
+    c.chatctl(&["rebalance", "wait", "--timeout-secs", "120"]);
+    assert_eq!(c.ring().owner(&alice), "n4");
+
+    // Alice's page is now served by n4 (it was sent there), and both ways work.
+    let node =
+        "const c = document.getElementById('conn'); return [c.dataset.state, c.dataset.node]";
+    let on_n4 = serde_json::json!(["open", "n4"]);
+    b.wait(&pa, "alice's page on n4", node, |v| *v == on_n4)
+        .await;
+    send(&pa, "after the move").await;
+    send(&pb, "welcome to n4").await;
+    let all = ["before the move", "after the move", "welcome to n4"];
+    for p in [&pa, &pb] {
+        b.wait(p, "all three, once", BODIES, |v| {
+            let got = strings(v);
+            got.len() == 3
+                && all
+                    .iter()
+                    .all(|m| got.iter().filter(|g| g == m).count() == 1)
+        })
+        .await;
+    }
+    b.wait(&pa, "alice's message read on n4's watch", MY_TICKS, |v| {
+        tick_of(v, "after the move").as_deref() == Some("read")
+    })
+    .await;
+    b.screenshots("done").await;
+    b.close().await;
+}

@@ -38,6 +38,9 @@ export class ChatPage {
     const c = this.client;
     c.on('state', (s) => showConn(s));
     c.on('welcome', (w) => {
+      // Which node serves this page (for people who run the cluster, and the tests).
+      $('conn').dataset.node = w.node;
+      $('conn').title = `served by node ${w.node}`;
       this.store.onReadState(w.readSeq);
       if (!this.loaded) {
         this.loaded = true;

@@ -331,6 +331,22 @@ async fn a_group_of_three_on_three_nodes() {
         )
         .await;
     }
+    // An admin adds a fourth member (not signed in): every page shows it, and the member list.
+    let dave = c.users_on("n3", "dave", 1).remove(0);
+    pa.type_in("#add-member", &dave).await;
+    pa.click("#add-member-go").await;
+    let members = "return document.getElementById('conv-sub').textContent";
+    b.wait(&pa, "dave in the member list", members, |v| {
+        v.as_str().is_some_and(|s| s.split(", ").any(|m| m == dave))
+    })
+    .await;
+    let lines = "return [...document.querySelectorAll('#messages .msg.system .body')].map(e => e.textContent)";
+    let added = format!("{alice} added {dave}");
+    b.wait(&pc, "the added line", lines, |v| {
+        strings(v).contains(&added)
+    })
+    .await;
+
     // Bob's page names the senders of group messages.
     let senders =
         "return [...document.querySelectorAll('#messages .msg .from')].map(e => e.textContent)";

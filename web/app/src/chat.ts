@@ -61,7 +61,9 @@ export class ChatPage {
     });
     c.on('groupEvent', ({ seq, event }) => {
       this.store.onGroupEvent(seq, event);
+      // The member list changed: ask again if it is on screen, else when it is opened.
       this.groupMembers.delete(event.group);
+      if (this.store.open === event.group) this.loadMembers(event.group);
       this.afterChange();
     });
     c.on('sent', (s) => {
@@ -139,18 +141,20 @@ export class ChatPage {
     const conv = this.store.conversations.get(id);
     $('composer').hidden = false;
     $('add-member-form').hidden = conv?.kind !== 'group';
-    if (conv?.kind === 'group' && !this.groupMembers.has(id)) {
-      this.client.groupInfo(id).then(
-        (info) => {
-          this.groupMembers.set(id, info.members.map((m) => m.user));
-          this.store.conversation(id, 'group', info.name);
-          this.draw();
-        },
-        (e) => this.showError(e),
-      );
-    }
+    if (conv?.kind === 'group' && !this.groupMembers.has(id)) this.loadMembers(id);
     this.afterChange();
     $<HTMLInputElement>('text').focus();
+  }
+
+  private loadMembers(group: string): void {
+    this.client.groupInfo(group).then(
+      (info) => {
+        this.groupMembers.set(group, info.members.map((m) => m.user));
+        this.store.conversation(group, 'group', info.name);
+        this.draw();
+      },
+      (e) => this.showError(e),
+    );
   }
 
   private draw(): void {

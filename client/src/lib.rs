@@ -9,6 +9,7 @@
 //! resuming, re-sending unanswered messages and acknowledging deliveries, with every step
 //! reported as a [`DeviceEvent`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_proto::v1::{
@@ -47,37 +48,101 @@ pub fn connect_url(url: &str, user: Option<&str>) -> String {
     }
 }
 
-/// Opens the WebSocket, from `local_ip` if given. Nagle is off: chat frames are small and
-/// latency-bound.
+/// Opens the WebSocket (`ws://`, or `wss://` with `tls`, by default the system's roots), from
+/// `local_ip` if given. Nagle is off: chat frames are small and latency-bound.
 async fn open(
     url: &str,
     local_ip: Option<std::net::IpAddr>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> std::result::Result<Ws, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let Some(ip) = local_ip else {
-        return tokio_tungstenite::connect_async_with_config(url, None, true)
-            .await
-            .map(|(ws, _)| ws);
-    };
+    use tokio_tungstenite::Connector;
     let req = url.into_client_request()?;
-    let host = req.uri().host().unwrap_or("127.0.0.1").to_string();
-    let port = req.uri().port_u16().unwrap_or(80);
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("no address for {host}")))?;
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(std::net::SocketAddr::new(ip, 0))?;
-    let stream = socket.connect(addr).await?;
+    let secure = req.uri().scheme_str() == Some("wss");
+    let host = req.uri().host().unwrap_or("127.0.0.1");
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = req
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    // Each address of the name in turn (`localhost` may be ::1 first, the node on 127.0.0.1).
+    let mut last = std::io::Error::other(format!("no address for {host}"));
+    let mut connected = None;
+    for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local_ip {
+            if ip.is_ipv4() != addr.is_ipv4() {
+                continue;
+            }
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(addr).await {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = connected.ok_or(last)?;
     stream.set_nodelay(true)?;
+    let connector = if secure {
+        Connector::Rustls(tls.cloned().unwrap_or_else(system_tls))
+    } else {
+        Connector::Plain
+    };
     let (ws, _) =
-        tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), None)
-            .await?;
+        tokio_tungstenite::client_async_tls_with_config(req, stream, None, Some(connector)).await?;
     Ok(ws)
+}
+
+/// A TLS client configuration trusting the CA certificates (PEM) in `ca_file`: for a cluster
+/// whose client listener has a certificate from a private CA.
+pub fn tls_trusting(ca_file: &std::path::Path) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", ca_file.display())))?;
+    for c in certs {
+        let c = c.map_err(|e| std::io::Error::other(format!("{}: {e}", ca_file.display())))?;
+        roots.add(c).map_err(std::io::Error::other)?;
+    }
+    if roots.is_empty() {
+        let why = format!("{}: no certificate in it", ca_file.display());
+        return Err(std::io::Error::other(why));
+    }
+    Ok(tls_config(roots))
+}
+
+/// The system's trusted roots, read once.
+fn system_tls() -> Arc<rustls::ClientConfig> {
+    static SYSTEM: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            tls_config(roots)
+        })
+        .clone()
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
 }
 
 /// Percent-encodes everything but letters, digits and `-_.` (user ids may contain `/`).
@@ -134,6 +199,9 @@ pub struct ConnectOptions {
     pub local_ip: Option<std::net::IpAddr>,
     /// The highest seq this device has processed (`Hello.resume_after`).
     pub resume_after: u64,
+    /// Whom to trust for `wss://` URLs ([`tls_trusting`] a private CA); `None`: the system's
+    /// roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ConnectOptions {
@@ -144,6 +212,7 @@ impl Default for ConnectOptions {
             agent: format!("chat-client/{}", env!("CARGO_PKG_VERSION")),
             local_ip: None,
             resume_after: 0,
+            tls: None,
         }
     }
 }
@@ -162,7 +231,7 @@ impl Client {
         let user = token_subject(token);
         let mut url = connect_url(url, user.as_deref());
         for _ in 0..=MAX_REDIRECTS {
-            let connect = open(&url, opts.local_ip);
+            let connect = open(&url, opts.local_ip, opts.tls.as_ref());
             let ws = match tokio::time::timeout(opts.timeout, connect)
                 .await
                 .map_err(|_| ClientError::Timeout)?

@@ -174,6 +174,70 @@ where
     }
 }
 
+/// The Rust library and the `chat` CLI reach a `wss://` node given the CA that issued its
+/// certificate, and refuse it otherwise (the system's roots do not know a private CA).
+#[tokio::test]
+async fn the_rust_client_and_the_cli_speak_wss_trusting_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &certs]);
+    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
+    let node = TestNode::start(&[
+        (
+            "CHAT_NODE_CLIENT__TLS_CERT_FILE",
+            dir.path().join("localhost.pem").to_str().unwrap(),
+        ),
+        (
+            "CHAT_NODE_CLIENT__TLS_KEY_FILE",
+            dir.path().join("localhost.key").to_str().unwrap(),
+        ),
+    ]);
+    let port = addr(&node.url).rsplit(':').next().unwrap().to_string();
+    let url = format!("wss://localhost:{port}");
+    let ca = dir.path().join("ca.pem");
+
+    let opts = chat_client::ConnectOptions {
+        tls: Some(chat_client::tls_trusting(&ca).unwrap()),
+        ..Default::default()
+    };
+    let mut alice = chat_client::Client::connect_with(&url, &token("alice", "phone"), &opts)
+        .await
+        .expect("wss with the cluster's CA");
+    alice.send_message("t1", "bob", "over wss").await.unwrap();
+    let sent = loop {
+        let f = alice.recv_timeout(T).await.expect("the ✓ over wss");
+        if let Some(server_frame::Frame::Sent(s)) = f.frame {
+            break s;
+        }
+    };
+    assert_eq!(sent.client_msg_id, "t1");
+    let untrusted = chat_client::ConnectOptions::default();
+    let refused = chat_client::Client::connect_with(&url, &token("alice", "phone"), &untrusted)
+        .await
+        .err()
+        .expect("a private CA's certificate is not trusted by default");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    let ca_s = ca.display().to_string();
+    let bob = token("bob", "cli");
+    let (ok, out, err) = chat_cli(
+        &bob,
+        &[
+            "--url",
+            &url,
+            "--ca-file",
+            &ca_s,
+            "send",
+            "--to",
+            "alice",
+            "hi over wss",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = chat_cli(&bob, &["--url", &url, "send", "--to", "alice", "x"]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+}
+
 #[test]
 fn a_certificate_without_its_key_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,10 @@ struct Args {
     /// Print frames as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// For `wss://` nodes whose certificate comes from a private CA: trust the CA certificates
+    /// in this PEM file instead of the system's roots.
+    #[arg(long, env = "CHAT_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -143,7 +147,11 @@ enum WaitFor {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut c = Client::connect_with(&args.url, &args.token, &ConnectOptions::default())
+    let mut opts = ConnectOptions::default();
+    if let Some(ca) = &args.ca_file {
+        opts.tls = Some(chat_client::tls_trusting(ca).context("--ca-file")?);
+    }
+    let mut c = Client::connect_with(&args.url, &args.token, &opts)
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
     eprintln!(

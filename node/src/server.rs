@@ -57,6 +57,8 @@ pub struct Node {
     tls: Option<tokio_rustls::TlsAcceptor>,
     admin: TcpListener,
     http: TcpListener,
+    /// TLS on the client HTTP listener, when configured.
+    http_tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<NodeContext>,
     writer: std::thread::JoinHandle<()>,
     store: Arc<Store>,
@@ -134,6 +136,17 @@ impl Node {
             Some(acceptor)
         } else {
             None
+        };
+        let http_tls = if cfg.http.tls_cert_file.is_empty() {
+            None
+        } else {
+            let acceptor = chat_service::tls::acceptor(
+                Path::new(&cfg.http.tls_cert_file),
+                Path::new(&cfg.http.tls_key_file),
+                "http.tls",
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            Some(acceptor)
         };
         let listener = TcpListener::bind(cfg.client.listen).await?;
         let client_url = cfg.client_url(listener.local_addr()?);
@@ -244,6 +257,7 @@ impl Node {
             tls,
             admin,
             http,
+            http_tls,
             shared,
             writer,
             store,
@@ -271,6 +285,7 @@ impl Node {
             tls,
             admin,
             http,
+            http_tls,
             shared,
             writer,
             store,
@@ -283,9 +298,14 @@ impl Node {
             let _ = admin_stop.recv().await;
         }));
         let mut http_stop = notify_shutdown.subscribe();
-        let http_task = tokio::spawn(crate::http::serve(http, shared.clone(), async move {
-            let _ = http_stop.recv().await;
-        }));
+        let http_task = tokio::spawn(crate::http::serve(
+            http,
+            http_tls,
+            shared.clone(),
+            async move {
+                let _ = http_stop.recv().await;
+            },
+        ));
         tokio::spawn(shared.media.clone().run_sweep(
             shared.cfg.retention().as_millis() as i64,
             notify_shutdown.subscribe(),

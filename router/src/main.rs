@@ -13,7 +13,7 @@ mod route;
 mod web;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -47,6 +47,13 @@ struct RouterSection {
     /// Longest user id answered (400 beyond it): keep it equal to the nodes'
     /// `limits.max_id_bytes`, so the router never sends a client to a node that would refuse it.
     max_id_bytes: usize,
+    /// PEM certificate chain for TLS (`https://`, so that a web client served over https can
+    /// ask where its user lives); empty: plain HTTP. Needs `tls_key_file`.
+    tls_cert_file: String,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    tls_key_file: String,
+    /// A client that has not finished its TLS handshake in this many milliseconds is dropped.
+    tls_handshake_timeout_ms: u64,
 }
 
 impl Default for RouterSection {
@@ -54,6 +61,9 @@ impl Default for RouterSection {
         RouterSection {
             listen: "127.0.0.1:7000".parse().expect("valid address"),
             max_id_bytes: chat_proto::ids::DEFAULT_MAX_ID_BYTES,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -117,6 +127,12 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
     );
     cfg.cluster.check("cluster")?;
     cfg.web.check().context("web")?;
+    anyhow::ensure!(
+        cfg.router.tls_cert_file.is_empty() == cfg.router.tls_key_file.is_empty(),
+        "router.tls_cert_file and router.tls_key_file go together"
+    );
+    // Loaded here only to check the files (for --check-config too); run() loads them again.
+    tls_acceptor(&cfg.router)?;
     Ok(cfg)
 }
 
@@ -188,9 +204,34 @@ async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(cfg.router.listen).await?;
     let addr = listener.local_addr()?;
-    // One line on stdout for scripts and tests that start the router with port 0.
-    println!("chat-router ready http://{addr}");
-    tracing::info!(%addr, "routing");
-    chat_service::admin::serve(listener, app, metrics, chat_service::signal::shutdown()).await?;
+    let shutdown = chat_service::signal::shutdown();
+    match tls_acceptor(&cfg.router)? {
+        Some(acceptor) => {
+            let wait = std::time::Duration::from_millis(cfg.router.tls_handshake_timeout_ms);
+            let listener = chat_service::tls::TlsListener::new(listener, acceptor, wait);
+            ready_line("https", addr);
+            chat_service::admin::serve(listener, app, metrics, shutdown).await?;
+        }
+        None => {
+            ready_line("http", addr);
+            chat_service::admin::serve(listener, app, metrics, shutdown).await?;
+        }
+    }
     Ok(())
+}
+
+/// One line on stdout for scripts and tests that start the router with port 0.
+fn ready_line(scheme: &str, addr: SocketAddr) {
+    println!("chat-router ready {scheme}://{addr}");
+    tracing::info!(%addr, scheme, "routing");
+}
+
+fn tls_acceptor(r: &RouterSection) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    if r.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let (cert, key) = (Path::new(&r.tls_cert_file), Path::new(&r.tls_key_file));
+    chat_service::tls::acceptor(cert, key, "router.tls")
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!(e))
 }

@@ -238,6 +238,82 @@ async fn the_rust_client_and_the_cli_speak_wss_trusting_a_private_ca() {
     assert!(!ok && err.contains("certificate"), "{err}");
 }
 
+/// `https://` on the node's HTTP listener and on the router, for pages served over https: both
+/// answer a client that trusts the CA, refuse plain HTTP, and a client that connects and says
+/// nothing does not hold up the others.
+#[tokio::test]
+async fn the_http_listener_and_the_router_speak_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &certs]);
+    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
+    let (cert, key) = (
+        dir.path().join("localhost.pem").display().to_string(),
+        dir.path().join("localhost.key").display().to_string(),
+    );
+    let node = TestNode::start(&[
+        ("CHAT_NODE_HTTP__TLS_CERT_FILE", &cert),
+        ("CHAT_NODE_HTTP__TLS_KEY_FILE", &key),
+    ]);
+    assert!(node.http_url.starts_with("https://"), "{}", node.http_url);
+    let etcd = TestEtcd::start();
+    let mut router = std::process::Command::new(bin("chat-router"))
+        .args(["--listen", "127.0.0.1:0", "--etcd", &etcd.url])
+        .env("CHAT_ROUTER_ROUTER__TLS_CERT_FILE", &cert)
+        .env("CHAT_ROUTER_ROUTER__TLS_KEY_FILE", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = chat_tests::process::first_line(&mut router)
+        .recv_timeout(WAIT)
+        .expect("the router's ready line");
+    let router_addr = line
+        .strip_prefix("chat-router ready https://")
+        .expect(&line)
+        .to_string();
+
+    let pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(T)
+        .build()
+        .unwrap();
+    let port = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let node_port = port(&node.http_url);
+    let router_port = port(&router_addr);
+
+    // A client that opens a connection and never says a word.
+    let _silent = TcpStream::connect(format!("127.0.0.1:{router_port}"))
+        .await
+        .unwrap();
+    for url in [
+        format!("https://localhost:{node_port}/v1/openapi.json"),
+        format!("https://localhost:{router_port}/healthz"),
+    ] {
+        let r = http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(r.status(), 200, "{url}");
+        let plain = url.replacen("https://", "http://", 1);
+        assert!(
+            http.get(&plain).send().await.is_err(),
+            "{plain} answered in plain HTTP"
+        );
+    }
+    let _ = router.kill();
+    let _ = router.wait();
+}
+
 #[test]
 fn a_certificate_without_its_key_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

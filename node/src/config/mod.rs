@@ -299,7 +299,12 @@ impl NodeConfig {
     /// The base URL of this node's client HTTP listener, once its real address is known.
     pub fn http_url(&self, bound: SocketAddr) -> String {
         if self.http.public_url.is_empty() {
-            format!("http://{bound}")
+            let scheme = if self.http.tls_cert_file.is_empty() {
+                "http"
+            } else {
+                "https"
+            };
+            format!("{scheme}://{bound}")
         } else {
             self.http.public_url.trim_end_matches('/').to_string()
         }
@@ -390,6 +395,10 @@ mod tests {
             "[rebalance]\nbackoff_min_ms = 5000\n",
             "[peer]\nkeep_alive_ms = 9000\n",
             "[cluster]\nforward_batch = 1\n",
+            "[http]\ntls_cert_file = \"/etc/chat/http.pem\"\n",
+            "[http]\ntls_cert_file = \"a.pem\"\ntls_key_file = \"a.key\"\npublic_url = \"http://x\"\n",
+            "[http]\nallow_origins = [\"*\", \"https://a.example\"]\n",
+            "[http]\nallow_origins = [\"https://a.example/path\"]\n",
         ] {
             let f = write(
                 dir.path(),

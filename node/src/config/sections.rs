@@ -140,10 +140,25 @@ pub struct HttpSection {
     /// allows every origin, which is safe here: requests carry a bearer token or a signed URL,
     /// never a cookie. Empty: no CORS headers (browsers then refuse cross-origin calls).
     pub allow_origins: Vec<String>,
+    /// PEM certificate chain for TLS on this listener (`https://`: the API and the embedded
+    /// store's signed URLs for pages served over https); empty: plain HTTP. Needs
+    /// `tls_key_file`.
+    pub tls_cert_file: String,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: String,
 }
 
 impl HttpSection {
     pub fn check(&self) -> Result<(), String> {
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err("http.tls_cert_file and http.tls_key_file go together".into());
+        }
+        if !self.tls_cert_file.is_empty() && self.public_url.starts_with("http://") {
+            return Err(format!(
+                "http.public_url {} is http:// but the listener speaks TLS: use https://",
+                self.public_url
+            ));
+        }
         let o = &self.allow_origins;
         if o.iter().any(|x| x == "*") && o.len() > 1 {
             return Err("http.allow_origins: \"*\" allows every origin; list no others".into());
@@ -171,6 +186,8 @@ impl Default for HttpSection {
             listen: "127.0.0.1:7700".parse().expect("valid address"),
             public_url: String::new(),
             allow_origins: vec!["*".into()],
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }

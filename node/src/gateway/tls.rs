@@ -6,11 +6,8 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -23,29 +20,9 @@ pub enum ClientStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// The acceptor for a PEM certificate chain and its private key (PKCS#8, PKCS#1 or SEC1),
-/// speaking HTTP/1.1 (the WebSocket upgrade) only.
+/// The acceptor for the client listener's certificate and key.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("client.tls_cert_file {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "client.tls_cert_file {}: no certificate in it",
-            cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("client.tls_key_file {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("client TLS certificate and key: {e}"))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    chat_service::tls::acceptor(cert, key, "client.tls")
 }
 
 impl AsyncRead for ClientStream {

@@ -60,22 +60,36 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Serves until `shutdown`; requests in progress finish first.
+/// Serves until `shutdown`; requests in progress finish first. With `tls`
+/// (`http.tls_cert_file`), every connection speaks TLS, its handshake within
+/// `client.hello_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<NodeContext>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     use axum::serve::ListenerExt;
+    let wait = std::time::Duration::from_millis(ctx.cfg.client.hello_timeout_ms);
     let app = routes(ctx);
-    // Without it a response's last segment waits for the client's delayed ACK (about 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let r = match tls {
+        Some(acceptor) => {
+            let listener = chat_service::tls::TlsListener::new(listener, acceptor, wait);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            // Without it a response's last segment waits for the client's delayed ACK (40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = r {
         tracing::error!(error = %e, "client HTTP listener failed");
     }
 }

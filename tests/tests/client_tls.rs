@@ -32,6 +32,18 @@ fn connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+/// A CA and a certificate for `localhost` from it, in a temp dir: the dir (keep it), and the
+/// certificate's and key's paths as text (for env variables).
+fn localhost_certs() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().display().to_string();
+    chatctl(&["certs", "init", "--dir", &certs]);
+    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    let (cert, key) = (path("localhost.pem"), path("localhost.key"));
+    (dir, cert, key)
+}
+
 fn addr(url: &str) -> String {
     url.split("://")
         .nth(1)
@@ -51,17 +63,10 @@ fn json(frame: client_frame::Frame) -> Message {
 
 #[tokio::test]
 async fn a_browser_like_client_is_served_over_wss_and_plain_clients_are_turned_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().display().to_string();
-    chatctl(&["certs", "init", "--dir", &certs]);
-    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
-    let (cert, key) = (
-        dir.path().join("localhost.pem"),
-        dir.path().join("localhost.key"),
-    );
+    let (dir, cert, key) = localhost_certs();
     let node = TestNode::start(&[
-        ("CHAT_NODE_CLIENT__TLS_CERT_FILE", cert.to_str().unwrap()),
-        ("CHAT_NODE_CLIENT__TLS_KEY_FILE", key.to_str().unwrap()),
+        ("CHAT_NODE_CLIENT__TLS_CERT_FILE", &cert),
+        ("CHAT_NODE_CLIENT__TLS_KEY_FILE", &key),
     ]);
     assert!(node.url.starts_with("wss://127.0.0.1:"), "{}", node.url);
     let addr = addr(&node.url);
@@ -178,19 +183,10 @@ where
 /// certificate, and refuse it otherwise (the system's roots do not know a private CA).
 #[tokio::test]
 async fn the_rust_client_and_the_cli_speak_wss_trusting_a_private_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().display().to_string();
-    chatctl(&["certs", "init", "--dir", &certs]);
-    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
+    let (dir, cert, key) = localhost_certs();
     let node = TestNode::start(&[
-        (
-            "CHAT_NODE_CLIENT__TLS_CERT_FILE",
-            dir.path().join("localhost.pem").to_str().unwrap(),
-        ),
-        (
-            "CHAT_NODE_CLIENT__TLS_KEY_FILE",
-            dir.path().join("localhost.key").to_str().unwrap(),
-        ),
+        ("CHAT_NODE_CLIENT__TLS_CERT_FILE", &cert),
+        ("CHAT_NODE_CLIENT__TLS_KEY_FILE", &key),
     ]);
     let port = addr(&node.url).rsplit(':').next().unwrap().to_string();
     let url = format!("wss://localhost:{port}");
@@ -243,14 +239,7 @@ async fn the_rust_client_and_the_cli_speak_wss_trusting_a_private_ca() {
 /// nothing does not hold up the others.
 #[tokio::test]
 async fn the_http_listener_and_the_router_speak_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().display().to_string();
-    chatctl(&["certs", "init", "--dir", &certs]);
-    chatctl(&["certs", "issue", "localhost", "--dir", &certs]);
-    let (cert, key) = (
-        dir.path().join("localhost.pem").display().to_string(),
-        dir.path().join("localhost.key").display().to_string(),
-    );
+    let (dir, cert, key) = localhost_certs();
     let node = TestNode::start(&[
         ("CHAT_NODE_HTTP__TLS_CERT_FILE", &cert),
         ("CHAT_NODE_HTTP__TLS_KEY_FILE", &key),

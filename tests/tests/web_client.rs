@@ -463,3 +463,46 @@ async fn pages_follow_their_users_when_the_ring_moves() {
     b.screenshots("done").await;
     b.close().await;
 }
+
+/// A new browser of a user whose phone already has everything starts with no backlog: the page
+/// shows the newest page of history, and "Load older messages" brings the rest, in order.
+#[tokio::test]
+async fn older_messages_are_paged_in_from_history() {
+    let (c, router) = cluster();
+    let alice = c.users_on("n1", "alice", 1).remove(0);
+    let bob = c.users_on("n2", "bob", 1).remove(0);
+    let mut phone = c.node("n2").connect(&bob, "phone").await;
+    let mut sender = c.node("n1").connect(&alice, "cli").await;
+    let bodies: Vec<String> = (0..60).map(|i| format!("old {i:02}")).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        sender
+            .send_message(&format!("h{i}"), &bob, body)
+            .await
+            .unwrap();
+    }
+    let got = chat_tests::receive_messages(&mut phone, 60).await;
+    let last = got.last().unwrap().0;
+    // The phone's cursor is durable at the last message (a new device starts there).
+    drop(phone);
+    chat_tests::wait_until_async(
+        "the phone's cursor at the end",
+        chat_tests::WAIT,
+        async || c.node("n2").connect(&bob, "phone").await.welcome.cursor == last,
+    )
+    .await
+    .unwrap();
+
+    let mut b = Browsers::start("history");
+    let pb = sign_in(&mut b, &router, &bob).await;
+    let conv = format!("#conversations li[data-conv='{alice}'] button");
+    pb.click(&conv).await;
+    let newest: Vec<&str> = bodies[10..].iter().map(String::as_str).collect();
+    shows_exactly(&b, &pb, "the newest fifty", &newest).await;
+    pb.click("#older").await;
+    let all: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    shows_exactly(&b, &pb, "all sixty, in order", &all).await;
+    let hidden = "return document.getElementById('older').hidden";
+    b.wait(&pb, "no older page left", hidden, |v| v == true)
+        .await;
+    b.close().await;
+}

@@ -10,6 +10,8 @@ import { $, drawConversation, drawList, presenceText, showConn } from './view.js
 import type { MediaView } from './view.js';
 
 const TYPING_REPEAT_MS = 3000;
+/// Inbox entries asked for per history page (the node's maximum is 200).
+const HISTORY_PAGE = 50;
 
 export class ChatPage {
   private readonly client: ChatClient;
@@ -20,6 +22,9 @@ export class ChatPage {
   private loaded = false;
   private readonly urls = new Map<string, string>();
   private groupMembers = new Map<string, string[]>();
+  /// The oldest inbox seq loaded from history, and whether older entries exist.
+  private oldest = 0;
+  private more = false;
 
   constructor(client: ChatClient) {
     this.client = client;
@@ -92,12 +97,22 @@ export class ChatPage {
   private async loadInitial(): Promise<void> {
     try {
       for (const g of await this.client.myGroups()) this.store.conversation(g.group, 'group', g.name);
-      const page = await this.client.history({ limit: 200 });
-      for (const e of [...page.entries].sort((a, b) => a.seq - b.seq)) this.apply(e);
-      this.afterChange();
+      await this.loadHistory();
     } catch (e) {
       this.showError(e);
     }
+  }
+
+  /// One page of history before what is loaded (oldest first, so receipts find their messages).
+  private async loadHistory(): Promise<void> {
+    const beforeSeq = this.oldest > 0 ? this.oldest : undefined;
+    const page = await this.client.history({ beforeSeq, limit: HISTORY_PAGE });
+    for (const e of [...page.entries].sort((a, b) => a.seq - b.seq)) this.apply(e);
+    const seqs = page.entries.map((e) => e.seq);
+    if (seqs.length > 0) this.oldest = Math.min(...seqs);
+    this.more = page.more && seqs.length > 0;
+    $('older').hidden = !this.more;
+    this.afterChange();
   }
 
   private apply(e: Entry): void {
@@ -204,6 +219,9 @@ export class ChatPage {
       window.addEventListener(ev, () => c.markActive(), { passive: true });
     }
     document.addEventListener('visibilitychange', () => this.markRead());
+    $('older').addEventListener('click', () => {
+      this.loadHistory().catch((e) => this.showError(e));
+    });
     $('new-chat-form').addEventListener('submit', (e) => {
       e.preventDefault();
       const input = $<HTMLInputElement>('new-chat');

@@ -8,6 +8,8 @@
 //!   bearer token's user (the node checks the token; the router only reads its `sub`);
 //! - `GET /healthz`, `GET /readyz` (ring loaded), `GET /metrics` (Prometheus);
 //! - with `[web]`: the web client's files at `/`, and in development `POST /dev/token` ([`web`]).
+//!
+//! With `router.tls_cert_file` and `tls_key_file` it speaks `https://` (`chat_service::tls`).
 
 mod route;
 mod web;
@@ -130,6 +132,10 @@ fn load(args: &Args) -> anyhow::Result<RouterConfig> {
     anyhow::ensure!(
         cfg.router.tls_cert_file.is_empty() == cfg.router.tls_key_file.is_empty(),
         "router.tls_cert_file and router.tls_key_file go together"
+    );
+    anyhow::ensure!(
+        cfg.router.tls_handshake_timeout_ms >= 100,
+        "router.tls_handshake_timeout_ms must be at least 100"
     );
     // Loaded here only to check the files (for --check-config too); run() loads them again.
     tls_acceptor(&cfg.router)?;

@@ -51,18 +51,19 @@ impl Browsers {
             .process_group(0)
             .spawn()
             .expect("spawn chromedriver (ops/install-deps.sh installs chromium-driver)");
-        let url = format!("http://127.0.0.1:{port}");
+        // Owned before the wait: should it fail, dropping this ends chromedriver.
+        let browsers = Browsers {
+            driver: Some(driver),
+            url: format!("http://127.0.0.1:{port}"),
+            test: test.to_string(),
+            profiles: tempfile::tempdir().expect("profiles dir"),
+            pages: Vec::new(),
+        };
         wait_until("chromedriver to listen", WAIT, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
         .unwrap();
-        Browsers {
-            driver: Some(driver),
-            url,
-            test: test.to_string(),
-            profiles: tempfile::tempdir().expect("profiles dir"),
-            pages: Vec::new(),
-        }
+        browsers
     }
 
     /// A new headless Chromium at `url`.

@@ -172,6 +172,11 @@ impl Drop for Browsers {
     }
 }
 
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    matches!(e, fantoccini::error::CmdError::Standard(w)
+        if w.error == fantoccini::error::ErrorStatus::StaleElementReference)
+}
+
 impl Page {
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
@@ -191,12 +196,20 @@ impl Page {
             .unwrap_or_else(|e| panic!("{}: typing into {css}: {e}", self.name));
     }
 
+    /// Clicks the element `css` names. The page may redraw it between finding and clicking (a
+    /// stale element): then it is found again, until the deadline, as a person would click
+    /// what is on screen now.
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("{}: clicking {css}: {e}", self.name));
+        let until = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < until && is_stale(&e) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{}: clicking {css}: {e}", self.name),
+            }
+        }
     }
 
     /// Runs `script` (a function body) and returns its value.

@@ -47,38 +47,62 @@ export function presenceText(store: Store, user: string): string {
   return p.online ? 'online' : lastSeenText(p.lastSeenMs);
 }
 
-/// The conversation list: one button per conversation, with its unread count.
+interface ListItem {
+  li: HTMLLIElement;
+  title: HTMLSpanElement;
+  preview: HTMLSpanElement;
+  badge: HTMLSpanElement;
+}
+
+const listed = new Map<string, ListItem>();
+
+/// The conversation list: one button per conversation, with its unread count. Items are kept
+/// and updated in place, so a redraw does not take the keyboard focus away from one.
 export function drawList(store: Store, onOpen: (id: string) => void): void {
   const ul = $('conversations');
-  const items = store.sorted().map((c) => {
-    const li = document.createElement('li');
-    li.dataset.conv = c.id;
-    li.dataset.kind = c.kind;
-    li.setAttribute('aria-current', String(store.open === c.id));
-    const b = document.createElement('button');
-    b.type = 'button';
-    const text = document.createElement('span');
-    const title = document.createElement('span');
-    title.className = 'title';
-    title.textContent = c.title;
-    const preview = document.createElement('span');
-    preview.className = 'preview';
-    const last = c.messages[c.messages.length - 1];
-    preview.textContent = last ? (last.body || (last.attachment ? 'attachment' : '')) : '';
-    text.append(title, preview);
-    b.append(text);
-    if (c.unread > 0) {
-      const badge = document.createElement('span');
-      badge.className = 'unread';
-      badge.textContent = String(c.unread);
-      badge.setAttribute('aria-label', `${c.unread} unread`);
-      b.append(badge);
+  const keep = new Set<string>();
+  for (const c of store.sorted()) {
+    keep.add(c.id);
+    let item = listed.get(c.id);
+    if (!item) {
+      item = newListItem(c, onOpen);
+      listed.set(c.id, item);
     }
-    b.addEventListener('click', () => onOpen(c.id));
-    li.append(b);
-    return li;
-  });
-  ul.replaceChildren(...items);
+    item.li.setAttribute('aria-current', String(store.open === c.id));
+    item.title.textContent = c.title;
+    const last = c.messages[c.messages.length - 1];
+    item.preview.textContent = last ? last.body || (last.attachment ? 'attachment' : '') : '';
+    item.badge.hidden = c.unread === 0;
+    item.badge.textContent = String(c.unread);
+    item.badge.setAttribute('aria-label', `${c.unread} unread`);
+    ul.append(item.li); // moves it to its place in order
+  }
+  for (const [id, item] of listed) {
+    if (!keep.has(id)) {
+      item.li.remove();
+      listed.delete(id);
+    }
+  }
+}
+
+function newListItem(c: Conversation, onOpen: (id: string) => void): ListItem {
+  const li = document.createElement('li');
+  li.dataset.conv = c.id;
+  li.dataset.kind = c.kind;
+  const b = document.createElement('button');
+  b.type = 'button';
+  const text = document.createElement('span');
+  const title = document.createElement('span');
+  title.className = 'title';
+  const preview = document.createElement('span');
+  preview.className = 'preview';
+  text.append(title, preview);
+  const badge = document.createElement('span');
+  badge.className = 'unread';
+  b.append(text, badge);
+  b.addEventListener('click', () => onOpen(c.id));
+  li.append(b);
+  return { li, title, preview, badge };
 }
 
 /// How a message's file is shown: its thumbnail at once, the image itself once its URL is known.

@@ -11,7 +11,8 @@
 #   systemd           systemd-analyze verifies ops/systemd's units (not run as init)
 #   chromium, chromium-driver   the web client's browser tests drive headless Chromium
 #   nodejs, npm       build and unit-test the TypeScript client and the web client (web/);
-#                     only when the machine has no Node.js (Node 18 or later) of its own
+#                     only when the machine has no Node.js of its own; Node 20 or later is
+#                     needed (the TypeScript client's live test uses its WebSocket)
 #   s3s-fs            (cargo install) a real S3-compatible server for the media tests; pinned to
 #                     0.14.1 (needs Rust 1.92; 0.15 and later need 1.96, newer than this machine's)
 set -euo pipefail
@@ -60,8 +61,8 @@ if ! s3s-fs --version 2>/dev/null | grep -qwF "$S3S_FS_VERSION"; then
 fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$node_major" -lt 18 ]; then
-  echo "install-deps: Node.js $(node --version) is too old for web/ (18 or later)" >&2
+if [ "$node_major" -lt 20 ]; then
+  echo "install-deps: Node.js $(node --version) is too old for web/ (20 or later: install it from nodejs.org or NodeSource)" >&2
   exit 1
 fi
 

@@ -3,33 +3,21 @@
 //! plain `ws://` client, a client that does not trust the certificate and a client that sends
 //! garbage instead of a TLS handshake are turned away and leave the node serving.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chat_client::v1::{client_frame, deliver, server_frame, ClientFrame, Hello, Send, ServerFrame};
 use chat_tests::*;
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(20);
 
-/// A TLS client for `localhost` trusting `ca` (PEM).
+/// A TLS client trusting `ca` (PEM): the Rust client library's own configuration.
 fn connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(chat_client::tls_trusting(ca).unwrap())
 }
 
 /// A CA and a certificate for `localhost` from it, in a temp dir: the dir (keep it), and the

@@ -313,17 +313,12 @@ export class ChatPage {
       return this.showError(e);
     }
     this.store.addOutgoing(convId, kind, p.clientMsgId, body, attachment);
-    p.sent.then(
-      (s) => {
-        this.store.onSent(p.clientMsgId, s.msgId, s.ts);
-        this.draw();
-      },
-      (e: unknown) => {
-        this.store.onSendFailed(p.clientMsgId, e instanceof Error ? e.message : String(e));
-        this.showError(e);
-        this.draw();
-      },
-    );
+    // The ✓ comes as the client's `sent` event (handled in `listen`); only a refusal here.
+    p.sent.catch((e: unknown) => {
+      this.store.onSendFailed(p.clientMsgId, e instanceof Error ? e.message : String(e));
+      this.showError(e);
+      this.draw();
+    });
     this.afterChange();
   }
 

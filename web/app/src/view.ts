@@ -1,6 +1,7 @@
 // Drawing the store on the page. Elements are kept per message (by key) and updated in place, so
 // a tick that changes does not reload images or move the reader's scroll position.
 
+import { toBase64 } from '@chat/client';
 import type { ConnState } from '@chat/client';
 import type { ChatMessage, Conversation, Store, Tick } from './store.js';
 
@@ -213,10 +214,4 @@ function updateMessage(li: HTMLLIElement, m: ChatMessage): void {
     tick.title = m.error ?? label;
     meta.append(tick);
   }
-}
-
-function toBase64(b: Uint8Array): string {
-  let s = '';
-  for (const x of b) s += String.fromCharCode(x);
-  return btoa(s);
 }

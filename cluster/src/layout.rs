@@ -46,15 +46,26 @@ pub struct RingVersion {
     pub epoch: u64,
     pub vnodes_per_weight: u32,
     pub members: Vec<Member>,
+    /// Copies of every key: the owner's and `replication_factor - 1` followers'
+    /// (`docs/replication.md`). Absent in documents written before replication: one copy.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replication_factor: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl RingVersion {
     pub fn build(&self) -> Result<Ring, ClusterError> {
-        Ok(Ring::new(
-            self.epoch,
-            &self.members,
-            self.vnodes_per_weight,
-        )?)
+        Ok(
+            Ring::new(self.epoch, &self.members, self.vnodes_per_weight)?
+                .with_replication(self.replication_factor)?,
+        )
     }
 }
 
@@ -130,6 +141,7 @@ impl RingVersion {
             epoch: ring.epoch(),
             vnodes_per_weight: ring.vnodes_per_weight(),
             members: ring.member_list(),
+            replication_factor: ring.replication_factor(),
         }
     }
 }
@@ -232,6 +244,7 @@ mod tests {
                 epoch,
                 vnodes_per_weight: 16,
                 members: ids.iter().map(|id| Member::new(*id, 1)).collect(),
+                replication_factor: 1,
             },
             next: None,
             previous: None,
@@ -276,6 +289,27 @@ mod tests {
             !v.apply(p, "/c/rebalance/3/a", Some(b"{}")).unwrap(),
             "progress routes nothing"
         );
+    }
+
+    #[test]
+    fn the_replication_factor_is_stored_only_when_above_one_and_builds_the_ring() {
+        let one: RingDoc = serde_json::from_slice(&doc(1, &["a", "b", "c"])).unwrap();
+        assert_eq!(
+            one.current.replication_factor, 1,
+            "older documents: one copy"
+        );
+        let json = serde_json::to_string(&one).unwrap();
+        assert!(!json.contains("replication"), "{json}");
+        let mut two = one.current.clone();
+        two.replication_factor = 2;
+        let ring = two.build().unwrap();
+        assert_eq!(ring.copies(), 2);
+        assert_eq!(RingVersion::of(&ring), two, "a ring and its document agree");
+        let back: RingVersion =
+            serde_json::from_str(&serde_json::to_string(&two).unwrap()).unwrap();
+        assert_eq!(back, two);
+        two.replication_factor = 0;
+        assert!(two.build().is_err(), "no copies at all is refused");
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub async fn begin(
         });
     }
     let current = doc.current.build()?;
+    // A move hands segments to new owners; with followers it would also have to fill every
+    // new follower before the commit, which is not built: the moved keys would then have one
+    // copy while the ring promises more.
+    if current.copies() > 1 {
+        return Err(ClusterError::Move(format!(
+            "the ring keeps {} copies of every key, and moves of a replicated ring are not built yet (docs/replication.md)",
+            current.copies()
+        )));
+    }
     let next = match change {
         Change::Add { node, weight } => plan_add(&current, node, *weight),
         Change::Remove { node } => plan_remove(&current, node),

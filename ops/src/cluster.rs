@@ -16,9 +16,13 @@ pub async fn client(cfg: &EtcdConfig) -> anyhow::Result<chat_cluster::etcd_clien
 pub async fn init(
     cfg: &EtcdConfig,
     vnodes_per_weight: u32,
+    replication_factor: u32,
     wait_nodes: usize,
     timeout: Duration,
 ) -> anyhow::Result<RingDoc> {
+    if replication_factor == 0 {
+        bail!("--replication-factor must be at least 1");
+    }
     let mut c = client(cfg).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let nodes = loop {
@@ -41,6 +45,7 @@ pub async fn init(
             epoch: 1,
             vnodes_per_weight,
             members: nodes.iter().map(|n| Member::new(&n.id, n.weight)).collect(),
+            replication_factor,
         },
         next: None,
         previous: None,
@@ -65,6 +70,21 @@ pub async fn ring(cfg: &EtcdConfig) -> anyhow::Result<(RingDoc, Ring, Vec<NodeIn
 pub async fn nodes(cfg: &EtcdConfig) -> anyhow::Result<Vec<NodeInfo>> {
     let mut c = client(cfg).await?;
     Ok(chat_cluster::list_nodes(&mut c, &cfg.prefix).await?)
+}
+
+/// The share of the circle each member holds as a follower (exact, from the placed segments);
+/// every member is listed, at 0 with one copy.
+pub fn follows(ring: &Ring) -> std::collections::BTreeMap<String, f64> {
+    let mut out: std::collections::BTreeMap<String, f64> = ring
+        .members()
+        .map(|(id, _)| (id.to_string(), 0.0))
+        .collect();
+    for s in ring.placed_segments() {
+        for f in &s.replicas.followers {
+            *out.entry(f.clone()).or_default() += chat_ring::replicas::share(s.start, s.end);
+        }
+    }
+    out
 }
 
 /// Each member's share of users, estimated from a fixed sample of ids.

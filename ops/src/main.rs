@@ -123,6 +123,11 @@ enum ClusterCmd {
         /// Virtual nodes per unit of weight.
         #[arg(long, default_value_t = chat_ring::DEFAULT_VNODES_PER_WEIGHT)]
         vnodes_per_weight: u32,
+        /// Copies of every user's and group's data: the owner's and N-1 followers' on the next
+        /// distinct nodes clockwise. With 2, a ✓ means two nodes stored the message
+        /// (docs/replication.md).
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u32,
         /// Wait until at least this many nodes are registered.
         #[arg(long, default_value_t = 1)]
         wait_nodes: usize,
@@ -230,6 +235,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 ClusterCmd::Init {
                     etcd,
                     vnodes_per_weight,
+                    replication_factor,
                     wait_nodes,
                     timeout_secs,
                 },
@@ -237,6 +243,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let doc = cluster::init(
                 &etcd.config(),
                 vnodes_per_weight,
+                replication_factor,
                 wait_nodes,
                 Duration::from_secs(timeout_secs),
             )
@@ -248,8 +255,14 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .map(|m| format!("{} (weight {})", m.id, m.weight))
                 .collect();
             println!(
-                "ring epoch {} created: {}",
+                "ring epoch {} created with {} cop{} of every key: {}",
                 doc.current.epoch,
+                doc.current.replication_factor,
+                if doc.current.replication_factor == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
                 ids.join(", ")
             );
         }
@@ -258,25 +271,40 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => {
             let (doc, ring, nodes) = cluster::ring(&etcd.config()).await?;
             let shares = cluster::shares(&ring);
+            let follows = cluster::follows(&ring);
             let owners: Vec<(String, String)> = user
                 .iter()
                 .map(|u| (u.clone(), ring.owner(u).to_string()))
+                .collect();
+            let followers: std::collections::BTreeMap<String, Vec<String>> = user
+                .iter()
+                .map(|u| {
+                    let r = ring.replicas(u);
+                    (
+                        u.clone(),
+                        r.followers.iter().map(|f| f.to_string()).collect(),
+                    )
+                })
                 .collect();
             if json {
                 let v = serde_json::json!({
                     "ring": doc,
                     "shares": shares.iter().map(|(id, s)| (id.clone(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "follows": follows,
                     "owners": owners.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "followers": followers,
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "epoch {}  vnodes per weight {}",
-                    doc.current.epoch, doc.current.vnodes_per_weight
+                    "epoch {}  vnodes per weight {}  copies of every key {}",
+                    doc.current.epoch,
+                    doc.current.vnodes_per_weight,
+                    ring.copies()
                 );
                 println!(
-                    "{:<16} {:>6} {:>8}  registered",
-                    "member", "weight", "share"
+                    "{:<16} {:>6} {:>8} {:>8}  registered",
+                    "member", "weight", "owns", "follows"
                 );
                 for (id, share) in &shares {
                     let w = doc
@@ -289,10 +317,18 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         .iter()
                         .find(|n| &n.id == id)
                         .map_or("no".to_string(), |n| n.client_url.clone());
-                    println!("{id:<16} {w:>6} {:>7.2}%  {reg}", share * 100.0);
+                    let f = follows.get(id).copied().unwrap_or(0.0);
+                    println!(
+                        "{id:<16} {w:>6} {:>7.2}% {:>7.2}%  {reg}",
+                        share * 100.0,
+                        f * 100.0
+                    );
                 }
                 for (u, o) in owners {
-                    println!("{u} -> {o}");
+                    match followers.get(&u).filter(|f| !f.is_empty()) {
+                        Some(f) => println!("{u} -> {o} (followers {})", f.join(", ")),
+                        None => println!("{u} -> {o}"),
+                    }
                 }
             }
         }

@@ -25,6 +25,16 @@ impl TestCluster {
         vnodes_per_weight: u32,
         env: &[(&str, &str)],
     ) -> TestCluster {
+        Self::start_replicated(members, vnodes_per_weight, 1, env)
+    }
+
+    /// Like `start_with`, with `copies` of every key (the ring's replication factor).
+    pub fn start_replicated(
+        members: &[(&str, u32)],
+        vnodes_per_weight: u32,
+        copies: u32,
+        env: &[(&str, &str)],
+    ) -> TestCluster {
         let etcd = TestEtcd::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
@@ -48,6 +58,8 @@ impl TestCluster {
             "init",
             "--vnodes-per-weight",
             &vnodes_per_weight.to_string(),
+            "--replication-factor",
+            &copies.to_string(),
             "--wait-nodes",
             &members.len().to_string(),
         ]);

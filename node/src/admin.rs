@@ -18,8 +18,17 @@ pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
 pub const REBALANCE_PENDING: &str = "chat_rebalance_pending";
 /// Commands held until the old owners' seals are in (a receiver after a commit).
 pub const REBALANCE_HELD: &str = "chat_rebalance_held_commands";
-/// Committed batches not yet visible: waiting for new owners to store their moving writes.
+/// Committed batches not yet visible: waiting for new owners to store their moving writes, or
+/// followers to store their copies.
 pub const BATCHES_HELD: &str = "chat_batches_held";
+/// Items queued on the ordered stream to another node (a follower's replication lag, a new
+/// owner's backlog during a move), by `node`.
+pub const STREAM_QUEUED: &str = "chat_stream_queued_items";
+/// 1 while the follower `node` holds a full copy of what it follows for this node (filled and
+/// following); 0 while it is being filled. Only followers of this node's keys are listed.
+pub const REPLICA_IN_SYNC: &str = "chat_replica_in_sync";
+/// Fills of a follower started (at start, or after it lost its store), by `node`.
+pub const REPLICA_FILLS: &str = "chat_replica_fills_total";
 pub const FORWARD_SECONDS: &str = "chat_forward_seconds";
 pub const COMMIT_SECONDS: &str = "chat_commit_seconds";
 /// Batches that did not commit, by `reason`: `storage_full` (below `storage.min_free_mib`, or

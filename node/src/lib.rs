@@ -36,8 +36,10 @@ pub(crate) mod peer;
 pub(crate) mod presence;
 pub(crate) mod rate;
 pub(crate) mod rebalance;
+pub(crate) mod replication;
 pub(crate) mod routing;
 pub(crate) mod store;
+pub(crate) mod stream;
 pub(crate) mod throttle;
 pub(crate) mod validate;
 pub(crate) mod writer;
@@ -50,5 +52,6 @@ pub use store::free_bytes;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::peer::tls;
+    pub use crate::store::keys::{owner_hash, owner_prefix};
     pub use crate::store::{Cf, Store, StoreOptions};
 }

@@ -45,8 +45,9 @@ struct ClusterParts {
     forwarder: Forwarder,
     outbox_rx: mpsc::UnboundedReceiver<crate::writer::Outboxed>,
     registration: Registration,
-    streams_rx: mpsc::UnboundedReceiver<crate::rebalance::StreamItem>,
+    streams_rx: mpsc::UnboundedReceiver<crate::stream::StreamItem>,
     events_rx: mpsc::UnboundedReceiver<crate::rebalance::MoveEvent>,
+    fills_rx: mpsc::UnboundedReceiver<crate::replication::Fill>,
     etcd: EtcdConfig,
 }
 
@@ -87,6 +88,10 @@ impl Node {
             endpoints: cfg.cluster.etcd_endpoints.clone(),
             prefix: cfg.cluster.prefix.clone(),
         };
+        if !cfg.node.standalone && store.created() && !cfg.cluster.accept_empty_store {
+            refuse_empty_holder(&etcd, &cfg.node.id).await?;
+        }
+        store.keep_incarnation()?;
         let (routing, peers, outbox) = if cfg.node.standalone {
             (Routing::standalone(&cfg.node.id), None, None)
         } else {
@@ -104,14 +109,24 @@ impl Node {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
-        // Rebalancing: the writer's ordered streams to new owners, and its events.
-        let (streams_tx, streams_rx, events_tx, events_rx) = if cfg.node.standalone {
-            (None, None, None, None)
-        } else {
-            let (mtx, mrx) = mpsc::unbounded_channel();
-            let (etx, erx) = mpsc::unbounded_channel();
-            (Some(mtx), Some(mrx), Some(etx), Some(erx))
-        };
+        // The writer's ordered streams to new owners and followers, the move driver's events,
+        // and the followers to fill.
+        let (streams_tx, streams_rx, events_tx, events_rx, fills_tx, fills_rx) =
+            if cfg.node.standalone {
+                (None, None, None, None, None, None)
+            } else {
+                let (mtx, mrx) = mpsc::unbounded_channel();
+                let (etx, erx) = mpsc::unbounded_channel();
+                let (ftx, frx) = mpsc::unbounded_channel();
+                (
+                    Some(mtx),
+                    Some(mrx),
+                    Some(etx),
+                    Some(erx),
+                    Some(ftx),
+                    Some(frx),
+                )
+            };
         let (writer_handle, writer) = Writer::start(
             store.clone(),
             hub.clone(),
@@ -125,6 +140,7 @@ impl Node {
                 outbox_tx,
                 streams_tx,
                 events_tx,
+                fills_tx,
             },
         )?;
         let tls = if cfg.client_tls() {
@@ -190,6 +206,7 @@ impl Node {
                     registration,
                     streams_rx: streams_rx.expect("cluster mode"),
                     events_rx: events_rx.expect("cluster mode"),
+                    fills_rx: fills_rx.expect("cluster mode"),
                     etcd,
                 })
             }
@@ -343,12 +360,21 @@ impl Node {
             let id = shared.cfg.node.id.clone();
             let view = shared.routing.view.clone();
             let tuning = shared.cfg.rebalance.clone();
-            let streams = tokio::spawn(crate::rebalance::stream::run_streams(
+            let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+            let streams = tokio::spawn(crate::stream::send::run_streams(
                 c.streams_rx,
                 c.peers.clone(),
                 id.clone(),
                 view.clone(),
                 tuning.clone(),
+                lost_tx,
+            ));
+            tokio::spawn(crate::replication::fill::run_fills(
+                c.fills_rx,
+                lost_rx,
+                shared.writer.clone(),
+                tuning.clone(),
+                notify_shutdown.subscribe(),
             ));
             let driver = tokio::spawn(crate::rebalance::driver::run_driver(
                 c.events_rx,
@@ -423,6 +449,27 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// A node whose store is new must not join a replicated ring that already names it a holder:
+/// as owner it would replace its followers' copies (the only ones left) with its empty store.
+async fn refuse_empty_holder(etcd: &EtcdConfig, me: &str) -> anyhow::Result<()> {
+    let mut client = chat_cluster::connect(etcd).await?;
+    let Some(doc) = chat_cluster::read_ring(&mut client, &etcd.prefix).await? else {
+        return Ok(());
+    };
+    let ring = &doc.current;
+    if ring.replication_factor > 1 && ring.members.iter().any(|m| m.id == me) {
+        anyhow::bail!(
+            "this node's store is new, but ring epoch {} already names {me} a holder of {} \
+             copies: its data is on its followers, and starting would replace their copies with \
+             nothing. Recovery from followers is not built yet (docs/replication.md); if the data \
+             is lost anyway, set cluster.accept_empty_store = true",
+            ring.epoch,
+            ring.replication_factor
+        );
+    }
+    Ok(())
 }
 
 async fn accept_loop(

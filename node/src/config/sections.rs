@@ -50,6 +50,11 @@ pub struct ClusterSection {
     pub cert_file: PathBuf,
     /// This node's private key (PEM); empty: `<dir of ca_file>/<node.id>.key`.
     pub key_file: PathBuf,
+    /// Start with a new (empty) store although a replicated ring already names this node a
+    /// holder. Its followers' copies of its keys are then replaced by its empty store: only for
+    /// a node whose data is lost anyway (recovery from followers is not built yet,
+    /// docs/replication.md). Without it such a node refuses to start.
+    pub accept_empty_store: bool,
 }
 
 impl Default for ClusterSection {
@@ -64,6 +69,7 @@ impl Default for ClusterSection {
             ca_file: PathBuf::from("certs/ca.pem"),
             cert_file: PathBuf::new(),
             key_file: PathBuf::new(),
+            accept_empty_store: false,
         }
     }
 }

@@ -95,7 +95,9 @@ pub async fn handle(req: PeerRequest, ctx: Arc<NodeContext>) -> PeerResponse {
         {
             Ok(()) => PeerResponse {
                 epoch,
-                response: Some(peer_response::Response::Mirror(MirrorAck {})),
+                response: Some(peer_response::Response::Mirror(MirrorAck {
+                    incarnation: ctx.store.incarnation().to_string(),
+                })),
             },
             Err(e) => error_response(epoch, &e),
         },

@@ -5,10 +5,7 @@
 //!   writes in segments this node gives away; [`hold`] keeps a receiver's commands for the
 //!   received segments until every seal is in.
 //! - The writer puts the captured writes, the copy pages it reads between batches, and finally a
-//!   seal, on one ordered stream per new owner: [`StreamItem`]s.
-//! - [`stream::run_streams`] sends each new owner its stream over QUIC, one request in flight
-//!   per destination (so the new owner applies everything in stream order), retrying until
-//!   acknowledged.
+//!   seal, on one ordered stream per new owner (`crate::stream`, shared with replication).
 //! - [`driver::run_driver`] follows the move: reports progress to etcd, copies this node's
 //!   segments page by page, tries the commit, and drops given-away ranges once sealed (or
 //!   received ones after an abort).
@@ -17,16 +14,12 @@ pub(crate) mod capture;
 pub mod driver;
 pub(crate) mod hold;
 pub(crate) mod role;
-pub(crate) mod stream;
 
 use std::sync::Arc;
 
 use chat_cluster::ClusterView;
-use chat_proto::cluster::{ForwardEntry, HashRange, RawWrite};
 use chat_ring::transition::Transition;
 use tokio::sync::oneshot;
-
-use crate::writer::Hold;
 
 /// Why a move's request (a stream item, a copy page) was refused, by what the sender can do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,87 +35,6 @@ pub enum MoveError {
     /// This node has no share of that move (any more): a copy page it cannot serve.
     #[error("not in flight: {0}")]
     NotInFlight(String),
-}
-
-/// One item of the ordered stream to a new owner.
-pub struct StreamItem {
-    pub dest: String,
-    pub transition: Arc<Transition>,
-    pub kind: ItemKind,
-    /// What happens once the new owner acknowledged the item (or the move was aborted).
-    pub done: Done,
-}
-
-pub enum ItemKind {
-    /// Clear these ranges first (the start of a stream, or a range delete), then apply writes.
-    Writes {
-        reset: Vec<HashRange>,
-        writes: Vec<RawWrite>,
-    },
-    /// The last item: the giver writes nothing more in these segments. With the outbox entries
-    /// made by the moved users (see `Mirror.outbox`).
-    Seal { outbox: Vec<ForwardEntry> },
-}
-
-impl StreamItem {
-    pub fn writes(
-        dest: String,
-        t: &Arc<Transition>,
-        reset: Vec<HashRange>,
-        writes: Vec<RawWrite>,
-        done: Done,
-    ) -> Self {
-        StreamItem {
-            dest,
-            transition: t.clone(),
-            kind: ItemKind::Writes { reset, writes },
-            done,
-        }
-    }
-
-    pub fn seal(dest: String, t: &Arc<Transition>, outbox: Vec<ForwardEntry>, done: Done) -> Self {
-        StreamItem {
-            dest,
-            transition: t.clone(),
-            kind: ItemKind::Seal { outbox },
-            done,
-        }
-    }
-
-    fn epoch(&self) -> u64 {
-        self.transition.to().epoch()
-    }
-}
-
-/// What happens when an item is done with.
-pub enum Done {
-    Nothing,
-    /// Someone waits for the acknowledgement (a copy page, a seal).
-    Notify(oneshot::Sender<()>),
-    /// Part of a batch that becomes visible once every new owner acknowledged its writes.
-    Release(Hold),
-}
-
-impl Done {
-    /// The new owner stored the item.
-    pub fn acked(self) {
-        match self {
-            Done::Nothing => {}
-            Done::Notify(tx) => {
-                let _ = tx.send(());
-            }
-            Done::Release(h) => h.release(),
-        }
-    }
-
-    /// The move was aborted: the new owner's copy no longer matters.
-    pub fn abandoned(self) {
-        match self {
-            // Dropped unsent: the waiter learns the move is over.
-            Done::Nothing | Done::Notify(_) => {}
-            Done::Release(h) => h.abandon("the move was aborted"),
-        }
-    }
 }
 
 /// What the writer tells the driver.

@@ -32,6 +32,14 @@ pub use reads::history_floor;
 const LEGACY_MOVE_MARKER: &str = "move-in-flight.json";
 /// The move marker's key in [`Cf::Node`].
 pub(crate) const MOVE_MARKER_KEY: &[u8] = b"move-in-flight";
+/// The store's incarnation's key in [`Cf::Node`].
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
+fn keep_incarnation(engine: &dyn Engine, id: &str) -> Result<(), StorageError> {
+    let mut b = engine.batch();
+    b.put(Cf::Node, INCARNATION_KEY, id.as_bytes());
+    engine.write(b, true)
+}
 
 /// A raw key and value, as copied between nodes.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -58,6 +66,11 @@ pub struct StoredEntry {
 
 pub struct Store {
     engine: Box<dyn Engine>,
+    /// A random id made when the store was created: another id means another disk's data
+    /// (replication fills a follower whose id changed again).
+    incarnation: String,
+    /// Whether this open created the store: no incarnation and no data before.
+    created: bool,
     retention_ms: i64,
     /// The data directory (`None` in memory): its free space is checked before each write.
     dir: Option<std::path::PathBuf>,
@@ -76,11 +89,7 @@ impl Store {
         std::fs::create_dir_all(path)
             .map_err(|e| ChatError::Internal(format!("create {}: {e}", path.display())))?;
         let engine = rocks::RocksEngine::open(path, opts.retention, opts.block_cache_mib)?;
-        Ok(Store::with_engine(
-            Box::new(engine),
-            Some(path.to_path_buf()),
-            opts,
-        ))
+        Store::with_engine(Box::new(engine), Some(path.to_path_buf()), opts)
     }
 
     /// A store that keeps everything in memory (unit tests): no disk, no free-space floor.
@@ -91,15 +100,36 @@ impl Store {
             None,
             opts,
         )
+        .expect("an in-memory store opens")
     }
 
     fn with_engine(
         engine: Box<dyn Engine>,
         dir: Option<std::path::PathBuf>,
         opts: &StoreOptions,
-    ) -> Arc<Store> {
-        Arc::new(Store {
+    ) -> Result<Arc<Store>, ChatError> {
+        let (incarnation, created) = match engine.get(Cf::Node, INCARNATION_KEY)? {
+            Some(id) => (String::from_utf8_lossy(&id).into_owned(), false),
+            None => {
+                // A store from before incarnations has data: it was not created now.
+                let mut empty = true;
+                for cf in Cf::ALL {
+                    engine.scan(cf, engine::Scan::forward(&[]), &mut |_, _| {
+                        empty = false;
+                        Ok(false)
+                    })?;
+                }
+                let id = uuid::Uuid::now_v7().to_string();
+                if !empty {
+                    keep_incarnation(engine.as_ref(), &id)?;
+                }
+                (id, empty)
+            }
+        };
+        Ok(Arc::new(Store {
             engine,
+            incarnation,
+            created,
             retention_ms: millis(opts.retention),
             dir,
             min_free_bytes: opts.min_free_bytes.into(),
@@ -107,7 +137,26 @@ impl Store {
             compactions_on: true.into(),
             #[cfg(test)]
             free_bytes_override: Default::default(),
-        })
+        }))
+    }
+
+    /// The random id made when this store was created.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// Whether this store held nothing when it was opened (its incarnation is not stored until
+    /// [`Store::keep_incarnation`]: a node that refuses to start with it stays new).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Stores a new store's incarnation, once the node accepted to start with it.
+    pub fn keep_incarnation(&self) -> Result<(), ChatError> {
+        if self.created {
+            keep_incarnation(self.engine.as_ref(), &self.incarnation)?;
+        }
+        Ok(())
     }
 
     /// An empty batch for [`Store::write`].

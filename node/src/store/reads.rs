@@ -291,6 +291,17 @@ impl Store {
         Ok((out, more))
     }
 
+    /// Every key and value physically present in a column family (tests: what a node holds).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn all_keys(&self, cf: Cf) -> Result<Vec<KeyValue>, StorageError> {
+        let mut out = Vec::new();
+        self.engine.scan(cf, Scan::forward(&[]), &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Keys physically present in a column family, expired or not (tests: what a node still
     /// holds).
     #[cfg(any(test, feature = "testing"))]

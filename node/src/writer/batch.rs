@@ -1,5 +1,5 @@
-//! One batch: its typed writes (captured for new owners as they are made) and what it will make
-//! visible once on disk.
+//! One batch: its typed writes (captured for new owners and followers as they are made) and what
+//! it will make visible once on disk.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,21 +13,42 @@ use super::command::{Attached, Outboxed, Reply};
 use super::groups::GroupDone;
 use crate::error::ChatError;
 use crate::rebalance::capture::Capture;
+use crate::replication::capture::ReplicaCapture;
 use crate::store::engine::{EngineBatch, StorageError};
 use crate::store::{hash_range_bounds, Cf, Store};
 
-/// The writes of one batch, by column family. While this node gives segments away, every write
-/// in them is captured for the new owner at the moment it is made: there is no write that a
-/// call site could forget to mirror.
+/// Who a batch's writes are captured for, as they are made.
+#[derive(Default)]
+pub(crate) struct Captures {
+    /// New owners, while this node gives segments away in a move.
+    pub moving: Option<Capture>,
+    /// The followers of this node's keys (a replicated ring).
+    pub replica: Option<ReplicaCapture>,
+}
+
+impl Captures {
+    fn write(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        if let Some(c) = &mut self.moving {
+            c.write(cf, key, value);
+        }
+        if let Some(c) = &mut self.replica {
+            c.write(cf, key, value);
+        }
+    }
+}
+
+/// The writes of one batch, by column family. While this node gives segments away, or its keys
+/// have followers, every write to them is captured for the other holders at the moment it is
+/// made: there is no write that a call site could forget to mirror.
 pub(crate) struct Writes {
     wb: Box<dyn EngineBatch>,
-    capture: Option<Capture>,
+    capture: Captures,
     /// A write that must survive a crash once answered (all but `delete_relaxed`).
     durable: bool,
 }
 
 impl Writes {
-    pub(crate) fn new(store: Arc<Store>, capture: Option<Capture>) -> Writes {
+    pub(crate) fn new(store: Arc<Store>, capture: Captures) -> Writes {
         Writes {
             wb: store.batch(),
             capture,
@@ -39,9 +60,7 @@ impl Writes {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.durable = true;
         self.wb.put(cf, key, value);
-        if let Some(c) = &mut self.capture {
-            c.write(cf, key, Some(value));
-        }
+        self.capture.write(cf, key, Some(value));
     }
 
     /// A write that may be lost in a crash (a coarse last seen): captured for new owners like
@@ -49,18 +68,14 @@ impl Writes {
     pub(crate) fn put_relaxed(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.wb.put(cf, key, value);
-        if let Some(c) = &mut self.capture {
-            c.write(cf, key, Some(value));
-        }
+        self.capture.write(cf, key, Some(value));
     }
 
     pub(crate) fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         self.durable = true;
         self.wb.delete(cf, key);
-        if let Some(c) = &mut self.capture {
-            c.write(cf, key, None);
-        }
+        self.capture.write(cf, key, None);
     }
 
     /// A delete that may be lost in a crash (a delivered outbox entry: sent again after a
@@ -79,7 +94,10 @@ impl Writes {
         for cf in Cf::MOVING {
             self.wb.delete_range(cf, &from, &to);
         }
-        if let Some(c) = &mut self.capture {
+        if let Some(c) = &mut self.capture.moving {
+            c.delete_range(start, end);
+        }
+        if let Some(c) = &mut self.capture.replica {
             c.delete_range(start, end);
         }
     }
@@ -89,7 +107,7 @@ impl Writes {
     }
 
     /// The batch, whether it needs an fsync, and what was captured.
-    pub(crate) fn into_parts(self) -> (Box<dyn EngineBatch>, bool, Option<Capture>) {
+    pub(crate) fn into_parts(self) -> (Box<dyn EngineBatch>, bool, Captures) {
         (self.wb, self.durable, self.capture)
     }
 }
@@ -172,6 +190,9 @@ pub(crate) struct Batch {
     /// (user, seq, stored ts, entry) appended in this batch.
     pub appended: Vec<(String, u64, i64, Arc<InboxEntry>)>,
     pub answers: Vec<Answer>,
+    /// Answered as soon as the batch is on disk, before it is visible (a follower's
+    /// acknowledgement of an owner's stream).
+    pub on_disk: Vec<super::command::Reply<()>>,
     pub outboxed: Outboxed,
     /// Recipients of the entries this batch put in the outbox.
     pub outboxed_to: HashSet<String>,
@@ -203,6 +224,7 @@ impl Batch {
             new_devices: HashMap::new(),
             appended: Vec::new(),
             answers: Vec::new(),
+            on_disk: Vec::new(),
             outboxed: Vec::new(),
             outboxed_to: HashSet::new(),
             forwarded: HashSet::new(),

@@ -108,7 +108,8 @@ pub(crate) enum PeerCmd {
         entries: Vec<ForwardEntry>,
         reply: Reply<Vec<ForwardStatus>>,
     },
-    /// New owner in a move: one request of an old owner's stream, applied in stream order.
+    /// New owner in a move, or follower: one request of an old owner's or an owner's stream,
+    /// applied in stream order.
     Stream {
         from: String,
         req: Mirror,
@@ -166,11 +167,38 @@ pub(crate) enum MoveCmd {
     Seal { epoch: u64 },
 }
 
+/// The next page of what a follower follows here, in one column family.
+pub struct ReplicaPage {
+    pub dest: String,
+    /// The ring of the fill (`crate::replication::Fill::epoch`).
+    pub epoch: u64,
+    pub cf: Cf,
+    /// One of the follower's ranges (`Placement::followers`).
+    pub range: (u64, u64),
+    /// Most keys and bytes in the page.
+    pub max: (usize, usize),
+    /// The last key of the previous page (`None`: the start of the range).
+    pub after: Option<Vec<u8>>,
+}
+
+/// Commands from this node's fills of followers (`crate::replication::fill`). Both are answered
+/// at once, not when a batch becomes visible: visibility itself waits for the fills.
+pub(crate) enum ReplicaCmd {
+    /// Read the next page for a follower and put it on its stream.
+    Page {
+        req: ReplicaPage,
+        reply: Reply<Page>,
+    },
+    /// The follower `dest` lost its store: clear and fill it again.
+    Refill { dest: String, reply: Reply<()> },
+}
+
 pub(crate) enum Command {
     Client(ClientCmd),
     Peer(PeerCmd),
     Outbox(OutboxCmd),
     Move(MoveCmd),
+    Replica(ReplicaCmd),
 }
 
 /// The writer's answer to a queued command, once its batch is on disk and visible.
@@ -384,6 +412,18 @@ impl WriterHandle {
             .await
     }
 
+    pub async fn replica_page(&self, req: ReplicaPage) -> Result<Page, ChatError> {
+        self.ask(|reply| Command::Replica(ReplicaCmd::Page { req, reply }))
+            .await?
+            .await
+    }
+
+    pub async fn replica_refill(&self, dest: String) -> Result<(), ChatError> {
+        self.ask(|reply| Command::Replica(ReplicaCmd::Refill { dest, reply }))
+            .await?
+            .await
+    }
+
     /// Makes the writer run a batch (and so look at the move in the view) even if idle.
     pub async fn wake(&self) -> Result<(), ChatError> {
         self.queue(Command::Move(MoveCmd::Wake)).await
@@ -430,7 +470,8 @@ impl Command {
                 .collect(),
             Command::Peer(PeerCmd::Stream { .. })
             | Command::Outbox(OutboxCmd::Delivered { .. })
-            | Command::Move(_) => Vec::new(),
+            | Command::Move(_)
+            | Command::Replica(_) => Vec::new(),
         }
     }
 }

@@ -32,6 +32,16 @@ impl Writer {
                 }
                 b.answers.push(Answer::Applied(reply, statuses));
             }
+            PeerCmd::Stream { from, req, reply } if req.replica => {
+                match self.apply_replica(&from, req, b) {
+                    // Answered once on disk, not once visible: this node's own batches may wait
+                    // for its followers, and theirs for this node (a cycle of waits otherwise).
+                    Ok(()) => b.on_disk.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             PeerCmd::Stream { from, req, reply } => match self.apply_stream(&from, req, b) {
                 Ok(()) => b.answers.push(Answer::Done(reply)),
                 Err(e) => {

@@ -10,7 +10,8 @@
 //! [`tallies`] (a group's changes, sends and receipt counts on its home node); [`outbox`] (entries for
 //! users owned elsewhere, their delivery and give-up) and [`forwarded`] (entries other nodes
 //! hand here); [`moves`] (this node's part in a move of the ring, as decided by
-//! `crate::rebalance::role`); [`cache`]; [`batch`].
+//! `crate::rebalance::role`); [`replicas`] (copies for followers, and the copies this node
+//! follows: `crate::replication`); [`cache`]; [`batch`].
 
 pub(crate) mod batch;
 mod blocks;
@@ -23,6 +24,7 @@ mod inbox;
 mod moves;
 mod outbox;
 mod receipts;
+mod replicas;
 mod tallies;
 mod visibility;
 
@@ -40,15 +42,19 @@ use crate::hub::Hub;
 use crate::rebalance::capture::Capture;
 use crate::rebalance::hold::Held;
 use crate::rebalance::role::MoveRole;
-use crate::rebalance::{MoveEvent, StreamItem};
+use crate::rebalance::MoveEvent;
+use crate::replication::capture::ReplicaCapture;
+use crate::replication::placement::Placement;
+use crate::replication::Fill;
 use crate::routing::Routing;
 use crate::store::keys::user_state_key;
 use crate::store::{Cf, Store};
+use crate::stream::StreamItem;
 use crate::throttle::Throttle;
-use batch::{Batch, BatchError, Writes};
+use batch::{Batch, BatchError, Captures, Writes};
 use cache::Cache;
 use command::Command;
-pub use command::{Outboxed, PageRequest, SettingsChange, WriterHandle};
+pub use command::{Outboxed, PageRequest, ReplicaPage, SettingsChange, WriterHandle};
 pub use groups::{GroupDone, GroupLimits, GroupOp};
 use outbox::OutboxState;
 pub use visibility::Hold;
@@ -86,9 +92,12 @@ pub struct WriterOptions {
     pub env: Env,
     /// Where new outbox entries go once committed (`None`: nobody forwards, e.g. standalone).
     pub outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
-    /// A move's streams and the driver's events (`None`: standalone).
+    /// The streams to new owners and followers, and the move driver's events (`None`:
+    /// standalone).
     pub streams_tx: Option<mpsc::UnboundedSender<StreamItem>>,
     pub events_tx: Option<mpsc::UnboundedSender<MoveEvent>>,
+    /// Followers to fill (`crate::replication::fill`; `None`: standalone).
+    pub fills_tx: Option<mpsc::UnboundedSender<Fill>>,
 }
 
 pub struct Writer {
@@ -104,6 +113,9 @@ pub struct Writer {
     outbox_tx: Option<mpsc::UnboundedSender<Outboxed>>,
     streams_tx: Option<mpsc::UnboundedSender<StreamItem>>,
     events_tx: Option<mpsc::UnboundedSender<MoveEvent>>,
+    fills_tx: Option<mpsc::UnboundedSender<Fill>>,
+    /// Who holds which keys in the ring of the last batch.
+    placement: Option<Arc<Placement>>,
     role: MoveRole,
     /// Receiver after a commit: commands waiting for the seals.
     held: Held,
@@ -146,6 +158,8 @@ impl Writer {
             outbox_tx: opts.outbox_tx,
             streams_tx: opts.streams_tx,
             events_tx: opts.events_tx,
+            fills_tx: opts.fills_tx,
+            placement: None,
             role,
             held: Held::default(),
             visibility: Arc::new(Visibility::default()),
@@ -188,10 +202,18 @@ impl Writer {
         };
         let ring_epoch = ring.as_ref().map(|r| r.epoch());
         let steps = self.role.observe(moving.as_ref(), ring.as_deref());
-        let capture = self
-            .role
-            .current()
-            .and_then(|t| Capture::new(t, &self.routing.self_id));
+        self.observe_placement(ring.as_ref());
+        let capture = Captures {
+            moving: self
+                .role
+                .current()
+                .and_then(|t| Capture::new(t, &self.routing.self_id)),
+            replica: self
+                .placement
+                .as_ref()
+                .filter(|_| self.streams_tx.is_some())
+                .and_then(ReplicaCapture::new),
+        };
         let writes = Writes::new(self.store.clone(), capture);
         let mut b = Batch::new(writes, ring, (self.env.now_ms)());
         self.carry_out(steps, &mut b);
@@ -208,7 +230,8 @@ impl Writer {
         }
         let (commands, bytes) = (b.answers.len(), b.writes.size_in_bytes());
         let Batch { writes, .. } = &mut b;
-        let writes = std::mem::replace(writes, Writes::new(self.store.clone(), None));
+        let writes =
+            std::mem::replace(writes, Writes::new(self.store.clone(), Captures::default()));
         let (wb, durable, capture) = writes.into_parts();
         let started = std::time::Instant::now();
         let result = match b.abort.take() {
@@ -245,12 +268,10 @@ impl Writer {
 
     /// The batch is on disk: update the caches and make it visible (held while new owners
     /// store its moving writes).
-    fn committed(
-        &mut self,
-        b: Batch,
-        capture: Option<Capture>,
-        steps: Vec<crate::rebalance::role::Step>,
-    ) {
+    fn committed(&mut self, b: Batch, capture: Captures, steps: Vec<crate::rebalance::role::Step>) {
+        for reply in b.on_disk {
+            let _ = reply.send(Ok(()));
+        }
         self.cache.committed(&b.dirty_users);
         if b.clear_caches {
             self.cache.forget();
@@ -314,6 +335,9 @@ impl Writer {
         for a in b.answers {
             a.fail(e.answer());
         }
+        for reply in b.on_disk {
+            let _ = reply.send(Err(e.answer()));
+        }
     }
 
     fn event(&self, ev: MoveEvent) {
@@ -332,6 +356,7 @@ impl Writer {
             Command::Peer(c) => self.apply_peer(c, b),
             Command::Outbox(c) => self.apply_outbox(c, b),
             Command::Move(c) => self.apply_move(c, b),
+            Command::Replica(c) => self.apply_replica_cmd(c),
         }
     }
 

@@ -9,16 +9,17 @@ use chat_proto::cluster::{ForwardEntry, HashRange, Mirror, RawWrite};
 use chat_ring::transition::Transition;
 use tokio::sync::oneshot;
 
-use super::batch::{Answer, Batch};
+use super::batch::{Answer, Batch, Captures};
 use super::command::{MoveCmd, PageRequest};
 use super::visibility::Effects;
 use super::{origin, Writer};
 use crate::error::ChatError;
-use crate::rebalance::capture::Capture;
+use crate::rebalance::capture::Chunk;
 use crate::rebalance::role::{Step, StreamTarget};
-use crate::rebalance::{encode_marker, Done, MoveError, MoveEvent, Page, StreamItem};
+use crate::rebalance::{encode_marker, MoveError, MoveEvent, Page};
 use crate::store::keys::owner_hash;
 use crate::store::{Cf, MOVE_MARKER_KEY};
+use crate::stream::{Done, Scope, StreamItem};
 
 impl Writer {
     pub(super) fn apply_move(&mut self, cmd: MoveCmd, b: &mut Batch) {
@@ -73,32 +74,43 @@ impl Writer {
         }
     }
 
-    /// Makes a committed batch visible: at once, or once every new owner stored its captured
-    /// writes. Batches become visible in commit order, so later ones wait behind it: were this
-    /// node to fail first, nobody has seen what a new owner lacks.
-    pub(super) fn publish(&mut self, effects: Effects, capture: Option<Capture>) {
-        let (Some(tx), Some(c)) = (&self.streams_tx, capture) else {
+    /// Makes a committed batch visible: at once, or once every new owner and follower stored
+    /// its captured writes. Batches become visible in commit order, so later ones wait behind
+    /// it: were this node to fail first, nobody has seen what another holder lacks.
+    pub(super) fn publish(&mut self, effects: Effects, captures: Captures) {
+        let Some(tx) = &self.streams_tx else {
             let _ = self.visibility.push(effects, 0);
             return;
         };
-        let t = c.transition.clone();
-        let chunks = c.into_chunks();
-        let n = chunks.values().map(Vec::len).sum();
-        let mut holds = self.visibility.push(effects, n).into_iter();
-        for (dest, chunks) in chunks {
-            for chunk in chunks {
-                let hold = holds.next().expect("one hold per chunk");
-                let item = StreamItem::writes(
-                    dest.clone(),
-                    &t,
-                    chunk.reset,
-                    chunk.writes,
-                    Done::Release(hold),
+        let mut items: Vec<(String, Scope, Chunk)> = Vec::new();
+        if let Some(c) = captures.moving {
+            let scope = Scope::Move(c.transition.clone());
+            for (dest, chunks) in c.into_chunks() {
+                items.extend(
+                    chunks
+                        .into_iter()
+                        .map(|ch| (dest.clone(), scope.clone(), ch)),
                 );
-                let _ = tx.send(item);
             }
         }
-        metrics::gauge!(crate::admin::BATCHES_HELD).set(self.visibility.waiting() as f64);
+        if let Some(c) = captures.replica {
+            let scope = Scope::Replica {
+                epoch: c.placement.epoch(),
+            };
+            for (dest, chunks) in c.into_chunks() {
+                items.extend(
+                    chunks
+                        .into_iter()
+                        .map(|ch| (dest.clone(), scope.clone(), ch)),
+                );
+            }
+        }
+        let holds = self.visibility.push(effects, items.len());
+        for ((dest, scope, chunk), hold) in items.into_iter().zip(holds) {
+            let item =
+                StreamItem::writes(dest, scope, chunk.reset, chunk.writes, Done::Release(hold));
+            let _ = tx.send(item);
+        }
     }
 
     /// The copy starts from scratch (after a restart too): clear what the new owners may hold
@@ -115,7 +127,7 @@ impl Writer {
         for (dest, reset) in by_dest {
             let _ = tx.send(StreamItem::writes(
                 dest.to_string(),
-                t,
+                Scope::Move(t.clone()),
                 reset,
                 Vec::new(),
                 Done::Nothing,
@@ -294,7 +306,7 @@ impl Writer {
         } else {
             let _ = tx.send(StreamItem::writes(
                 dest,
-                &t,
+                Scope::Move(t.clone()),
                 Vec::new(),
                 writes,
                 Done::Notify(ack_tx),

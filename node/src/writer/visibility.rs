@@ -57,7 +57,8 @@ impl Visibility {
             .collect()
     }
 
-    /// Batches waiting to become visible (a gauge for operators).
+    /// Batches waiting to become visible (`chat_batches_held`, set as slots run).
+    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.slots.lock().expect("not poisoned").1.len()
     }
@@ -72,7 +73,10 @@ impl Visibility {
                         g.0 += 1;
                         g.1.pop_front().and_then(|s| s.effects)
                     }
-                    _ => return,
+                    _ => {
+                        metrics::gauge!(crate::admin::BATCHES_HELD).set(g.1.len() as f64);
+                        return;
+                    }
                 }
             };
             if let Some(f) = effects {

@@ -138,10 +138,10 @@ fn delivered_entries_leave_the_outbox_without_an_fsync_of_their_own() {
     assert!(c.store.outbox_from(0, 10).unwrap().is_empty());
     assert!(!c.outbox.pending(&bob));
 
-    let mut w = Writes::new(c.store.clone(), None);
+    let mut w = Writes::new(c.store.clone(), Default::default());
     w.delete_relaxed(crate::store::Cf::Outbox, [0u8; 8]);
     assert!(!w.into_parts().1, "relaxed deletes alone are not synced");
-    let mut w = Writes::new(c.store.clone(), None);
+    let mut w = Writes::new(c.store.clone(), Default::default());
     w.delete_relaxed(crate::store::Cf::Outbox, [0u8; 8]);
     w.delete(crate::store::Cf::Meta, b"k");
     assert!(w.into_parts().1);

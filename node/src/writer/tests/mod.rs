@@ -8,6 +8,7 @@ mod groups;
 mod history;
 mod inbox;
 mod moves;
+mod replication;
 mod retention;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -96,6 +97,7 @@ fn writer_on(store: Arc<Store>) -> (Writer, Arc<Hub>, TestEnv) {
         outbox_tx: None,
         streams_tx: None,
         events_tx: None,
+        fills_tx: None,
     };
     let w = Writer::new(store, hub.clone(), opts).unwrap();
     (w, hub, clock)

@@ -8,9 +8,10 @@ use prost::Message as _;
 
 use super::*;
 use crate::rebalance::role::MoveRole;
-use crate::rebalance::{ItemKind, MoveEvent, StreamItem};
+use crate::rebalance::MoveEvent;
 use crate::store::keys::{inbox_key, timed_value, user_state_key};
 use crate::store::Cf;
+use crate::stream::{ItemKind, StreamItem};
 use crate::writer::command::MoveCmd;
 
 /// n3 leaves the ring n1, n2, n3 (epoch 1 → 2), in flight in the view.
@@ -98,6 +99,7 @@ fn restart(w: Wired, me: &str, view: watch::Receiver<ClusterView>) -> Wired {
             outbox_tx: None,
             streams_tx: None,
             events_tx: None,
+            fills_tx: None,
         },
     )
     .unwrap();

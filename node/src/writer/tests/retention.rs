@@ -47,6 +47,7 @@ async fn expired_entries_are_dropped_by_compaction() {
             outbox_tx: None,
             streams_tx: None,
             events_tx: None,
+            fills_tx: None,
         },
     )
     .unwrap();

@@ -1,5 +1,5 @@
-//! The ordered streams to new owners: one request in flight per destination, so a new owner
-//! applies everything in stream order; retried until acknowledged.
+//! Sending the ordered streams: one request in flight per destination, so the receiver applies
+//! everything in stream order; retried until acknowledged.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -8,20 +8,26 @@ use chat_cluster::ClusterView;
 use chat_proto::cluster::{peer_request, peer_response, Mirror, PeerErrorCode, PeerRequest};
 use tokio::sync::{mpsc, watch};
 
-use super::{aborted, ItemKind, StreamItem};
+use super::{ItemKind, Scope, StreamItem};
 use crate::config::RebalanceSection;
 use crate::peer::pipeline::Lanes;
 use crate::peer::transport::Peers;
+use crate::rebalance::aborted;
 
-/// Sends every new owner its stream, in order, one request in flight per destination.
+/// Sends every destination its stream, in order, one request in flight per destination. A
+/// follower whose store changed (`MirrorAck.incarnation`: it lost its data) is named on
+/// `lost_tx`, so its owner fills it again.
 pub(crate) async fn run_streams(
     mut rx: mpsc::UnboundedReceiver<StreamItem>,
     peers: Arc<Peers>,
     self_id: String,
     view: watch::Receiver<ClusterView>,
     tuning: RebalanceSection,
+    lost_tx: mpsc::UnboundedSender<String>,
 ) {
     let mut queues: BTreeMap<String, VecDeque<StreamItem>> = BTreeMap::new();
+    // Each follower's store as its last replication answer named it.
+    let mut incarnations: BTreeMap<String, String> = BTreeMap::new();
     let mut inflight = tokio::task::JoinSet::new();
     let (min, max) = tuning.backoff();
     // One request in flight per new owner: it applies a move's writes in the order made.
@@ -37,17 +43,18 @@ pub(crate) async fn run_streams(
             }
             // An aborted move's items are dropped (their batches released): the old owner
             // still has everything.
-            while q
-                .front()
-                .is_some_and(|i| aborted(&i.transition, &view.borrow()))
-            {
+            while q.front().is_some_and(|i| match &i.scope {
+                Scope::Move(t) => aborted(t, &view.borrow()),
+                Scope::Replica { .. } => false,
+            }) {
                 if let Some(item) = q.pop_front() {
                     item.done.abandoned();
                 }
             }
             let Some(first) = q.front() else { continue };
             let epoch = first.epoch();
-            let (req, n) = coalesce(q, epoch, limits);
+            let (req, n) = coalesce(q, limits);
+            let replica = req.replica;
             lanes.start(dest);
             let (peers, dest, from) = (peers.clone(), dest.clone(), self_id.clone());
             inflight.spawn(async move {
@@ -61,7 +68,9 @@ pub(crate) async fn run_streams(
                 // adopts the move, or sees the commit, a little after this node).
                 let ok = match res {
                     Ok(r) => match r.response {
-                        Some(peer_response::Response::Mirror(_)) => Ok(()),
+                        Some(peer_response::Response::Mirror(a)) => {
+                            Ok(replica.then_some(a.incarnation))
+                        }
                         Some(peer_response::Response::Error(e)) => {
                             let code = PeerErrorCode::try_from(e.code)
                                 .unwrap_or(PeerErrorCode::Unspecified);
@@ -80,18 +89,36 @@ pub(crate) async fn run_streams(
         let next_retry = lanes.wake_at(|d| queues.get(d).is_some_and(|q| !q.is_empty()));
         tokio::select! {
             item = rx.recv() => match item {
-                Some(item) => queues.entry(item.dest.clone()).or_default().push_back(item),
+                Some(item) => {
+                    let q = queues.entry(item.dest.clone()).or_default();
+                    q.push_back(item);
+                    if q.len() % 64 == 1 {
+                        let dest = q.back().map(|i| i.dest.clone()).unwrap_or_default();
+                        metrics::gauge!(crate::admin::STREAM_QUEUED, "node" => dest)
+                            .set(q.len() as f64);
+                    }
+                }
                 None => return,
             },
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 let Ok((dest, n, ok)) = done else { continue };
                 let wait = lanes.done(&dest, ok.is_ok(), tokio::time::Instant::now());
                 match ok {
-                    Ok(()) => {
+                    Ok(incarnation) => {
+                        if let Some(now) = incarnation.filter(|i| !i.is_empty()) {
+                            if let Some(before) = incarnations.insert(dest.clone(), now.clone()) {
+                                if before != now {
+                                    tracing::warn!(node = %dest, before, now, "a follower's store changed (a new disk?): filling it again");
+                                    let _ = lost_tx.send(dest.clone());
+                                }
+                            }
+                        }
                         let q = queues.get_mut(&dest).expect("queue of a request");
                         for item in q.drain(..n) {
                             item.done.acked();
                         }
+                        metrics::gauge!(crate::admin::STREAM_QUEUED, "node" => dest.clone())
+                            .set(q.len() as f64);
                     }
                     Err((PeerErrorCode::NotYet, e)) => {
                         tracing::debug!(node = %dest, error = %e, retry_in = ?wait, "stream request early; retrying");
@@ -112,20 +139,21 @@ pub(crate) async fn run_streams(
 }
 
 /// One request from the front of a queue: the first item's reset, then the writes of following
-/// items of the same move without a reset of their own, up to a limit; a seal goes last. And
-/// how many items it covers.
-fn coalesce(
-    q: &VecDeque<StreamItem>,
-    epoch: u64,
-    (max_writes, max_bytes): (usize, usize),
-) -> (Mirror, usize) {
+/// items of the same stream (move or replication, same epoch) without a reset of their own, up
+/// to a limit; a seal goes last. And how many items it covers.
+fn coalesce(q: &VecDeque<StreamItem>, (max_writes, max_bytes): (usize, usize)) -> (Mirror, usize) {
+    let Some(first) = q.front() else {
+        return (Mirror::default(), 0);
+    };
+    let scope = first.scope.clone();
     let mut req = Mirror {
-        epoch,
+        epoch: scope.epoch(),
+        replica: scope.is_replica(),
         ..Mirror::default()
     };
     let (mut n, mut bytes) = (0, 0usize);
     for (i, item) in q.iter().enumerate() {
-        if item.epoch() != epoch {
+        if !item.scope.same(&scope) {
             break;
         }
         match &item.kind {
@@ -161,7 +189,7 @@ fn coalesce(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rebalance::Done;
+    use crate::stream::Done;
     use chat_proto::cluster::{HashRange, RawWrite};
     use chat_ring::transition::Transition;
     use chat_ring::Ring;
@@ -189,7 +217,13 @@ mod tests {
         } else {
             Vec::new()
         };
-        StreamItem::writes("n2".into(), t, reset, writes, Done::Nothing)
+        StreamItem::writes(
+            "n2".into(),
+            Scope::Move(t.clone()),
+            reset,
+            writes,
+            Done::Nothing,
+        )
     }
 
     #[test]
@@ -199,7 +233,7 @@ mod tests {
         q.push_back(item(&t, true, vec![w(1)]));
         q.push_back(item(&t, false, vec![w(2), w(3)]));
         q.push_back(item(&t, true, vec![w(4)]));
-        let (req, n) = coalesce(&q, 2, LIMITS);
+        let (req, n) = coalesce(&q, LIMITS);
         assert_eq!(
             (n, req.reset.len(), req.writes.len(), req.seal),
             (2, 1, 3, false)
@@ -207,7 +241,7 @@ mod tests {
         q.drain(..n);
         q.push_back(StreamItem::seal("n2".into(), &t, Vec::new(), Done::Nothing));
         q.push_back(item(&t, false, vec![w(5)]));
-        let (req, n) = coalesce(&q, 2, LIMITS);
+        let (req, n) = coalesce(&q, LIMITS);
         assert_eq!(
             (n, req.writes.len(), req.seal),
             (2, 1, true),
@@ -217,7 +251,43 @@ mod tests {
         q.clear();
         q.push_back(item(&t, true, vec![w(1), w(2), w(3)]));
         q.push_back(item(&t, false, vec![w(4)]));
-        let (req, n) = coalesce(&q, 2, (2, 1 << 20));
+        let (req, n) = coalesce(&q, (2, 1 << 20));
         assert_eq!((n, req.writes.len()), (1, 3));
+    }
+
+    #[test]
+    fn replication_and_move_items_never_share_a_request_and_replication_is_flagged() {
+        let t = t();
+        let replica = |epoch, k| {
+            StreamItem::writes(
+                "n2".into(),
+                Scope::Replica { epoch },
+                Vec::new(),
+                vec![w(k)],
+                Done::Nothing,
+            )
+        };
+        let mut q = VecDeque::new();
+        q.push_back(replica(1, 1));
+        q.push_back(replica(1, 2));
+        q.push_back(item(&t, false, vec![w(3)]));
+        q.push_back(replica(1, 4));
+        let (req, n) = coalesce(&q, LIMITS);
+        assert_eq!(
+            (n, req.writes.len(), req.replica, req.epoch),
+            (2, 2, true, 1)
+        );
+        q.drain(..n);
+        let (req, n) = coalesce(&q, LIMITS);
+        assert_eq!(
+            (n, req.replica, req.epoch),
+            (1, false, 2),
+            "the move's item alone"
+        );
+        q.drain(..n);
+        // Another ring's replication is another request: the follower checks each epoch.
+        q.push_back(replica(2, 5));
+        let (req, n) = coalesce(&q, LIMITS);
+        assert_eq!((n, req.writes.len(), req.epoch), (1, 1, 1));
     }
 }

@@ -119,6 +119,13 @@ impl TestNode {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process and waits for its ready line; `Err` with its log if it exits first.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,7 +163,11 @@ impl TestNode {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!("chat-node did not become ready; log:\n{}", self.log_text());
+                let _ = child.wait();
+                return Err(format!(
+                    "chat-node did not become ready; log:\n{}",
+                    self.log_text()
+                ));
             }
         };
         let rest = line
@@ -170,6 +181,7 @@ impl TestNode {
         self.admin_url = admin.to_string();
         self.http_url = http.to_string();
         self.child = Some(child);
+        Ok(())
     }
 
     /// Waits up to `timeout` for the process to exit by itself; its status, if it did.
@@ -220,6 +232,18 @@ impl TestNode {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
         self.spawn();
+    }
+
+    /// Like [`TestNode::restart`], for a start that may be refused: `Err` with the node's log.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "stop the node first");
+        self.try_spawn()
+    }
+
+    /// Sets a config override (`CHAT_NODE_…`) for the node's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
     }
 
     pub async fn connect(&self, user: &str, device: &str) -> Client {

@@ -16,7 +16,8 @@
 #      delivered), CHAT_BENCH_NO_FSYNC=1 (the nodes acknowledge without a WAL fsync, to measure
 #      what durability costs), CHAT_BENCH_SCALING_RATES (the one-node steps of `scaling`, run
 #      with the node pinned to one core, then to two: default 4000,8000,12000,16000,20000,24000;
-#      CHAT_BENCH_SCALING_PAIRS, 50, and CHAT_BENCH_SCALING_DURATION, 10 s a step).
+#      CHAT_BENCH_SCALING_PAIRS, 50, and CHAT_BENCH_SCALING_DURATION, 10 s a step),
+#      CHAT_BENCH_REPLICATION (copies of every key, default 1: 2 measures replication's cost).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,6 +39,10 @@ PROFILE="fsync on"
 if [ "${CHAT_BENCH_NO_FSYNC:-0}" = 1 ]; then
   export CHAT_NODE_STORAGE__SYNC=false
   PROFILE="fsync off"
+fi
+export CHAT_DEV_REPLICATION="${CHAT_BENCH_REPLICATION:-1}"
+if [ "$CHAT_DEV_REPLICATION" != 1 ]; then
+  PROFILE="$PROFILE, $CHAT_DEV_REPLICATION copies"
 fi
 want() { [[ "$SCENARIOS" == *",$1,"* ]]; }
 cleanup() { "$ROOT/ops/dev-cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$DIR"; }

@@ -13,7 +13,8 @@
 # release for benchmarks), CHAT_DEV_BASE_PORT (default 7000:
 # router on BASE, node i on BASE+100+i (WebSocket), BASE+200+i (QUIC), BASE+300+i (admin),
 # BASE+400+i (HTTP: media);
-# etcd on BASE+20 and BASE+21).
+# etcd on BASE+20 and BASE+21), CHAT_DEV_REPLICATION (copies of every key when the ring is
+# created, default 1; docs/replication.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -131,7 +132,8 @@ up() {
     echo "etcd did not start; see $DIR/logs/etcd.log" >&2; exit 1; }
   for n in "${NODES[@]}"; do start_node "$n"; done
   if ! "$ctl" ring show --etcd "$ETCD" --prefix "$PREFIX" >/dev/null 2>&1; then
-    "$ctl" cluster init --etcd "$ETCD" --prefix "$PREFIX" --wait-nodes "${#NODES[@]}"
+    "$ctl" cluster init --etcd "$ETCD" --prefix "$PREFIX" --wait-nodes "${#NODES[@]}" \
+      --replication-factor "${CHAT_DEV_REPLICATION:-1}"
   fi
   # The web client, with development tokens: anyone who opens the page may sign in as anyone.
   start router "$BIN/chat-router" --listen "$ROUTER" --etcd "$ETCD" --prefix "$PREFIX" \

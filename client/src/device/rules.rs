@@ -2,7 +2,7 @@
 //! what to report for each frame, command and connection change. The session in `run.rs` moves
 //! bytes; everything it decides is here, unit tested.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chat_proto::v1::{client_frame, server_frame, Ack, ErrorCode, ReadMarker, Send, ServerFrame};
@@ -186,15 +186,32 @@ impl Rules {
         }));
     }
 
-    /// When the earliest retry of a refused message is due.
-    pub(crate) fn next_retry(&self) -> Option<Instant> {
-        self.pending.iter().filter_map(|p| p.retry_at).min()
+    /// When each refused message may be written again, in send order: its own retry time, but
+    /// never before an earlier refused message of the same conversation. Retried out of order,
+    /// two messages the node had both stored (their answers lost) would get their ✓ in the
+    /// retry order, not in the order they are stored in.
+    fn retry_times(&self) -> Vec<Option<Instant>> {
+        let mut gate: HashMap<&str, Instant> = HashMap::new();
+        self.pending
+            .iter()
+            .map(|p| {
+                let own = p.retry_at?;
+                let at = gate.get(p.to.as_str()).map_or(own, |&g| g.max(own));
+                gate.insert(&p.to, at);
+                Some(at)
+            })
+            .collect()
     }
 
-    /// Writes again every refused message whose retry is due.
+    /// When the earliest retry of a refused message is due.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.retry_times().into_iter().flatten().min()
+    }
+
+    /// Writes again every refused message whose retry is due, in send order.
     pub(crate) fn retry_due(&mut self, now: Instant) {
-        for i in 0..self.pending.len() {
-            if self.pending[i].retry_at.is_some_and(|t| t <= now) {
+        for (i, at) in self.retry_times().into_iter().enumerate() {
+            if at.is_some_and(|t| t <= now) {
                 self.pending[i].retry_at = None;
                 self.attempt(i);
             }

@@ -191,6 +191,47 @@ fn a_retryable_refusal_is_retried_after_a_backoff_a_definitive_one_gives_up() {
 }
 
 #[test]
+fn refused_messages_of_one_conversation_are_retried_in_send_order() {
+    let mut r = Rules::new(0, BACKOFF);
+    r.connected();
+    r.send("c1".into(), "g1".into(), "x".into());
+    let now = Instant::now();
+    // c1 has been refused three times (its next backoff is long), then c2 and c3 are sent.
+    for _ in 0..2 {
+        r.on_frame(refused("c1", ErrorCode::Unavailable), now);
+        r.retry_due(now + Duration::from_secs(10));
+    }
+    r.send("c2".into(), "g1".into(), "y".into());
+    r.send("c3".into(), "carol".into(), "z".into());
+    show(&mut r);
+    for c in ["c1", "c2", "c3"] {
+        r.on_frame(refused(c, ErrorCode::Unavailable), now);
+    }
+    show(&mut r);
+    // c2's and c3's own backoff (100 ms) is shorter than c1's (400 ms): c3, in another
+    // conversation, goes then; c2 waits for c1 and follows it.
+    let (short, long) = (
+        now + Duration::from_millis(100),
+        now + Duration::from_millis(400),
+    );
+    assert_eq!(r.next_retry(), Some(short));
+    r.retry_due(short);
+    assert_eq!(show(&mut r), ["attempt c3 #2", "write send c3"]);
+    assert_eq!(r.next_retry(), Some(long));
+    r.retry_due(long);
+    assert_eq!(
+        show(&mut r),
+        [
+            "attempt c1 #4",
+            "write send c1",
+            "attempt c2 #2",
+            "write send c2"
+        ]
+    );
+    assert_eq!(r.next_retry(), None);
+}
+
+#[test]
 fn errors_for_no_pending_message_and_redirects_are_reported() {
     let mut r = Rules::new(0, BACKOFF);
     r.connected();

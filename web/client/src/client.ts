@@ -159,6 +159,7 @@ export class ChatClient {
     return this.outbox.add(
       clientMsgId,
       sendFrame({ clientMsgId, to: m.to, group: m.group, body: m.body, attachment: m.attachment }),
+      m.group !== undefined ? `group:${m.group}` : `user:${m.to ?? ''}`,
     );
   }
 

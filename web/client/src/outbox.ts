@@ -1,7 +1,8 @@
 // Sends not yet answered, in the order they were made. Every one is written on each new
 // connection with its clientMsgId (the node stores a message once however often it is sent),
 // until `sent` (✓) or a definitive refusal. A retryable refusal writes it again after the
-// node's retryAfterMs on the same connection.
+// node's retryAfterMs on the same connection, never before an earlier refused send of the same
+// conversation: two sends the node had both stored would otherwise get their ✓ in retry order.
 
 import { ChatError, RETRYABLE_SEND_CODES, retryHint } from './errors.js';
 import type { PendingSend, Sent } from './types.js';
@@ -14,6 +15,10 @@ interface Item {
   sent: Promise<Sent>;
   resolve: (s: Sent) => void;
   reject: (e: ChatError) => void;
+  /** The user or group it goes to: refused sends of one conversation are retried in order. */
+  conversation: string;
+  /** Its retry time has come; it waits for an earlier refused send of its conversation. */
+  due: boolean;
   /** Retryable refusals in a row. */
   refusals: number;
   retry: ReturnType<typeof setTimeout> | undefined;
@@ -37,7 +42,7 @@ export class Outbox {
   }
 
   /** Queues a send and writes it if a connection is up. A clientMsgId already queued gives the same promise. */
-  add(clientMsgId: string, frame: ClientFrame): PendingSend {
+  add(clientMsgId: string, frame: ClientFrame, conversation: string): PendingSend {
     const old = this.items.get(clientMsgId);
     if (old) return { clientMsgId, sent: old.sent };
     let resolve!: (s: Sent) => void;
@@ -48,7 +53,17 @@ export class Outbox {
     });
     // An app may follow sends through the 'sent' event only: no unhandled rejections.
     sent.catch(() => undefined);
-    this.items.set(clientMsgId, { clientMsgId, frame, sent, resolve, reject, refusals: 0, retry: undefined });
+    this.items.set(clientMsgId, {
+      clientMsgId,
+      frame,
+      sent,
+      resolve,
+      reject,
+      conversation,
+      due: false,
+      refusals: 0,
+      retry: undefined,
+    });
     this.write(frame);
     return { clientMsgId, sent };
   }
@@ -58,6 +73,7 @@ export class Outbox {
     for (const item of this.items.values()) {
       clearTimeout(item.retry);
       item.retry = undefined;
+      item.due = false;
       if (!this.write(item.frame)) return;
     }
   }
@@ -67,6 +83,7 @@ export class Outbox {
     for (const item of this.items.values()) {
       clearTimeout(item.retry);
       item.retry = undefined;
+      item.due = false;
     }
   }
 
@@ -77,6 +94,7 @@ export class Outbox {
     clearTimeout(item.retry);
     this.items.delete(s.clientMsgId);
     item.resolve(s);
+    this.writeDue();
     return true;
   }
 
@@ -92,14 +110,30 @@ export class Outbox {
       const delay =
         e.retryAfterMs ?? Math.min(this.maxRetryMs, 1000 * 2 ** Math.min(item.refusals - 1, 20));
       clearTimeout(item.retry);
+      item.due = false;
       item.retry = setTimeout(() => {
         item.retry = undefined;
-        if (this.items.get(item.clientMsgId) === item) this.write(item.frame);
+        item.due = true;
+        this.writeDue();
       }, delay);
       return;
     }
     this.items.delete(item.clientMsgId);
     item.reject(new ChatError(e.code, e.message, { ref: item.clientMsgId, ...retryHint(e) }));
+    this.writeDue();
+  }
+
+  /** Writes the refused sends whose retry is due, oldest first, each after its conversation's earlier refused sends. */
+  private writeDue(): void {
+    const waiting = new Set<string>();
+    for (const item of this.items.values()) {
+      if (item.due && !waiting.has(item.conversation)) {
+        item.due = false;
+        this.write(item.frame);
+      } else if (item.due || item.retry !== undefined) {
+        waiting.add(item.conversation);
+      }
+    }
   }
 
   /** Gives up every send (close(), or the client stopped): `error` makes each one's error. */

@@ -72,6 +72,23 @@ test('a retryable refusal is sent again after retryAfterMs, a definitive one rej
   assert.deepEqual(errors, [], 'answers to sends are not reported as errors');
 });
 
+test('refused sends of one conversation are sent again in send order', async (t) => {
+  const net = fakeNet();
+  const { c, ws } = await connected(net);
+  t.after(() => c.close());
+  c.send({ group: 'g1', body: 'a', clientMsgId: 'a1' });
+  c.send({ group: 'g1', body: 'b', clientMsgId: 'b1' });
+  c.send({ to: 'carol', body: 'c', clientMsgId: 'c1' });
+  ws.reply({ error: { code: 'ERROR_CODE_UNAVAILABLE', message: 'later', ref: 'a1', retryAfterMs: 150 } });
+  ws.reply({ error: { code: 'ERROR_CODE_UNAVAILABLE', message: 'later', ref: 'b1', retryAfterMs: 10 } });
+  ws.reply({ error: { code: 'ERROR_CODE_UNAVAILABLE', message: 'later', ref: 'c1', retryAfterMs: 10 } });
+  // c1, in another conversation, goes after its own wait; b1 waits for a1 and follows it.
+  await waitFor(() => ws.of('send').length === 4, 'c1 again');
+  assert.deepEqual(ws.of('send').map((s) => s.clientMsgId), ['a1', 'b1', 'c1', 'c1']);
+  await waitFor(() => ws.of('send').length === 6, 'a1 and b1 again');
+  assert.deepEqual(ws.of('send').slice(4).map((s) => s.clientMsgId), ['a1', 'b1']);
+});
+
 test('a retry pending at a drop is sent on the next connection instead', async (t) => {
   const net = fakeNet();
   const { c, ws } = await connected(net);

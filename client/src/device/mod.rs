@@ -8,7 +8,8 @@
 //! - acknowledges every delivery, and re-asserts its ack and read marker on each connection;
 //! - writes every message it was given again on each connection, with the same client_msg_id,
 //!   until ✓ or a definitive refusal (a retryable refusal is retried on the same connection
-//!   after a backoff), so a message is stored once with one msg_id however often it is sent;
+//!   after a backoff, never before an earlier refused message of the same conversation), so a
+//!   message is stored once with one msg_id however often it is sent;
 //! - pings, and drops a connection that delivers nothing for a while (a paused node would
 //!   otherwise hold it forever).
 //!

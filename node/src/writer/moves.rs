@@ -267,7 +267,7 @@ impl Writer {
             transition: t,
             cf,
             range: (start, end),
-            max: (max_keys, max_bytes),
+            max,
             dest,
             after,
         } = req;
@@ -276,8 +276,23 @@ impl Writer {
                 MoveError::NotInFlight(format!("the move to epoch {}", t.to().epoch())).into(),
             );
         }
+        self.stream_page(dest, Scope::Move(t.clone()), cf, (start, end), max, after)
+    }
+
+    /// Reads one page of `cf` in `range` from disk and puts it on `dest`'s stream in `scope`
+    /// (ahead of the current batch's own writes, which the page does not include): a move's
+    /// copy and a follower's fill.
+    pub(super) fn stream_page(
+        &self,
+        dest: String,
+        scope: Scope,
+        cf: Cf,
+        (start, end): (u64, u64),
+        (max_keys, max_bytes): (usize, usize),
+        after: Option<Vec<u8>>,
+    ) -> Result<Page, ChatError> {
         let Some(tx) = &self.streams_tx else {
-            return Err(MoveError::NotInFlight("no stream to new owners".into()).into());
+            return Err(MoveError::NotInFlight("no streams to other holders".into()).into());
         };
         let (kvs, done) =
             self.store
@@ -289,24 +304,24 @@ impl Writer {
         } else {
             kvs.last().map(|(k, _)| k.clone())
         };
-        let wire_cf = cf.to_wire().map_or(0, |c| c as i32);
-        let writes = kvs
-            .into_iter()
-            .map(|(key, value)| RawWrite {
-                cf: wire_cf,
-                key,
-                value,
-                delete: false,
-            })
-            .collect();
         let (ack_tx, acked) = oneshot::channel();
         if keys == 0 {
-            // Nothing to send: done at once (most segments are empty in most column families).
+            // Nothing to send: done at once (most ranges are empty in most column families).
             let _ = ack_tx.send(());
         } else {
+            let wire_cf = cf.to_wire().map_or(0, |c| c as i32);
+            let writes = kvs
+                .into_iter()
+                .map(|(key, value)| RawWrite {
+                    cf: wire_cf,
+                    key,
+                    value,
+                    delete: false,
+                })
+                .collect();
             let _ = tx.send(StreamItem::writes(
                 dest,
-                Scope::Move(t.clone()),
+                scope,
                 Vec::new(),
                 writes,
                 Done::Notify(ack_tx),

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use chat_proto::cluster::{HashRange, Mirror, RawWrite};
+use chat_proto::cluster::{HashRange, Mirror};
 use chat_ring::Ring;
-use tokio::sync::oneshot;
 
 use super::batch::Batch;
 use super::command::{ReplicaCmd, ReplicaPage};
@@ -107,7 +106,7 @@ impl Writer {
             epoch,
             cf,
             range: (start, end),
-            max: (max_keys, max_bytes),
+            max,
             after,
         } = req;
         let p = self
@@ -124,47 +123,7 @@ impl Writer {
                 MoveError::NotInFlight(format!("{dest} does not follow that range")).into(),
             );
         }
-        let Some(tx) = &self.streams_tx else {
-            return Err(MoveError::NotInFlight("no streams".into()).into());
-        };
-        let (kvs, done) =
-            self.store
-                .hash_range_page(cf, start, end, after.as_deref(), max_keys, max_bytes)?;
-        let keys = kvs.len() as u64;
-        let bytes = kvs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        let last_key = if done {
-            None
-        } else {
-            kvs.last().map(|(k, _)| k.clone())
-        };
-        let (ack_tx, acked) = oneshot::channel();
-        if keys == 0 {
-            let _ = ack_tx.send(());
-        } else {
-            let wire_cf = cf.to_wire().map_or(0, |c| c as i32);
-            let writes = kvs
-                .into_iter()
-                .map(|(key, value)| RawWrite {
-                    cf: wire_cf,
-                    key,
-                    value,
-                    delete: false,
-                })
-                .collect();
-            let _ = tx.send(StreamItem::writes(
-                dest,
-                Scope::Replica { epoch },
-                Vec::new(),
-                writes,
-                Done::Notify(ack_tx),
-            ));
-        }
-        Ok(Page {
-            keys,
-            bytes,
-            last_key,
-            acked,
-        })
+        self.stream_page(dest, Scope::Replica { epoch }, cf, (start, end), max, after)
     }
 
     /// Follower: applies one request of an owner's stream, if in this node's ring `from` owns

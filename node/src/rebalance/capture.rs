@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chat_proto::cluster::{HashRange, RawWrite};
+use chat_proto::cluster::{HashRange, MovingCf, RawWrite};
 use chat_ring::transition::Transition;
 
 use crate::store::keys::owner_hash;
@@ -19,11 +19,44 @@ pub(crate) struct Chunk {
     pub writes: Vec<RawWrite>,
 }
 
+/// Captured writes per destination, in write order: what both a move's capture and
+/// replication's put on the streams.
+#[derive(Default)]
+pub(crate) struct Chunks(BTreeMap<String, Vec<Chunk>>);
+
+impl Chunks {
+    /// Appends a put (`Some(value)`) or delete of `key` to `dest`'s current chunk.
+    pub(crate) fn write(&mut self, dest: &str, cf: MovingCf, key: &[u8], value: Option<&[u8]>) {
+        let chunks = self.0.entry(dest.to_string()).or_default();
+        if chunks.is_empty() {
+            chunks.push(Chunk::default());
+        }
+        chunks.last_mut().expect("one chunk").writes.push(RawWrite {
+            cf: cf as i32,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec).unwrap_or_default(),
+            delete: value.is_none(),
+        });
+    }
+
+    /// Starts a new chunk for `dest` that clears `reset` first.
+    pub(crate) fn reset(&mut self, dest: &str, reset: Vec<HashRange>) {
+        self.0.entry(dest.to_string()).or_default().push(Chunk {
+            reset,
+            writes: Vec::new(),
+        });
+    }
+
+    pub(crate) fn into_map(self) -> BTreeMap<String, Vec<Chunk>> {
+        self.0
+    }
+}
+
 pub(crate) struct Capture {
     pub transition: Arc<Transition>,
     me: String,
-    /// Per new owner, in write order.
-    out: BTreeMap<String, Vec<Chunk>>,
+    /// Per new owner.
+    out: Chunks,
 }
 
 impl Capture {
@@ -33,7 +66,7 @@ impl Capture {
         Some(Capture {
             transition: t.clone(),
             me: me.to_string(),
-            out: BTreeMap::new(),
+            out: Chunks::default(),
         })
     }
 
@@ -46,16 +79,7 @@ impl Capture {
         let Some(s) = self.transition.segment_of(h).filter(|s| s.from == self.me) else {
             return;
         };
-        let chunks = self.out.entry(s.to.clone()).or_default();
-        if chunks.is_empty() {
-            chunks.push(Chunk::default());
-        }
-        chunks.last_mut().expect("one chunk").writes.push(RawWrite {
-            cf: wire_cf as i32,
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec).unwrap_or_default(),
-            delete: value.is_none(),
-        });
+        self.out.write(&s.to, wire_cf, key, value);
     }
 
     /// A delete of every moving key with owner hash in `start..=end`: the parts inside
@@ -67,16 +91,13 @@ impl Capture {
             if a > z {
                 continue;
             }
-            self.out.entry(s.to.clone()).or_default().push(Chunk {
-                reset: vec![HashRange { start: a, end: z }],
-                writes: Vec::new(),
-            });
+            self.out.reset(&s.to, vec![HashRange { start: a, end: z }]);
         }
     }
 
     /// The captured chunks per new owner (none: the batch wrote nothing that moves).
     pub(crate) fn into_chunks(self) -> BTreeMap<String, Vec<Chunk>> {
-        self.out
+        self.out.into_map()
     }
 }
 

@@ -5,17 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chat_proto::cluster::{HashRange, RawWrite};
+use chat_proto::cluster::HashRange;
 
 use super::placement::Placement;
-use crate::rebalance::capture::Chunk;
+use crate::rebalance::capture::{Chunk, Chunks};
 use crate::store::keys::owner_hash;
 use crate::store::Cf;
 
 pub(crate) struct ReplicaCapture {
     pub placement: Arc<Placement>,
-    /// Per follower, in write order.
-    out: BTreeMap<String, Vec<Chunk>>,
+    /// Per follower.
+    out: Chunks,
 }
 
 impl ReplicaCapture {
@@ -26,7 +26,7 @@ impl ReplicaCapture {
         }
         Some(ReplicaCapture {
             placement: placement.clone(),
-            out: BTreeMap::new(),
+            out: Chunks::default(),
         })
     }
 
@@ -37,16 +37,7 @@ impl ReplicaCapture {
         };
         let Some(h) = owner_hash(key) else { return };
         for f in self.placement.my_followers(h) {
-            let chunks = self.out.entry(f.clone()).or_default();
-            if chunks.is_empty() {
-                chunks.push(Chunk::default());
-            }
-            chunks.last_mut().expect("one chunk").writes.push(RawWrite {
-                cf: wire_cf as i32,
-                key: key.to_vec(),
-                value: value.map(<[u8]>::to_vec).unwrap_or_default(),
-                delete: value.is_none(),
-            });
+            self.out.write(f, wire_cf, key, value);
         }
     }
 
@@ -61,17 +52,14 @@ impl ReplicaCapture {
                 .map(|(start, end)| HashRange { start, end })
                 .collect();
             if !reset.is_empty() {
-                self.out.entry(f.clone()).or_default().push(Chunk {
-                    reset,
-                    writes: Vec::new(),
-                });
+                self.out.reset(f, reset);
             }
         }
     }
 
     /// The captured chunks per follower (none: the batch wrote nothing with followers).
     pub(crate) fn into_chunks(self) -> BTreeMap<String, Vec<Chunk>> {
-        self.out
+        self.out.into_map()
     }
 }
 
